@@ -1,0 +1,169 @@
+"""The ``sparsecc`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["app", "main", "staged_output"]
+
+app = typer.Typer(
+    help=(
+        "sparsecc: a sparsity compiler for PyTorch models.\n\n"
+        "MODEL is a zoo name (see `sparsecc models`) or path/to/file.py:factory, where "
+        "factory() returns a sparsecc.models.ModelSpec or (model, example_args[, example_kwargs"
+        "[, dynamic_shapes]])."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output gets a wide table rather than rich's default of 80 columns.
+console = Console(stderr=True)
+out = Console() if sys.stdout.isatty() else Console(width=150)
+# torch.export.save triggers a pytree deprecation warning that users cannot act on.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+
+
+def _fail(e: BaseException) -> "typer.Exit":
+    console.print(f"[red]error:[/red] {e}", highlight=False, markup=False)
+    return typer.Exit(code=1)
+
+
+@contextmanager
+def staged_output(out_dir: Path, force: bool) -> Iterator[Path]:
+    """Write into a temporary folder beside ``out_dir``; move it into place on success.
+
+    A failure leaves no half-written ``out_dir``; an existing one is kept
+    unless ``force``.
+    """
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} exists; pass --force to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _capture(ref: str):
+    from sparsecc.capture import capture
+    from sparsecc.modelref import resolve_model
+
+    with console.status(f"loading {ref}"):
+        spec = resolve_model(ref)
+    t0 = time.perf_counter()
+    with console.status(f"capturing {spec.name} with torch.export"):
+        program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+    console.print(f"captured {spec.name} in {time.perf_counter() - t0:.1f}s")
+    return spec, program
+
+
+@contextmanager
+def _mask_progress() -> Iterator:
+    with Progress(
+        TextColumn("computing masks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(i: int, n: int, fqn: str) -> None:
+            bar.update(task, total=n, completed=i, description=fqn)
+
+        yield update
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the zoo's models."""
+    from sparsecc.models import PRETRAINED_MODELS, REFERENCE_MODELS
+
+    out.print("reference (random init): " + ", ".join(REFERENCE_MODELS))
+    out.print("pretrained (sparsecc[models]): " + ", ".join(PRETRAINED_MODELS))
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List the prunable layers of MODEL with shape, params and FLOPs per call."""
+    from sparsecc.analyze import find_prunable_weights
+    from sparsecc.report import inspect_table
+
+    try:
+        spec, program = _capture(model)
+        analysis = find_prunable_weights(program)
+    except Exception as e:
+        raise _fail(e) from e
+    if as_json:
+        out.print_json(json.dumps({
+            "model": spec.name,
+            "weights": [w.to_dict() for w in analysis.weights],
+            "not_prunable": {s.fqn: s.reason for s in analysis.skipped},
+        }))
+        return
+    out.print(inspect_table(analysis, title=f"prunable layers - {spec.name}"))
+    for s in analysis.skipped:
+        out.print(f"[dim]not prunable: {s.fqn}: {s.reason}[/dim]")
+
+
+@app.command()
+def sparsify(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="recipe YAML (see README: Recipes)"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="output folder (program.pt2, report.json, recipe.yaml)"),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="bake masks into weights (default) or keep them in the graph"),
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+) -> None:
+    """Sparsify MODEL with RECIPE; write the sparse program and a per-layer report.
+
+    The program is saved with torch.export.save (load it with
+    sparsecc.load_program to keep sparsecc's metadata).
+    """
+    import yaml
+
+    from sparsecc.api import sparsify as run_sparsify
+    from sparsecc.program import save_program
+    from sparsecc.recipe import load_recipe
+
+    try:
+        rec = load_recipe(recipe)
+        if out_dir.exists() and not force:
+            raise FileExistsError(f"{out_dir} exists; pass --force to replace it")
+        spec, program = _capture(model)
+        with _mask_progress() as progress:
+            result = run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name)
+        with staged_output(out_dir, force) as tmp:
+            save_program(result.program, tmp / "program.pt2")
+            (tmp / "report.json").write_text(result.report.to_json())
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+    except Exception as e:
+        raise _fail(e) from e
+    result.report.print(out)
+    out.print(f"wrote {out_dir}/program.pt2, report.json, recipe.yaml")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="sparsecc")
+
+
+if __name__ == "__main__":
+    main()

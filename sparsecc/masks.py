@@ -1,0 +1,169 @@
+"""Masks from scores, for every pattern, and exact checks that a weight obeys one.
+
+A mask is a boolean tensor of the weight's shape: True keeps the entry. All
+functions work on the weight's own layout and take its ``output_axis`` and
+``reduction_axis`` (see `sparsecc.analyze`). Internally a weight is viewed as
+``[out, ..., reduction]`` (`as_matrix`):
+
+- N:M groups are ``m`` consecutive entries of the last (reduction) axis;
+- blocks tile the 2-D view ``[out, rest]`` (rest = the other axes, reduction
+  innermost), so for a linear ``[out, in]`` a block is an ``r x c`` tile of the
+  weight itself, and for a 1x1 conv it is a tile of ``[Cout, Cin]``;
+- channels are whole rows of that view (a filter / an output feature).
+
+Group scores for blocks and channels are the sum of the element scores
+squared: for magnitude scores that is the L2 norm squared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .analyze import as_matrix
+from .ir import SparsityPattern
+
+__all__ = [
+    "IncompatiblePatternError",
+    "incompatibility",
+    "compute_mask",
+    "pruned_units",
+    "pattern_violation",
+    "sparsity_of",
+]
+
+
+class IncompatiblePatternError(ValueError):
+    pass
+
+
+def _from_matrix(view: torch.Tensor, output_axis: int, reduction_axis: int) -> torch.Tensor:
+    return view.movedim((0, -1), (output_axis, reduction_axis))
+
+
+def _matrix_2d(t: torch.Tensor, output_axis: int, reduction_axis: int) -> torch.Tensor:
+    v = as_matrix(t, output_axis, reduction_axis)
+    return v.reshape(v.shape[0], -1)
+
+
+def incompatibility(
+    shape: tuple[int, ...], pattern: SparsityPattern, output_axis: int, reduction_axis: int
+) -> str | None:
+    """Why ``pattern`` cannot be applied to a weight of ``shape``, or None."""
+    if pattern.kind == "nm":
+        k = shape[reduction_axis]
+        if k % pattern.m:  # type: ignore[operator]
+            return f"reduction size K={k} is not a multiple of M={pattern.m}"
+    elif pattern.kind == "block":
+        rows = shape[output_axis]
+        cols = math.prod(shape) // rows
+        r, c = pattern.block  # type: ignore[misc]
+        if rows % r or cols % c:
+            return f"block {r}x{c} does not divide the weight viewed as [{rows}, {cols}]"
+    return None
+
+
+def pruned_units(numel_units: int, sparsity: float) -> int:
+    """How many units (entries, blocks, channels) to prune for ``sparsity``."""
+    return min(numel_units, int(round(numel_units * sparsity)))
+
+
+def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean keep-mask over a flat score vector that drops the ``count`` lowest."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        idx = torch.topk(scores.reshape(-1), count, largest=False, sorted=False).indices
+        keep[idx] = False
+    return keep.reshape(scores.shape)
+
+
+def compute_mask(
+    scores: torch.Tensor,
+    pattern: SparsityPattern,
+    sparsity: float,
+    output_axis: int,
+    reduction_axis: int,
+) -> torch.Tensor:
+    """Keep-mask that prunes the lowest-scoring entries/groups under ``pattern``.
+
+    ``sparsity`` is ignored for N:M, whose sparsity is ``1 - n/m``. Raises
+    `IncompatiblePatternError` when the pattern does not fit the shape.
+    """
+    why = incompatibility(tuple(scores.shape), pattern, output_axis, reduction_axis)
+    if why:
+        raise IncompatiblePatternError(why)
+    scores = scores.detach().float()
+    if pattern.kind == "unstructured":
+        return _prune_lowest(scores, pruned_units(scores.numel(), sparsity))
+
+    view = as_matrix(scores, output_axis, reduction_axis)
+    if pattern.kind == "nm":
+        n, m = pattern.n, pattern.m
+        groups = view.reshape(-1, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+        return _from_matrix(keep.reshape(view.shape), output_axis, reduction_axis).contiguous()
+
+    mat = view.reshape(view.shape[0], -1)
+    rows, cols = mat.shape
+    if pattern.kind == "channel":
+        keep_rows = _prune_lowest(mat.square().sum(1), pruned_units(rows, sparsity))
+        keep = keep_rows[:, None].expand(rows, cols)
+    else:  # block
+        r, c = pattern.block  # type: ignore[misc]
+        tiles = mat.reshape(rows // r, r, cols // c, c).square().sum((1, 3))
+        keep_tiles = _prune_lowest(tiles, pruned_units(tiles.numel(), sparsity))
+        keep = keep_tiles[:, None, :, None].expand(rows // r, r, cols // c, c).reshape(rows, cols)
+    return _from_matrix(keep.reshape(view.shape), output_axis, reduction_axis).contiguous()
+
+
+def sparsity_of(weight: torch.Tensor) -> float:
+    """Fraction of exact zeros."""
+    return 1.0 - int(torch.count_nonzero(weight)) / max(1, weight.numel())
+
+
+def pattern_violation(
+    weight: torch.Tensor,
+    pattern: SparsityPattern,
+    target: float,
+    output_axis: int,
+    reduction_axis: int,
+) -> str | None:
+    """Describe the first way ``weight`` breaks ``pattern`` at ``target``, or None.
+
+    N:M is checked group by group (at most ``n`` nonzeros). Unstructured,
+    block and channel require at least as many all-zero units as a mask at
+    ``target`` prunes; extra zeros are always allowed.
+    """
+    why = incompatibility(tuple(weight.shape), pattern, output_axis, reduction_axis)
+    if why:
+        return why
+    nz = weight != 0
+    if pattern.kind == "unstructured":
+        need = pruned_units(weight.numel(), target)
+        zeros = weight.numel() - int(nz.sum())
+        return None if zeros >= need else f"{zeros} zeros, expected at least {need}"
+    view = as_matrix(nz, output_axis, reduction_axis)
+    if pattern.kind == "nm":
+        counts = view.reshape(-1, pattern.m).sum(1)
+        bad = torch.nonzero(counts > pattern.n)
+        if bad.numel():
+            g = int(bad[0])
+            return (
+                f"{bad.numel()} of {counts.numel()} groups of {pattern.m} break {pattern}: "
+                f"group {g} has {int(counts[g])} nonzeros"
+            )
+        return None
+    mat = view.reshape(view.shape[0], -1)
+    rows, cols = mat.shape
+    if pattern.kind == "channel":
+        zero_units, total, unit = int((~mat.any(1)).sum()), rows, "channels"
+    else:
+        r, c = pattern.block  # type: ignore[misc]
+        tiles = mat.reshape(rows // r, r, cols // c, c).any(3).any(1)
+        zero_units, total, unit = int((~tiles).sum()), tiles.numel(), f"{r}x{c} blocks"
+    need = pruned_units(total, target)
+    if zero_units < need:
+        return f"{zero_units} of {total} {unit} are all zero, expected at least {need}"
+    return None
