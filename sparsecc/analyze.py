@@ -45,6 +45,7 @@ _CONV = {
     aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
 }
 _CONVOLUTION = {aten.convolution.default}
+_CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 _MATMUL = {aten.matmul.default, aten.mm.default}
 _ADDMM = {aten.addmm.default}
 # 2-D views that only swap the two axes of a weight.
@@ -182,8 +183,12 @@ def _classify(user: torch.fx.Node, operand: torch.fx.Node, swapped: bool, ndim: 
         if args[6]:
             return "transposed convolution (ConvTranspose) is not supported"
         return _Use("conv", user, 1, 0, int(args[8]))
+    if t in _CONV_TRANSPOSE and len(args) > 1 and args[1] is operand:
+        return "transposed convolution (ConvTranspose) is not supported"
     if t in _MATMUL or t in _ADDMM:
         a, b = (args[1], args[2]) if t in _ADDMM else (args[0], args[1])
+        if operand is not a and operand is not b:
+            return None  # addmm's bias
         if ndim != 2:
             return f"{ndim}-D matmul operand"
         if b is operand:  # x @ W: W is [K, N]
