@@ -65,7 +65,7 @@ def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     head = lines[0] if lines else text
     # torch's explanation of a shape specialisation is on a later line.
-    why = [ln for ln in lines[1:] if re.search(r"inferred to be|must be specialized|not all values", ln, re.I)]
+    why = [ln for ln in lines[1:] if re.search(r"inferred to be|must be specialized|specialized it|not all values", ln, re.I)]
     return f"{type(e).__name__}: {head[:400]}" + "".join(f"\n  {ln[:400]}" for ln in why[:2])
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -17,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["app", "main", "staged_output"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     help=(
@@ -40,27 +37,6 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning
 def _fail(e: BaseException) -> "typer.Exit":
     console.print(f"[red]error:[/red] {e}", highlight=False, markup=False)
     return typer.Exit(code=1)
-
-
-@contextmanager
-def staged_output(out_dir: Path, force: bool) -> Iterator[Path]:
-    """Write into a temporary folder beside ``out_dir``; move it into place on success.
-
-    A failure leaves no half-written ``out_dir``; an existing one is kept
-    unless ``force``.
-    """
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _capture(ref: str):
@@ -141,6 +117,7 @@ def sparsify(
     import yaml
 
     from sparsecc.api import sparsify as run_sparsify
+    from sparsecc.bundle import staged_output
     from sparsecc.program import save_program
     from sparsecc.recipe import load_recipe
 
@@ -159,6 +136,49 @@ def sparsify(
         raise _fail(e) from e
     result.report.print(out)
     out.print(f"wrote {out_dir}/program.pt2, report.json, recipe.yaml")
+
+
+@app.command("compile")
+def compile_cmd(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="recipe YAML; omit to compile the dense model"),
+    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, or all (comma-separated list allowed)"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    sparse_initializers: Optional[bool] = typer.Option(
+        None, "--sparse-initializers/--dense-initializers",
+        help="ONNX: store weights as sparse tensors where smaller (default: on for >=67%% unstructured)"),
+) -> None:
+    """Capture, sparsify, lower and verify MODEL into a deployment bundle.
+
+    The bundle holds each target's artifact, the sparse PyTorch program,
+    example inputs, a README, and manifest.json with versions, per-layer
+    sparsity, what each target does with each layer, the pattern re-checked
+    inside each artifact, and parity against the PyTorch program. Nothing is
+    written unless every check passes.
+    """
+    from sparsecc.compile import compile as run_compile
+    from sparsecc.modelref import resolve_model
+    from sparsecc.report import bundle_summary
+
+    targets = ["onnx", "executorch"] if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
+    try:
+        if out_dir.exists() and not force:
+            raise FileExistsError(f"{out_dir} exists; pass --force to replace it")
+        with console.status(f"loading {model}"):
+            spec = resolve_model(model)
+        with console.status("compiling") as status, _mask_progress() as mask_progress:
+            result = run_compile(
+                spec, recipe, out_dir, targets=targets, force=force, sparse_initializers=sparse_initializers,
+                progress=lambda msg: status.update(f"compiling {spec.name}: {msg}"), mask_progress=mask_progress,
+            )
+    except Exception as e:
+        raise _fail(e) from e
+    if result.report is not None:
+        result.report.print(out)
+    out.print(bundle_summary(result.manifest, str(out_dir)))
+    out.print(f"wrote {out_dir} (manifest.json, README.md); stages: "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -178,13 +179,17 @@ class ProgramEditor:
             input_specs=specs, output_specs=copy.deepcopy(self.source.graph_signature.output_specs)
         )
         src = self.source
+        with warnings.catch_warnings():
+            # deep-copying the call graph's pytree specs trips a torch-internal deprecation
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            module_call_graph = copy.deepcopy(src.module_call_graph)
         return ExportedProgram(
             root=self.graph_module,
             graph=self.graph,
             graph_signature=sig,
             state_dict=self.state_dict,
             range_constraints=copy.copy(src.range_constraints),
-            module_call_graph=copy.deepcopy(src.module_call_graph),
+            module_call_graph=module_call_graph,
             example_inputs=src.example_inputs,
             constants=self.constants,
             verifiers=src.verifiers,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .analyze import Analysis
 
-__all__ = ["LayerRow", "SparsityReport", "inspect_table", "human"]
+__all__ = ["LayerRow", "SparsityReport", "inspect_table", "bundle_summary", "human"]
 
 
 def human(n: float) -> str:
@@ -135,4 +135,27 @@ def inspect_table(analysis: Analysis, title: str = "prunable layers") -> Table:
         note = f"tied: {', '.join(w.tied_uses)}" if w.tied else (f"groups={w.groups}" if w.groups > 1 else "")
         t.add_row(w.layer, w.fqn, w.role, "x".join(map(str, w.shape)), human(w.numel), human(w.flops), note)
     t.caption = f"{len(analysis.weights)} prunable weights, {human(analysis.total_params)} params, {human(analysis.total_flops)} FLOPs per call"
+    return t
+
+
+def bundle_summary(manifest: dict[str, Any], folder: str = "") -> Table:
+    """One row per target of a compiled bundle: files, sizes, verification, parity, time."""
+    t = Table(title=f"bundle {folder}".strip())
+    for col in ("target", "file", "size", "pattern in artifact", "parity (max abs err)", "layers", "time"):
+        t.add_column(col)
+    for name, d in manifest["targets"].items():
+        art = d["artifact"]
+        sizes = art.get("sizes", {})
+        files = "\n".join(art["files"].values())
+        size = "\n".join(f"{human(sizes.get(k, 0))}B" for k in art["files"])
+        pv = d["pattern_verification"]
+        n_ok = sum(1 for x in pv["layers"] if x["ok"])
+        errs = [o.get("max_abs_err") or 0.0 for c in d["parity"]["cases"] for o in c.get("outputs", [])]
+        parity = f"{'ok' if d['parity']['ok'] else 'FAILED'} ({max(errs, default=0.0):.1e}, {len(d['parity']['cases'])} input sets)"
+        support: dict[str, int] = {}
+        for c in d["check"]:
+            support[c["support"]] = support.get(c["support"], 0) + 1
+        layers = ", ".join(f"{v} {k}" for k, v in support.items())
+        t.add_row(name, files, size, f"{'ok' if pv['ok'] else 'BROKEN'} ({n_ok}/{len(pv['layers'])})", parity,
+                  layers, f"{sum(v for k, v in d['timings_s'].items() if '.' not in k):.1f}s")
     return t
