@@ -27,8 +27,10 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip uninstall --yes --quiet torchvision 2>/dev/null || true
 	touch $(STAMP)
 
+# The main job on a bundled real model: MiniLM (sentence embeddings), 2:4 sparse,
+# compiled to ONNX and ExecuTorch, verified, with a per-layer report.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m sparsecc.demo
+	HF_HUB_OFFLINE=1 $(PY) -m sparsecc compile minilm --recipe recipes/2of4.yaml --target all --out out/demo-minilm --force
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
@@ -38,6 +40,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_capture.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_compile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

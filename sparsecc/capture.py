@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-__all__ = ["CaptureError", "capture"]
+__all__ = ["CaptureError", "capture", "dynamic_axis_names"]
 
 
 class CaptureError(RuntimeError):
@@ -115,3 +115,48 @@ def _hint(e: BaseException) -> str:
     if re.search(r"no (fake|meta)|NotImplementedError|Unsupported", text, re.I):
         return "an op has no meta/fake implementation; register one with torch.library.register_fake"
     return "run torch.export.export(model, args, strict=False) directly to see the full trace"
+
+
+def dynamic_axis_names(
+    program: ExportedProgram,
+    model: torch.nn.Module,
+    example_args: tuple[Any, ...],
+    example_kwargs: dict[str, Any] | None,
+    dynamic_shapes: Any,
+) -> dict[str, dict[int, str]]:
+    """``{user input: {axis: Dim name}}`` for every axis declared dynamic with a named Dim.
+
+    torch.export names its symbols ``s0, s1, ...``; the user's names
+    (``Dim("batch")``) are what artifacts and reports should show.
+    """
+    if dynamic_shapes is None:
+        return {}
+    kwargs = example_kwargs or {}
+    if isinstance(dynamic_shapes, dict):
+        bound = inspect.signature(model.forward).bind(*example_args, **kwargs)
+        pairs = [(bound.arguments[k], dynamic_shapes.get(k)) for k in bound.arguments]
+        # **kwargs parameters bind as one dict; the dynamic_shapes dict names its keys directly
+        flat_pairs = []
+        for value, spec in pairs:
+            if isinstance(value, dict) and spec is None:
+                flat_pairs += [(v, dynamic_shapes.get(k)) for k, v in value.items()]
+            else:
+                flat_pairs.append((value, spec))
+        pairs = flat_pairs
+    else:
+        pairs = list(zip(example_args, dynamic_shapes))
+    per_tensor: list[dict[int, str]] = []
+    for value, spec in pairs:
+        values, _ = torch.utils._pytree.tree_flatten(value)
+        specs = [spec] if isinstance(value, torch.Tensor) else (
+            torch.utils._pytree.tree_flatten(spec, is_leaf=lambda s: isinstance(s, dict) or s is None)[0]
+            if spec is not None else [None] * len(values))
+        for v, s in zip(values, specs):
+            if not isinstance(v, torch.Tensor):
+                continue
+            axes = s.items() if isinstance(s, dict) else enumerate(s) if isinstance(s, (list, tuple)) else []
+            per_tensor.append({int(a): d.__name__ for a, d in axes if d is not None and hasattr(d, "__name__")})
+    names = [n for n in program.graph_signature.user_inputs]
+    by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    tensor_inputs = [n for n in names if isinstance(by_name[n].meta.get("val"), torch.Tensor)]
+    return {inp: axes for inp, axes in zip(tensor_inputs, per_tensor) if axes}

@@ -35,7 +35,7 @@ from torch.export import ExportedProgram
 
 from .api import mask_specs, sparsify
 from .bundle import staged_output
-from .capture import capture
+from .capture import capture, dynamic_axis_names
 from .machine import machine_info
 from .program import save_program
 from .recipe import Recipe, load_recipe
@@ -189,6 +189,7 @@ def compile(
     say("capture")
     program = capture(model, example_args, example_kwargs, dynamic_shapes)
     timings["capture"] = time.perf_counter() - t0
+    axis_names = dynamic_axis_names(program, model, example_args, example_kwargs, dynamic_shapes)
 
     t0 = time.perf_counter()
     report = None
@@ -221,7 +222,8 @@ def compile(
             checks = backend.check(program)
             say(f"{backend.name}: lower")
             t0 = time.perf_counter()
-            options = LowerOptions(sparse_initializers=bool(sparse_initializers))
+            options = LowerOptions(sparse_initializers=bool(sparse_initializers),
+                                   extra={"dynamic_axes": axis_names})
             artifact = backend.lower(program, tmp / backend.name, options)
             tt["lower"] = time.perf_counter() - t0
             tt.update({f"lower.{k}": v for k, v in artifact.meta.get("timings_s", {}).items()})
@@ -259,7 +261,7 @@ def compile(
             target_results[backend.name] = TargetResult(backend.name, artifact, checks, patterns, parity, tt)
             timings[backend.name] = sum(v for k, v in tt.items() if "." not in k)
 
-        manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets)
+        manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         (tmp / "README.md").write_text(_bundle_readme(model_name, manifest))
         for tr in target_results.values():
@@ -267,18 +269,35 @@ def compile(
     return CompileResult(out_dir, program, report, target_results, timings, manifest)
 
 
-def _manifest(name, rec, program, report, targets, timings, input_sets) -> dict[str, Any]:
+def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]]) -> dict[str, str]:
+    """torch.export's shape symbols (``s77``) to the user's Dim names (``batch``)."""
+    by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out = {}
+    for inp, axes in axis_names.items():
+        val = by_name[inp].meta.get("val")
+        for axis, name in axes.items():
+            d = val.shape[axis]
+            if isinstance(d, torch.SymInt):
+                out[str(d.node.expr)] = name
+    return out
+
+
+def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> dict[str, Any]:
     from sparsecc.backends import user_input_specs, user_output_names
 
+    sym = _symbol_names(program, axis_names)
+    inputs = [s.to_dict() for s in user_input_specs(program)]
+    for i in inputs:
+        i["shape"] = [sym.get(d, d) if isinstance(d, str) else d for d in i["shape"]]
     return {
         "format": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": name,
         "machine": machine_info(),
         "recipe": rec.to_dict() if rec is not None else None,
-        "inputs": [s.to_dict() for s in user_input_specs(program)],
+        "inputs": inputs,
         "outputs": user_output_names(program),
-        "dynamic_dims": {str(k): [int(v.lower), None if not v.upper.is_finite else int(v.upper)]
+        "dynamic_dims": {sym.get(str(k), str(k)): [int(v.lower), None if not v.upper.is_finite else int(v.upper)]
                          for k, v in program.range_constraints.items()},
         "parity_inputs": [label for label, *_ in input_sets],
         "sparsity": report.to_dict() if report is not None else None,
