@@ -11,7 +11,7 @@ from torch.export import ExportedProgram
 
 from sparsecc.analyze import find_prunable_weights
 from sparsecc.ir import get_node_info, set_node_info
-from sparsecc.masks import pattern_violation, sparsity_of
+from sparsecc.masks import check_pattern
 from sparsecc.pass_infra import PassBase, PassError, PassResult
 from sparsecc.program import ProgramEditor
 
@@ -42,10 +42,10 @@ class VerifySparsityPass(PassBase):
             weight = ed.tensor(spec.fqn).detach()
             if info.mask is not None:
                 weight = weight * ed.tensor(info.mask)
-            why = pattern_violation(weight, spec.pattern, spec.target, w.output_axis, w.reduction_axis)
+            why, achieved = check_pattern(weight, spec.pattern, spec.target, w.output_axis, w.reduction_axis)
             if why:
                 violations.append((spec.fqn, why))
-            set_node_info(node, spec=spec.with_achieved(sparsity_of(weight)))
+            set_node_info(node, spec=spec.with_achieved(achieved))
         if violations:
             raise SparsityVerificationError(violations)
         return PassResult(ed.finish(), False)

@@ -70,7 +70,8 @@ def sparsify(
     t0 = time.perf_counter()
     plan = plan_masks(recipe, analysis)
     timings = {"plan": time.perf_counter() - t0}
-    program = mask_pipeline(plan.specs, stats=stats, progress=progress, verify=verify,
+    # When folding, one verification of the folded weights covers both stages.
+    program = mask_pipeline(plan.specs, stats=stats, progress=progress, verify=verify and not fold,
                             instruments=[timer, *instruments])(program).program
     if fold:
         program = fold_pipeline(verify=verify, instruments=[timer, *instruments])(program).program

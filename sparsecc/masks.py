@@ -30,6 +30,7 @@ __all__ = [
     "compute_mask",
     "pruned_units",
     "pattern_violation",
+    "check_pattern",
     "sparsity_of",
 ]
 
@@ -136,13 +137,31 @@ def pattern_violation(
     block and channel require at least as many all-zero units as a mask at
     ``target`` prunes; extra zeros are always allowed.
     """
-    why = incompatibility(tuple(weight.shape), pattern, output_axis, reduction_axis)
+    return check_pattern(weight, pattern, target, output_axis, reduction_axis)[0]
+
+
+def check_pattern(
+    weight: torch.Tensor,
+    pattern: SparsityPattern,
+    target: float,
+    output_axis: int,
+    reduction_axis: int,
+) -> tuple[str | None, float]:
+    """`pattern_violation` and the achieved sparsity, from one pass over the weight."""
+    nz = weight != 0
+    achieved = 1.0 - int(torch.count_nonzero(nz)) / max(1, nz.numel())
+    return _violation(nz, pattern, target, output_axis, reduction_axis), achieved
+
+
+def _violation(
+    nz: torch.Tensor, pattern: SparsityPattern, target: float, output_axis: int, reduction_axis: int
+) -> str | None:
+    why = incompatibility(tuple(nz.shape), pattern, output_axis, reduction_axis)
     if why:
         return why
-    nz = weight != 0
     if pattern.kind == "unstructured":
-        need = pruned_units(weight.numel(), target)
-        zeros = weight.numel() - int(nz.sum())
+        need = pruned_units(nz.numel(), target)
+        zeros = nz.numel() - int(torch.count_nonzero(nz))
         return None if zeros >= need else f"{zeros} zeros, expected at least {need}"
     view = as_matrix(nz, output_axis, reduction_axis)
     if pattern.kind == "nm":

@@ -6,13 +6,12 @@ to its weights, and the folded program must equal the masked one (fp32:
 """
 
 import copy
-import functools
 
 import pytest
 import torch
 
-from sparsecc import capture, mask_specs, sparsify
-from sparsecc.models import PRETRAINED_MODELS, REFERENCE_MODELS, get_model
+from sparsecc import mask_specs, sparsify
+from sparsecc.models import PRETRAINED_MODELS, REFERENCE_MODELS
 from sparsecc.passes import FoldMasksPass, VerifySparsityPass
 from sparsecc.testing import assert_close_tree
 
@@ -24,12 +23,6 @@ RECIPES = {
     "block4x4": {"pattern": "4x4", "sparsity": 0.5},
     "channel25": {"pattern": "channel", "sparsity": 0.25, "layers": {"skip_last": 1}},
 }
-
-
-@functools.lru_cache(maxsize=None)
-def captured(name):
-    spec = get_model(name)
-    return spec, capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
 
 
 def _inputs(spec):
@@ -46,8 +39,8 @@ def _eager_with_masks(model, program):
     return masked
 
 
-def _check(name, recipe):
-    spec, program = captured(name)
+def _check(zoo, name, recipe):
+    spec, program = zoo(name)
     result = sparsify(program, RECIPES[recipe])
     masked = result.program
     assert result.report.sparse_layers > 0
@@ -67,24 +60,24 @@ def _check(name, recipe):
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("name", REFERENCE_MODELS)
-def test_reference_models(name, recipe):
-    _check(name, recipe)
+def test_reference_models(zoo, name, recipe):
+    _check(zoo, name, recipe)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["2:4", "unstructured50"])
 @pytest.mark.parametrize("name", [m for m in PRETRAINED_MODELS if m != "smollm2"])
-def test_pretrained_models(name, recipe):
-    _check(name, recipe)
+def test_pretrained_models(zoo, name, recipe):
+    _check(zoo, name, recipe)
 
 
 @pytest.mark.slow
-def test_smollm2_2of4():
-    _check("smollm2", "2:4")
+def test_smollm2_2of4(zoo):
+    _check(zoo, "smollm2", "2:4")
 
 
-def test_input_program_is_left_untouched():
-    spec, program = captured("mlp")
+def test_input_program_is_left_untouched(zoo):
+    spec, program = zoo("mlp")
     before = {k: v.clone() for k, v in program.state_dict.items()}
     graph_before = str(program.graph)
     sparsify(program, RECIPES["2:4"], fold=True)
