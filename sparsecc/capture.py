@@ -47,7 +47,7 @@ def capture(
         raise TypeError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # submodules may differ (frozen BN)
     model.train(train)
     try:
         return torch.export.export(
@@ -57,7 +57,8 @@ def capture(
         module, where = _locate(model, e)
         raise CaptureError(_first_line(e), module, where, _hint(e), e) from e
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def _first_line(e: BaseException) -> str:

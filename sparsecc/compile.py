@@ -162,10 +162,12 @@ def compile(
     model_name: str = "",
     progress: Progress | None = None,
     mask_progress: Callable[[int, int, str], None] | None = None,
+    program: ExportedProgram | None = None,
 ) -> CompileResult:
     """Compile a model (or a `sparsecc.models.ModelSpec`) into a verified bundle.
 
-    ``recipe=None`` compiles the dense model. ``sparse_initializers`` (ONNX)
+    ``recipe=None`` compiles the dense model. ``program``, when given, is the
+    model already captured with these inputs (capture is then skipped). ``sparse_initializers`` (ONNX)
     defaults to on when the recipe prunes 67% or more (where COO storage gets
     smaller than dense). Returns what the manifest says, plus the program.
     """
@@ -186,10 +188,12 @@ def compile(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    say("capture")
-    program = capture(model, example_args, example_kwargs, dynamic_shapes)
+    if program is None:
+        say("capture")
+        program = capture(model, example_args, example_kwargs, dynamic_shapes)
     timings["capture"] = time.perf_counter() - t0
     axis_names = dynamic_axis_names(program, model, example_args, example_kwargs, dynamic_shapes)
+    symbols = _symbol_names(program, axis_names)
 
     t0 = time.perf_counter()
     report = None
@@ -225,6 +229,8 @@ def compile(
             options = LowerOptions(sparse_initializers=bool(sparse_initializers),
                                    extra={"dynamic_axes": axis_names})
             artifact = backend.lower(program, tmp / backend.name, options)
+            artifact.inputs = [_rename_dims(t, symbols) for t in artifact.inputs]
+            artifact.outputs = [_rename_dims(t, symbols) for t in artifact.outputs]
             tt["lower"] = time.perf_counter() - t0
             tt.update({f"lower.{k}": v for k, v in artifact.meta.get("timings_s", {}).items()})
             say(f"{backend.name}: verify pattern")
@@ -280,6 +286,12 @@ def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]
             if isinstance(d, torch.SymInt):
                 out[str(d.node.expr)] = name
     return out
+
+
+def _rename_dims(t: Any, symbols: dict[str, str]) -> Any:
+    from sparsecc.backends import TensorSpec
+
+    return TensorSpec(t.name, tuple(symbols.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
 
 
 def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> dict[str, Any]:

@@ -74,13 +74,16 @@ class ProgramEditor:
 
     def __init__(self, program: ExportedProgram):
         self.source = program
-        self.graph_module = torch.fx.GraphModule(program.graph_module, torch.fx.Graph())
-        self.graph = self.graph_module.graph
+        graph = torch.fx.Graph()
         node_map: dict[torch.fx.Node, torch.fx.Node] = {}
-        out = self.graph.graph_copy(program.graph, node_map)
+        out = graph.graph_copy(program.graph, node_map)
         old_output = next(n for n in program.graph.nodes if n.op == "output")
-        new_output = self.graph.output(out)
+        new_output = graph.output(out)
         new_output.meta = copy.copy(old_output.meta)
+        # Built from the copied graph so that submodules it refers to (torch.cond
+        # branches) come along.
+        self.graph_module = torch.fx.GraphModule(program.graph_module, graph)
+        self.graph = self.graph_module.graph
         self._specs: dict[str, InputSpec] = {
             s.arg.name: s for s in program.graph_signature.input_specs if hasattr(s.arg, "name")
         }
@@ -175,9 +178,12 @@ class ProgramEditor:
         self.graph.lint()
         self.graph_module.recompile()
         specs = [self._specs[n.name] for n in self.placeholders()]
-        sig = ExportGraphSignature(
-            input_specs=specs, output_specs=copy.deepcopy(self.source.graph_signature.output_specs)
-        )
+        output_specs = copy.deepcopy(self.source.graph_signature.output_specs)
+        output_node = next(n for n in self.graph.nodes if n.op == "output")
+        for spec, arg in zip(output_specs, torch.utils._pytree.tree_leaves(output_node.args[0])):
+            if isinstance(spec.arg, TensorArgument) and isinstance(arg, torch.fx.Node):
+                spec.arg = TensorArgument(name=arg.name)  # follow a replaced output node
+        sig = ExportGraphSignature(input_specs=specs, output_specs=output_specs)
         src = self.source
         with warnings.catch_warnings():
             # deep-copying the call graph's pytree specs trips a torch-internal deprecation

@@ -117,6 +117,21 @@ class Recipe:
 
 # -- parsing ------------------------------------------------------------------
 
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads an unquoted ``2:4`` as the base-60 integer 124; recipes mean N:M."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:int"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
 _TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides"}
 _LAYER_KEYS = {"include", "exclude", "min_params", "skip_first", "skip_last", "include_tied"}
 _OVERRIDE_KEYS = {"match", "pattern", "sparsity", "criterion", "skip"}
@@ -251,7 +266,7 @@ def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:
             raise FileNotFoundError(f"recipe file not found: {path}")
         text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_RecipeLoader)
     except yaml.YAMLError as e:
         raise RecipeError("<root>", str(source)[:60], f"is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -299,15 +314,16 @@ def plan_masks(recipe: Recipe, analysis: Analysis) -> Plan:
     plan = Plan()
     n = len(weights)
     for idx, w in enumerate(weights):
+        # `layers` decides which weights are pruned; overrides only change how.
+        reason = _not_selected(sel, w, idx, n)
+        if reason:
+            plan.skipped[w.fqn] = reason
+            continue
         override = next((o for o in recipe.overrides if _matches(o.match, w)), None)
         if override is not None and override.skip:
-            plan.skipped[w.fqn] = "skipped by an override"
+            i = recipe.overrides.index(override)
+            plan.skipped[w.fqn] = f"skipped by overrides[{i}]"
             continue
-        if override is None:
-            reason = _not_selected(sel, w, idx, n)
-            if reason:
-                plan.skipped[w.fqn] = reason
-                continue
         pattern = (override.pattern if override else None) or recipe.pattern
         sparsity = override.sparsity if override and override.sparsity is not None else None
         if sparsity is None:
