@@ -25,6 +25,13 @@ def _transformers():
     return transformers
 
 
+# Attention: both "sdpa" (the transformers 5 default) and "eager" export here with a
+# dynamic batch and sequence. Eager is used because it leaves attention as plain
+# matmul/softmax ops that every backend lowers, where SDPA is one fused op that
+# some lowerings would have to decompose first.
+ATTN_IMPLEMENTATION = "eager"
+
+
 def _token_spec(name, model, vocab, seed, description, task) -> ModelSpec:
     def make_inputs(batch: int, seq: int):
         ids, mask = token_inputs(batch, seq, vocab, seed + batch * 1000 + seq, pad_last=True)
@@ -55,7 +62,7 @@ def build_hf_bert_tiny(seed: int = 0) -> ModelSpec:
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=SEQ_MAX,
-        attn_implementation="eager",
+        attn_implementation=ATTN_IMPLEMENTATION,
     )
     with seeded(seed):
         model = tf.BertModel(config).eval()
@@ -79,7 +86,7 @@ def build_hf_llama_tiny(seed: int = 0) -> ModelSpec:
         max_position_embeddings=SEQ_MAX,
         tie_word_embeddings=False,
         use_cache=False,
-        attn_implementation="eager",
+        attn_implementation=ATTN_IMPLEMENTATION,
     )
     with seeded(seed):
         model = tf.LlamaForCausalLM(config).eval()

@@ -16,6 +16,7 @@ import torch
 
 from ._common import batch_dim, generator, seq_dim
 from .base import ModelSpec
+from .hf_tiny import ATTN_IMPLEMENTATION
 
 __all__ = [
     "load_efficientnet_lite0",
@@ -82,9 +83,8 @@ def load_minilm() -> ModelSpec:
     tf = _require("transformers")
     path = str(g.get_model_path())
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
-    # Eager attention lowers to plain matmul/softmax, which every backend handles;
-    # SDPA exports too but becomes one fused op that some lowerings must decompose.
-    model = tf.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    # Eager attention, as in hf_tiny: plain matmul/softmax that every backend lowers.
+    model = tf.AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION).eval()
     example = dict(tokenizer(list(SAMPLE_SENTENCES), padding=True, return_tensors="pt"))
     example = {k: example[k] for k in ("input_ids", "attention_mask")}
 
@@ -150,7 +150,7 @@ def load_smollm2(seq_max: int = 2048) -> ModelSpec:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = tf.AutoModelForCausalLM.from_pretrained(
-        d, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, attn_implementation="eager"
+        d, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION
     )
     model.config.use_cache = False  # no KV cache: one forward over the whole sequence
     model.eval()
