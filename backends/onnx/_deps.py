@@ -10,7 +10,7 @@ from typing import Any
 
 from sparsecc.backends.base import require
 
-__all__ = ["onnx", "onnxruntime", "graphsurgeon", "BACKEND", "EXTRA"]
+__all__ = ["onnx", "onnxruntime", "graphsurgeon", "onnxscript", "BACKEND", "EXTRA"]
 
 BACKEND = "onnx"
 EXTRA = "onnx"

@@ -1,0 +1,15 @@
+"""ONNX backend: lowering with the torch.onnx dynamo exporter, ONNX Runtime
+execution, weight provenance, and TensorRT 2:4 eligibility checks.
+
+Importing this package registers the backend as ``"onnx"``; onnx,
+onnxruntime, onnxscript and onnx-graphsurgeon are imported only when used.
+"""
+
+from sparsecc.backends.base import register_backend
+
+from .backend import OnnxBackend
+from .verify_nm import LayerEligibility, check_nm
+
+__all__ = ["OnnxBackend", "LayerEligibility", "check_nm"]
+
+register_backend("onnx", OnnxBackend)

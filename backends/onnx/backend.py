@@ -1,0 +1,200 @@
+"""`OnnxBackend`: ExportedProgram -> cleaned ``model.onnx`` -> ONNX Runtime (CPU).
+
+``lower`` exports with the torch.onnx dynamo exporter, cleans the graph with
+onnx-graphsurgeon, names the dynamic axes, records where every prunable
+weight ended up (provenance), optionally stores mostly-zero weights as sparse
+initializers, and writes ``model.onnx`` (plus ``model.onnx.data`` only when
+the weights pass protobuf's 2 GB limit).
+
+Backend-specific `LowerOptions.extra` keys:
+
+- ``dynamic_axes``: ``{input: {axis: name}}`` names for dynamic dims
+  (default: ``batch``, ``seq``, ``<input>_dim<axis>``, see `dim_names`);
+- ``custom_translation_table``: ``{torch op: onnxscript function}`` for ops
+  the exporter cannot translate;
+- ``external_data_threshold``: weight bytes above which weights go to an
+  external data file (default 2 GB minus headroom).
+
+`Artifact.meta` holds ``provenance`` (per weight FQN: initializer, layout,
+permutation, consumers), ``tensorrt_2_4`` (per Conv/MatMul/Gemm: 2:4
+eligible or why not), ``dynamic_axes``, ``cleanup``, ``sparse_initializers``
+(what was converted, bytes before/after) and ``timings_s`` per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.export import ExportedProgram
+
+from sparsecc.analyze import PrunableWeight, find_prunable_weights
+from sparsecc.backends.base import (
+    Artifact,
+    Backend,
+    LayerCheck,
+    LowerOptions,
+    LoweringError,
+    PatternCheck,
+    Runner,
+    TensorSpec,
+    user_input_specs,
+)
+from sparsecc.ir import MaskSpec, get_node_info
+from sparsecc.program import state_tensor
+
+from . import _deps
+from .checks import check_program
+from .cleanup import clean_graph
+from .export import dim_names, export_program, rename_dims, rename_symbols
+from .patterns import check_patterns
+from .provenance import find_provenance
+from .runtime import OrtRunner
+from .sparse_initializers import to_sparse_initializers
+from .verify_nm import check_nm
+
+__all__ = ["OnnxBackend", "MODEL_FILE", "DATA_FILE", "EXTERNAL_DATA_THRESHOLD"]
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+# protobuf refuses messages of 2 GiB; keep headroom for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def _payload_bytes(model: Any) -> int:
+    g = model.graph
+    return sum(t.ByteSize() for t in g.initializer) + sum(t.ByteSize() for t in g.sparse_initializer)
+
+
+def _onnx_specs(values: Any) -> list[TensorSpec]:
+    onnx = _deps.onnx()
+    specs = []
+    for v in values:
+        tt = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "unknown"
+        shape = tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in tt.shape.dim)
+        specs.append(TensorSpec(v.name, shape, dtype))
+    return specs
+
+
+def _renamed(spec: TensorSpec, names: dict[str, str]) -> TensorSpec:
+    dims = tuple(rename_symbols(d, names) if isinstance(d, str) else d for d in spec.shape)
+    return TensorSpec(spec.name, dims, spec.dtype)
+
+
+def _as_computed(program: ExportedProgram, w: PrunableWeight) -> torch.Tensor:
+    """The weight as the program multiplies by it: masked, when a mask is not folded yet.
+
+    The exporter folds ``weight * mask`` into one initializer, so provenance
+    must look for the product, not the raw parameter.
+    """
+    weight = state_tensor(program, w.fqn)
+    node = next((n for n in program.graph.nodes if n.name == w.node), None)
+    info = get_node_info(node) if node is not None else None
+    if info is not None and info.mask:
+        weight = weight * state_tensor(program, info.mask)
+    return weight
+
+
+def _save(model: Any, out_dir: Path, external: bool) -> dict[str, str]:
+    """Check and write ``model.onnx`` (and ``model.onnx.data`` when external); the artifact's files."""
+    onnx = _deps.onnx()
+    path, data = out_dir / MODEL_FILE, out_dir / DATA_FILE
+    # onnx appends to an existing data file: start from none.
+    data.unlink(missing_ok=True)
+    try:
+        if not external:
+            onnx.checker.check_model(model)
+            onnx.save_model(model, str(path))
+            return {"model": MODEL_FILE}
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=DATA_FILE, size_threshold=1024,
+        )
+        onnx.checker.check_model(str(path))  # by path: the checker cannot take > 2 GB in memory
+        return {"model": MODEL_FILE, "weights": DATA_FILE}
+    except onnx.checker.ValidationError as e:
+        raise LoweringError(f"the cleaned ONNX model is invalid: {e}") from e
+
+
+class OnnxBackend(Backend):
+    """ONNX files for ONNX Runtime (runs dense) and TensorRT (2:4 eligibility checked)."""
+
+    name = "onnx"
+    extra = "onnx"
+    modules = ("onnx", "onnxruntime", "onnxscript", "onnx_graphsurgeon")
+
+    def check(self, program: ExportedProgram) -> list[LayerCheck]:
+        return check_program(program)
+
+    def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions | None = None) -> Artifact:
+        _deps.onnx()
+        options = options or LowerOptions()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        weights = find_prunable_weights(program).weights
+        tensors = {w.fqn: _as_computed(program, w) for w in weights}
+
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage], clock = round(now - clock, 4), now
+
+        raw = export_program(program, options.opset, options.extra.get("custom_translation_table"))
+        lap("export")
+        try:
+            model, stats = clean_graph(raw)
+        except Exception as e:  # graphsurgeon and ORT raise assorted types
+            raise LoweringError(f"ONNX graph cleanup failed: {type(e).__name__}: {e}") from e
+        lap("cleanup")
+        names = dim_names(program, options.extra.get("dynamic_axes"))
+        rename_dims(model, names)
+        provenance = find_provenance(model, weights, tensors)
+        lap("provenance")
+        trt = [e.to_dict() for e in check_nm(model, 2, 4)]
+        lap("check_nm")
+
+        meta: dict[str, Any] = {
+            "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+            "ir_version": model.ir_version,
+            "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+            "dynamic_axes": names,
+            "cleanup": stats.to_dict(),
+            "threads": options.threads,
+        }
+        if options.sparse_initializers:
+            conversion = to_sparse_initializers(model)
+            meta["sparse_initializers"] = conversion.to_dict()
+            for entry in provenance.values():
+                if entry.get("initializer") in conversion.converted:
+                    entry["storage"] = "sparse (COO, linear int64 indices)"
+            lap("sparse_initializers")
+        for entry in provenance.values():
+            if entry.get("initializer") is not None:
+                entry.setdefault("storage", "dense")
+        meta["provenance"] = provenance
+        meta["tensorrt_2_4"] = trt
+
+        threshold = int(options.extra.get("external_data_threshold", EXTERNAL_DATA_THRESHOLD))
+        files = _save(model, out_dir, external=_payload_bytes(model) > threshold)
+        lap("save")
+        meta["timings_s"] = timings
+
+        inputs = [_renamed(s, names) for s in user_input_specs(program)]
+        outputs = _onnx_specs(model.graph.output)
+        return Artifact(backend=self.name, root=out_dir, files=files, inputs=inputs, outputs=outputs, meta=meta)
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
+        if threads is None:
+            threads = artifact.meta.get("threads")
+        return OrtRunner(artifact.path("model"), artifact.inputs, threads)
+
+    def verify_pattern(self, artifact: Artifact, specs: Sequence[MaskSpec]) -> list[PatternCheck]:
+        onnx = _deps.onnx()
+        model = onnx.load(str(artifact.path("model")))
+        return check_patterns(model, artifact.meta.get("provenance", {}), specs)

@@ -1,0 +1,58 @@
+"""Run a lowered ONNX model with ONNX Runtime's CPU provider.
+
+Sessions use ``intra_op_num_threads`` threads, one inter-op thread, and no
+spin-waiting (``session.intra_op.allow_spinning = 0``): two spinning sessions
+in one process steal each other's cores and skew every timing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from sparsecc.backends.base import Runner, TensorSpec, check_inputs
+
+from . import _deps
+
+__all__ = ["OrtRunner", "session_options"]
+
+
+def session_options(threads: int | None) -> Any:
+    ort = _deps.onnxruntime()
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        raise TypeError("bfloat16 inputs have no numpy type; cast them to float32 before export")
+    return t.contiguous().numpy()
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime CPU session that takes and returns flat torch tensors."""
+
+    def __init__(self, model_path: Path, inputs: Sequence[TensorSpec], threads: int | None = None):
+        ort = _deps.onnxruntime()
+        self.inputs = list(inputs)
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        # The exporter drops user inputs the graph does not read; feed only the rest.
+        self._fed = {i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        check_inputs(self.inputs, inputs)
+        feed = {s.name: _to_numpy(t) for s, t in zip(self.inputs, inputs) if s.name in self._fed}
+        outs = self.session.run(self.output_names, feed)
+        return [torch.from_numpy(np.asarray(o)) for o in outs]
