@@ -148,6 +148,9 @@ def compile_cmd(
     sparse_initializers: Optional[bool] = typer.Option(
         None, "--sparse-initializers/--dense-initializers",
         help="ONNX: store weights as sparse tensors where smaller (default: on for >=67%% unstructured)"),
+    dense_reference: bool = typer.Option(
+        True, "--dense-reference/--no-dense-reference",
+        help="also lower the unpruned model into BUNDLE/dense/ for side-by-side benchmarks"),
 ) -> None:
     """Capture, sparsify, lower and verify MODEL into a deployment bundle.
 
@@ -170,6 +173,7 @@ def compile_cmd(
         with console.status("compiling") as status, _mask_progress() as mask_progress:
             result = run_compile(
                 spec, recipe, out_dir, targets=targets, force=force, sparse_initializers=sparse_initializers,
+                dense_reference=dense_reference,
                 progress=lambda msg: status.update(f"compiling {spec.name}: {msg}"), mask_progress=mask_progress,
             )
     except Exception as e:

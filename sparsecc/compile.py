@@ -92,6 +92,7 @@ class CompileResult:
     targets: dict[str, TargetResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    dense_targets: dict[str, TargetResult] = field(default_factory=dict)
 
 
 def _flat_inputs(program: ExportedProgram, args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -163,6 +164,7 @@ def compile(
     progress: Progress | None = None,
     mask_progress: Callable[[int, int, str], None] | None = None,
     program: ExportedProgram | None = None,
+    dense_reference: bool = True,
 ) -> CompileResult:
     """Compile a model (or a `sparsecc.models.ModelSpec`) into a verified bundle.
 
@@ -197,6 +199,7 @@ def compile(
 
     t0 = time.perf_counter()
     report = None
+    dense_program = program
     if rec is not None:
         say("sparsify")
         result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name)
@@ -206,14 +209,11 @@ def compile(
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
 
-    with torch.no_grad():
-        ref_module = program.module()
-        input_sets = [
-            (label, a, k, _flat_inputs(program, a, k or {}), _flat_outputs(ref_module(*a, **(k or {}))))
-            for label, a, k in _input_sets((example_args, example_kwargs or {}), make_inputs)
-        ]
+    input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs)
+    options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={"dynamic_axes": axis_names})
 
     target_results: dict[str, TargetResult] = {}
+    dense_results: dict[str, TargetResult] = {}
     with staged_output(out_dir, force) as tmp:
         save_program(program, tmp / "program.pt2")
         (tmp / "inputs").mkdir()
@@ -221,58 +221,95 @@ def compile(
         if rec is not None:
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
         for backend in backends:
-            tt: dict[str, float] = {}
-            say(f"{backend.name}: check")
-            checks = backend.check(program)
-            say(f"{backend.name}: lower")
-            t0 = time.perf_counter()
-            options = LowerOptions(sparse_initializers=bool(sparse_initializers),
-                                   extra={"dynamic_axes": axis_names})
-            artifact = backend.lower(program, tmp / backend.name, options)
-            artifact.inputs = [_rename_dims(t, symbols) for t in artifact.inputs]
-            artifact.outputs = [_rename_dims(t, symbols) for t in artifact.outputs]
-            tt["lower"] = time.perf_counter() - t0
-            tt.update({f"lower.{k}": v for k, v in artifact.meta.get("timings_s", {}).items()})
-            say(f"{backend.name}: verify pattern")
-            t0 = time.perf_counter()
-            patterns = backend.verify_pattern(artifact, specs)
-            tt["verify_pattern"] = time.perf_counter() - t0
-            broken = [p for p in patterns if not p.ok]
-            if broken:
-                lines = "; ".join(f"{p.fqn} in {p.location}: {p.reason}" for p in broken[:5])
-                raise CompileError(f"{backend.name}: sparsity pattern broken in the artifact: {lines}")
-            say(f"{backend.name}: parity")
-            t0 = time.perf_counter()
-            runner = backend.load(artifact)
-            parity = []
-            for label, _a, _k, flat_in, want in input_sets:
-                try:
-                    got = runner(flat_in)
-                except Exception as e:
-                    if label == "example":
-                        raise
-                    parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
-                    continue
-                parity.append(_compare(got, want, label))
-            tt["parity"] = time.perf_counter() - t0
-            bad = [c for c in parity if not c["ok"]]
-            if bad:
-                worst = max((o for c in bad for o in c["outputs"] if not o["ok"]),
-                            key=lambda o: o.get("max_abs_err") or 0.0)
-                raise ParityError(
-                    f"{backend.name}: outputs differ from the sparse PyTorch program beyond "
-                    f"rtol={PARITY_RTOL}, atol={PARITY_ATOL} on {bad[0]['inputs']} inputs: output {worst['index']} "
-                    f"max abs err {worst.get('max_abs_err')}, max rel err {worst.get('max_rel_err')}"
+            tr = _lower_target(backend, program, tmp / backend.name, options, specs, input_sets, symbols, say)
+            target_results[backend.name] = tr
+            timings[backend.name] = sum(v for k, v in tr.timings.items() if "." not in k)
+        if dense_reference and rec is not None:
+            # The unpruned model, lowered the same way, so `sparsecc bench` can run
+            # dense and sparse side by side from the bundle alone.
+            dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs)
+            (tmp / "dense").mkdir()
+            save_program(dense_program, tmp / "dense" / "program.pt2")
+            dense_options = LowerOptions(sparse_initializers=False, extra={"dynamic_axes": axis_names})
+            for backend in backends:
+                say(f"dense reference: {backend.name}")
+                dense_results[backend.name] = _lower_target(
+                    backend, dense_program, tmp / "dense" / backend.name, dense_options, [], dense_sets, symbols,
+                    lambda msg: None,
                 )
-            target_results[backend.name] = TargetResult(backend.name, artifact, checks, patterns, parity, tt)
-            timings[backend.name] = sum(v for k, v in tt.items() if "." not in k)
+            timings["dense_reference"] = sum(
+                v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
 
         manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
+        if dense_results:
+            manifest["dense_reference"] = {
+                "program": "dense/program.pt2",
+                "targets": {k: {"folder": f"dense/{k}", **v.to_dict()} for k, v in dense_results.items()},
+            }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         (tmp / "README.md").write_text(_bundle_readme(model_name, manifest))
-        for tr in target_results.values():
-            tr.artifact.root = out_dir / tr.target
-    return CompileResult(out_dir, program, report, target_results, timings, manifest)
+    for tr in target_results.values():
+        tr.artifact.root = out_dir / tr.target
+    for tr in dense_results.values():
+        tr.artifact.root = out_dir / "dense" / tr.target
+    return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results)
+
+
+def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any) -> list[tuple]:
+    """(label, args, kwargs, flat inputs, flat outputs of ``program``) per input set."""
+    with torch.no_grad():
+        module = program.module()
+        return [
+            (label, a, k, _flat_inputs(program, a, k or {}), _flat_outputs(module(*a, **(k or {}))))
+            for label, a, k in _input_sets(example, make_inputs)
+        ]
+
+
+def _lower_target(backend, program, folder: Path, options, specs, input_sets, symbols, say) -> TargetResult:
+    """Check, lower, verify the pattern in the artifact, and check parity, for one target."""
+    tt: dict[str, float] = {}
+    say(f"{backend.name}: check")
+    checks = backend.check(program)
+    say(f"{backend.name}: lower")
+    t0 = time.perf_counter()
+    artifact = backend.lower(program, folder, options)
+    artifact.inputs = [_rename_dims(t, symbols) for t in artifact.inputs]
+    artifact.outputs = [_rename_dims(t, symbols) for t in artifact.outputs]
+    tt["lower"] = time.perf_counter() - t0
+    tt.update({f"lower.{k}": v for k, v in artifact.meta.get("timings_s", {}).items()})
+    say(f"{backend.name}: verify pattern")
+    t0 = time.perf_counter()
+    patterns = backend.verify_pattern(artifact, specs)
+    tt["verify_pattern"] = time.perf_counter() - t0
+    broken = [p for p in patterns if not p.ok]
+    if broken:
+        lines = "; ".join(f"{p.fqn} in {p.location}: {p.reason}" for p in broken[:5])
+        raise CompileError(f"{backend.name}: sparsity pattern broken in the artifact: {lines}")
+    say(f"{backend.name}: parity")
+    t0 = time.perf_counter()
+    runner = backend.load(artifact)
+    parity = []
+    for label, _a, _k, flat_in, want in input_sets:
+        try:
+            got = runner(flat_in)
+        except Exception as e:
+            if label == "example":
+                raise
+            # Another shape the target cannot run (an ExecuTorch upper bound, say) is
+            # recorded as skipped, not passed off as checked.
+            parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        parity.append(_compare(got, want, label))
+    tt["parity"] = time.perf_counter() - t0
+    bad = [c for c in parity if not c["ok"]]
+    if bad:
+        worst = max((o for c in bad for o in c["outputs"] if not o["ok"]), key=lambda o: o.get("max_abs_err") or 0.0)
+        raise ParityError(
+            f"{backend.name}: outputs differ from the PyTorch program beyond "
+            f"rtol={PARITY_RTOL}, atol={PARITY_ATOL} on {bad[0]['inputs']} inputs: output {worst['index']} "
+            f"max abs err {worst.get('max_abs_err')}, max rel err {worst.get('max_rel_err')}"
+        )
+    return TargetResult(backend.name, artifact, checks, patterns, parity, tt)
 
 
 def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]]) -> dict[str, str]:

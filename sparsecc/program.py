@@ -84,9 +84,18 @@ class ProgramEditor:
         # branches) come along.
         self.graph_module = torch.fx.GraphModule(program.graph_module, graph)
         self.graph = self.graph_module.graph
-        self._specs: dict[str, InputSpec] = {
-            s.arg.name: s for s in program.graph_signature.input_specs if hasattr(s.arg, "name")
-        }
+        # Keyed by the copy's node names: copying may rename a placeholder (``input``
+        # becomes ``input_1``, since FX avoids builtins), so follow node_map.
+        old_by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+        self._specs: dict[str, InputSpec] = {}
+        for spec in program.graph_signature.input_specs:
+            if not hasattr(spec.arg, "name"):
+                continue
+            new_name = node_map[old_by_name[spec.arg.name]].name
+            if new_name != spec.arg.name:
+                spec = copy.copy(spec)
+                spec.arg = TensorArgument(name=new_name)
+            self._specs[new_name] = spec
         self.state_dict: dict[str, torch.Tensor] = dict(program.state_dict)
         self.constants: dict[str, Any] = dict(program.constants)
         self._fake_mode = torch._guards.detect_fake_mode(

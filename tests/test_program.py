@@ -309,3 +309,18 @@ def test_load_program_of_a_plain_export(tmp_path, program):
     assert _infos(loaded) == {}
     assert torch.equal(loaded.module()(*X), program.module()(*X))
     assert PROGRAM_META_FILE == "sparsecc.json"
+
+
+def test_sequential_input_named_input_survives_editing():
+    """FX renames a placeholder called ``input`` when copying; the signature must follow."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    program = sparsecc.capture(model, (x,))
+    assert program.graph_signature.user_inputs == ("input",)
+    folded = sparsecc.sparsify(program, {"pattern": "2:4"}, fold=True).program
+    assert len(folded.graph_signature.user_inputs) == 1
+    masks = {n: (p != 0) for n, p in folded.state_dict.items()}
+    assert torch.equal(masks["0.weight"].sum(1), torch.full((8,), 4))
+    torch.testing.assert_close(folded.module()(x), torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(x, folded.state_dict["0.weight"], model[0].bias)),
+        folded.state_dict["2.weight"], model[2].bias), rtol=1e-5, atol=1e-6)
