@@ -1,0 +1,38 @@
+"""What ExecuTorch + XNNPACK does with each prunable layer's sparsity.
+
+ExecuTorch builds XNNPACK with its sparse inference off and never asks for
+it, and XNNPACK itself disables its sparse path on x86 CPUs with AVX: zeros
+in a weight never make a layer faster here. A layer XNNPACK takes runs
+dense (`Support.DENSE`); one it does not take runs on ExecuTorch's portable
+kernels, dense reference loops (`Support.UNSUPPORTED`, with XNNPACK's reason).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from sparsecc.backends.base import LayerCheck, Support
+
+__all__ = ["layer_checks", "DENSE_REASON", "PORTABLE_REASON"]
+
+DENSE_REASON = (
+    "runs dense: saves size, not time (XNNPACK has no sparse kernels here); channel pruning makes it faster"
+)
+PORTABLE_REASON = (
+    "not delegated to XNNPACK ({why}): runs dense on ExecuTorch's portable kernels (slow reference "
+    "loops); zeros save size (zstd), not time"
+)
+
+
+def layer_checks(report: Mapping[str, Any]) -> list[LayerCheck]:
+    """One `LayerCheck` per prunable layer of a delegation report."""
+    checks = []
+    for e in report["layers"]:
+        if e["where"] == "xnnpack":
+            checks.append(LayerCheck(e["layer"], e["fqn"], Support.DENSE, DENSE_REASON))
+        elif e["where"] == "portable":
+            why = e.get("reason") or "XNNPACK did not take it"
+            checks.append(LayerCheck(e["layer"], e["fqn"], Support.UNSUPPORTED, PORTABLE_REASON.format(why=why)))
+        else:
+            checks.append(LayerCheck(e["layer"], e["fqn"], Support.UNSUPPORTED, e.get("reason") or "not lowered"))
+    return checks

@@ -1,0 +1,88 @@
+"""Run a ``.pte`` with the ExecuTorch runtime (XNNPACK and portable kernels, CPU).
+
+Threads: XNNPACK runs on ExecuTorch's one process-wide thread pool. The
+Python runtime can resize it only through
+``portable_lib._unsafe_reset_threadpool``, which is safe only before any
+program is loaded (resizing it back and forth in one process crashed or
+deadlocked). So the pool is sized once, by the first load that asks for a
+thread count; asking for a different count later in the same process raises
+`ThreadCountError`. Measure each thread count in its own process.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from sparsecc.backends.base import Runner, TensorSpec, check_inputs
+
+from . import _deps
+from .dynamic_dims import DynamicDim, check_dims
+
+__all__ = ["ExecuTorchRunner", "ThreadCountError", "set_threads_once", "thread_count"]
+
+
+class ThreadCountError(RuntimeError):
+    """The thread pool was already sized (or in use) with another thread count."""
+
+
+_lock = threading.Lock()
+_state = {"set_to": None, "loaded": False}
+
+
+def thread_count() -> int:
+    """The size of ExecuTorch's thread pool in this process."""
+    return int(_deps.portable_lib()._threadpool_get_thread_count())
+
+
+def set_threads_once(threads: int | None) -> None:
+    """Size the process-wide thread pool, once, before the first program loads."""
+    if threads is None:
+        return
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    with _lock:
+        current = thread_count()
+        if threads == current:
+            _state["set_to"] = threads
+            return
+        if _state["set_to"] is not None or _state["loaded"]:
+            raise ThreadCountError(
+                f"ExecuTorch's thread pool already runs {current} threads in this process and cannot be "
+                f"resized safely to {threads}; run each thread count in its own process"
+            )
+        _deps.portable_lib()._unsafe_reset_threadpool(threads)
+        _state["set_to"] = threads
+
+
+class ExecuTorchRunner(Runner):
+    """A loaded ``forward`` method that takes and returns flat torch tensors."""
+
+    def __init__(
+        self,
+        path: Path,
+        inputs: Sequence[TensorSpec],
+        dims: Sequence[DynamicDim] = (),
+        threads: int | None = None,
+    ):
+        set_threads_once(threads)
+        runtime = _deps.runtime().Runtime.get()
+        with _lock:
+            _state["loaded"] = True
+        self.path = Path(path)
+        self.inputs = list(inputs)
+        self.dims = list(dims)
+        # The program owns the method's memory: keep both alive together.
+        self.program = runtime.load_program(self.path)
+        self.method = self.program.load_method("forward")
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        check_inputs(self.inputs, inputs)
+        check_dims(self.dims, self.inputs, inputs)
+        # ExecuTorch reads inputs as dense, contiguous buffers.
+        outs = self.method.execute([t.detach().contiguous() for t in inputs])
+        return [o if isinstance(o, torch.Tensor) else torch.as_tensor(o) for o in outs]

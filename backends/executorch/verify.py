@@ -1,0 +1,64 @@
+"""Re-check each weight's sparsity pattern on the bytes stored in the ``.pte``.
+
+The weight index (built at lowering) says where a weight lives and in which
+layout; everything else, the stored dims, dtype, named-data key and bytes,
+is read back from the file. The pattern is checked in that stored layout,
+along the reduction axis as it is stored (for an NHWC conv filter that is
+the last axis), with the same rules as `sparsecc.masks.pattern_violation`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from sparsecc.backends.base import PatternCheck
+from sparsecc.ir import MaskSpec
+from sparsecc.masks import pattern_violation, sparsity_of
+
+from .pte import PteReader
+
+__all__ = ["verify_patterns"]
+
+
+def _stored(reader: PteReader, entry: Mapping[str, Any]) -> tuple[torch.Tensor, str, str]:
+    """The stored tensor, where it lives, and a problem with it (or "")."""
+    if entry["where"] == "xnnpack":
+        tensor, key = reader.xnnpack_tensor(int(entry["delegate"]), int(entry["value"]))
+        location = f"XNNPACK delegate {entry['delegate']}, value {entry['value']}, named data {key[:16]}"
+        problem = "" if key == entry.get("named_key") else f"named data key changed since lowering ({key[:16]})"
+        return tensor, location, problem
+    const = next((c for c in reader.constant_tensors() if c.value_index == int(entry["value"])), None)
+    if const is None:
+        raise KeyError(f"the .pte has no constant tensor at value {entry['value']}")
+    return reader.constant(const), f"constant buffer {const.buffer_index} (value {const.value_index})", ""
+
+
+def verify_patterns(
+    reader: PteReader, index: Mapping[str, Mapping[str, Any]], specs: Sequence[MaskSpec]
+) -> list[PatternCheck]:
+    """One `PatternCheck` per spec, on the weight as stored in the ``.pte``."""
+    checks = []
+    for spec in specs:
+        pattern = str(spec.pattern)
+        entry = index.get(spec.fqn)
+        if entry is None or entry.get("where") == "missing":
+            note = entry.get("note", "") if entry else "not a prunable weight of the lowered program"
+            checks.append(PatternCheck(spec.fqn, pattern, "not found in the .pte", "", False, math.nan,
+                                       f"cannot check: {note}"))
+            continue
+        try:
+            tensor, location, problem = _stored(reader, entry)
+        except (KeyError, ValueError, IndexError) as e:
+            checks.append(PatternCheck(spec.fqn, pattern, f"{entry['where']} (unreadable)", entry.get("layout", ""),
+                                       False, math.nan, f"cannot read the stored weight: {e}"))
+            continue
+        why = problem or pattern_violation(
+            tensor.float(), spec.pattern, spec.target, int(entry["output_axis"]), int(entry["reduction_axis"])
+        )
+        reason = why or entry.get("note", "")
+        checks.append(PatternCheck(spec.fqn, pattern, location, entry["layout"], not why,
+                                   sparsity_of(tensor), reason))
+    return checks
