@@ -221,6 +221,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def check(self, program: ExportedProgram) -> list[LayerCheck]: ...
 
+    def check_artifact(self, program: ExportedProgram, artifact: Artifact) -> list[LayerCheck]:
+        """`check`, answered from an artifact already lowered from ``program``.
+
+        Backends whose answer needs a lowering (ExecuTorch: what XNNPACK took)
+        read it from the artifact instead of lowering a second time.
+        """
+        return self.check(program)
+
     @abc.abstractmethod
     def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions) -> Artifact: ...
 

@@ -16,7 +16,7 @@ from torch.export import ExportedProgram
 from sparsecc.analyze import find_prunable_weights
 from sparsecc.criteria import CriterionContext, get_criterion
 from sparsecc.ir import MaskSpec, get_node_info, set_node_info
-from sparsecc.masks import compute_mask
+from sparsecc.masks import compute_mask, sparsity_of
 from sparsecc.pass_infra import PassBase, PassResult
 from sparsecc.program import ProgramEditor
 
@@ -64,8 +64,7 @@ class ComputeMasksPass(PassBase):
                 ctx = CriterionContext(spec.fqn, w.output_axis, w.reduction_axis, self.stats.get(spec.fqn, {}))
                 scores = get_criterion(spec.criterion)(weight, ctx)
                 mask = compute_mask(scores, spec.pattern, spec.target, w.output_axis, w.reduction_axis)
-                # What the mask prunes; VerifySparsityPass records the exact zero count later.
-                achieved = 1.0 - int(torch.count_nonzero(mask)) / mask.numel()
+                achieved = sparsity_of(weight.masked_fill(~mask, 0))
                 set_node_info(node, spec=spec.with_achieved(achieved), pending_mask=mask)
         if self.progress:
             self.progress(len(self.plan), len(self.plan), "")

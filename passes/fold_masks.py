@@ -30,7 +30,7 @@ class FoldMasksPass(PassBase):
                 fqn = ed.spec_of(weight_node).target
                 mask = ed.tensor(ed.spec_of(mask_node).target)
                 weight = ed.tensor(fqn)
-                ed.set_tensor(fqn, (weight.detach() * mask).to(weight.dtype))
+                ed.set_tensor(fqn, weight.detach().masked_fill(~mask, 0))
                 mul.replace_all_uses_with(weight_node)
                 ed.graph.erase_node(mul)
                 ed.remove_input(mask_node)

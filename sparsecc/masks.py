@@ -119,6 +119,25 @@ def compute_mask(
     return _from_matrix(keep.reshape(view.shape), output_axis, reduction_axis).contiguous()
 
 
+_WORD = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _group_counts(nz: torch.Tensor, m: int) -> torch.Tensor:
+    """Nonzeros in each group of ``m`` along the last axis of a boolean tensor.
+
+    For m in (2, 4, 8) each group's bytes are read as one integer and their
+    0/1 bytes summed by a multiply (a byte-wise popcount): two orders of
+    magnitude faster than a reduction over a tiny axis. The multiply may wrap;
+    the top byte still holds the sum, and ``& 0xFF`` undoes the sign of the shift.
+    """
+    if m not in _WORD:
+        return nz.reshape(-1, m).sum(1)
+    word = nz.contiguous().view(torch.uint8).reshape(-1).view(_WORD[m])
+    ones = int.from_bytes(b"\x01" * m, "little")
+    shift = 8 * (m - 1)
+    return ((word * ones) >> shift) & 0xFF
+
+
 def sparsity_of(weight: torch.Tensor) -> float:
     """Fraction of exact zeros."""
     return 1.0 - int(torch.count_nonzero(weight)) / max(1, weight.numel())
@@ -165,7 +184,7 @@ def _violation(
         return None if zeros >= need else f"{zeros} zeros, expected at least {need}"
     view = as_matrix(nz, output_axis, reduction_axis)
     if pattern.kind == "nm":
-        counts = view.reshape(-1, pattern.m).sum(1)
+        counts = _group_counts(view, pattern.m)
         bad = torch.nonzero(counts > pattern.n)
         if bad.numel():
             g = int(bad[0])

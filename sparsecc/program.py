@@ -80,10 +80,10 @@ class ProgramEditor:
         old_output = next(n for n in program.graph.nodes if n.op == "output")
         new_output = graph.output(out)
         new_output.meta = copy.copy(old_output.meta)
-        # Built from the copied graph so that submodules it refers to (torch.cond
-        # branches) come along.
-        self.graph_module = torch.fx.GraphModule(program.graph_module, graph)
-        self.graph = self.graph_module.graph
+        # A bare graph: `finish` hands it to ExportedProgram with the source's module
+        # as root, which copies the submodules it refers to (torch.cond branches)
+        # and generates its code once, instead of once here and again there.
+        self.graph = graph
         # Keyed by the copy's node names: copying may rename a placeholder (``input``
         # becomes ``input_1``, since FX avoids builtins), so follow node_map.
         old_by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
@@ -185,7 +185,6 @@ class ProgramEditor:
     def finish(self) -> ExportedProgram:
         self.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
         self.graph.lint()
-        self.graph_module.recompile()
         specs = [self._specs[n.name] for n in self.placeholders()]
         output_specs = copy.deepcopy(self.source.graph_signature.output_specs)
         output_node = next(n for n in self.graph.nodes if n.op == "output")
@@ -199,7 +198,7 @@ class ProgramEditor:
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             module_call_graph = copy.deepcopy(src.module_call_graph)
         return ExportedProgram(
-            root=self.graph_module,
+            root=self.source.graph_module,
             graph=self.graph,
             graph_signature=sig,
             state_dict=self.state_dict,

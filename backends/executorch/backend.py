@@ -82,6 +82,9 @@ class ExecuTorchBackend(Backend):
             lowering = lower_to_edge(program, LowerOptions())
         return layer_checks(delegation_report(lowering.edge_program, lowering.rejections, weights))
 
+    def check_artifact(self, program: ExportedProgram, artifact: Artifact) -> list[LayerCheck]:
+        return layer_checks(artifact.meta["delegation"])
+
     def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions | None = None) -> Artifact:
         options = options or LowerOptions()
         out_dir = Path(out_dir)

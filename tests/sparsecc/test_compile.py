@@ -25,6 +25,7 @@ def _compile(zoo, name, recipe, out, **kw):
     return compile(spec, RECIPES[recipe], out, targets=TARGETS, program=program, **kw)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # inside polygraphy
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_zoo_model_compiles_to_every_target(zoo, tmp_path, name, recipe):
@@ -42,9 +43,29 @@ def test_zoo_model_compiles_to_every_target(zoo, tmp_path, name, recipe):
             assert {x["fqn"] for x in d["pattern_verification"]["layers"]} == sparse
         for f in d["artifact"]["files"].values():
             assert (tmp_path / "bundle" / target / f).is_file()
+    if recipe == "2:4":
+        _assert_tensorrt_eligible_and_polygraphy_agrees(result)
     assert (tmp_path / "bundle" / "program.pt2").is_file()
     assert (tmp_path / "bundle" / "README.md").read_text().startswith("# sparsecc bundle")
     assert result.manifest["inputs"] and all(i["dtype"] for i in result.manifest["inputs"])
+
+
+def _assert_tensorrt_eligible_and_polygraphy_agrees(result):
+    """Every 2:4 layer is TensorRT-eligible in the ONNX file, and polygraphy's checker agrees."""
+    import onnx
+    from polygraphy.tools.sparse import SparsityPruner
+
+    from sparsecc.backends.onnx import check_nm
+
+    layers = result.manifest["targets"]["onnx"]["pattern_verification"]["layers"]
+    assert layers and all(x["eligible"] for x in layers), [x for x in layers if not x["eligible"]]
+    model = onnx.load(str(result.targets["onnx"].artifact.path()))
+    ours = {e.initializer for e in check_nm(model, 2, 4) if e.eligible}
+    pruner = SparsityPruner(model)
+    pruner.check()
+    assert ours == set(pruner.sparse_tensors)
+    provenance = result.targets["onnx"].artifact.meta["provenance"]
+    assert {provenance[x["fqn"]]["initializer"] for x in layers} <= ours
 
 
 def test_dynamic_dims_keep_user_names(zoo, tmp_path):

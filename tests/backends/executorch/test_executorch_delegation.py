@@ -63,10 +63,11 @@ def test_check_says_dense_or_portable_per_layer(cases, backend):
     assert checks["body.weight"].reason == DENSE_REASON
     assert checks["head.weight"].support is Support.UNSUPPORTED
     assert "portable kernels" in checks["head.weight"].reason and "float64" in checks["head.weight"].reason
-    # check() and lower() agree on the layers.
-    assert [c.to_dict() for c in layer_checks(cases["partial"].artifact.meta["delegation"])] == [
-        checks[f].to_dict() for f in ("body.weight", "head.weight")
-    ]
+    # check() and lower() agree on the layers, and check_artifact reads them without lowering again.
+    want = [checks[f].to_dict() for f in ("body.weight", "head.weight")]
+    assert [c.to_dict() for c in layer_checks(cases["partial"].artifact.meta["delegation"])] == want
+    from_artifact = backend.check_artifact(cases["partial"].program, cases["partial"].artifact)
+    assert [c.to_dict() for c in from_artifact] == want
 
 
 def test_rejection_capture_restores_logging():

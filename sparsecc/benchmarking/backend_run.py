@@ -1,0 +1,120 @@
+"""Benchmark one backend of one bundle at one thread setting: dense and sparse, in this process.
+
+This is what a worker process runs (see worker.py): peak resident memory is
+then the peak of this one measurement, and ExecuTorch's thread pool is sized
+once per process as it must be.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable
+
+from .bundle import DENSE, SPARSE, Bundle
+from .errors import BenchError
+from .inputs import build_inputs
+from .layers import coverage, layer_table
+from .measure import time_interleaved
+from .memory import PEAK_RSS_METHOD, peak_rss_mb, rss_mb
+from .runners import load_variant
+from .sizes import file_sizes
+from .stats import bootstrap_ratio, summarize, verdict
+
+__all__ = ["run_backend", "PROFILE_NOTES"]
+
+PROFILE_NOTES = {
+    "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
+    "torch": "torch.profiler over a torch.fx.Interpreter run that labels each node with its layer; the interpreter's own Python overhead is not in any layer",
+    "executorch": "no per-operator profile: the installed ExecuTorch Python runtime exposes no event tracer (ETDump) to this tool; only end-to-end times are measured",
+}
+
+
+def _variant_files(v) -> dict[str, Any]:
+    files = {role: {"path": str(p), **file_sizes(p)} for role, p in v.files().items() if p.exists()}
+    model = files.get("model", {})
+    return {"files": files, "bytes": model.get("bytes"), "zstd_bytes": model.get("zstd_bytes")}
+
+
+def _profile(backend: str, variants: dict, threads: int | None, inputs, iterations: int) -> dict[str, Any]:
+    if backend == "onnx":
+        from .profile_ort import profile_onnx
+        return profile_onnx(variants, threads, inputs, iterations)
+    if backend == "torch":
+        from .profile_torch import profile_torch
+        return profile_torch(variants, threads, inputs, iterations)
+    return {}
+
+
+def run_backend(
+    bundle_path: str, backend: str, threads: int | None, *, batch: int | None = None, seq: int | None = None,
+    warmup: int = 10, runs: int | None = 100, time_budget_s: float | None = None, profile: bool = True,
+    profile_runs: int = 20, seed: int = 0, progress: Callable[[float, float], None] | None = None,
+) -> dict[str, Any]:
+    """A run record (see schema.py, ``runs[]``)."""
+    rec: dict[str, Any] = {"backend": backend, "threads": threads, "status": "ok", "error": None}
+    t_start = time.perf_counter()
+    try:
+        bundle = Bundle(bundle_path)
+        inputs, dims = build_inputs(bundle.path, bundle.inputs, bundle.dynamic_dims, batch, seq, seed)
+        rec["dims"] = dims
+        batch_size = dims.get("batch", 1)
+        variants = {n: bundle.variant(backend, n) for n in (SPARSE, DENSE)}
+        variants = {n: v for n, v in variants.items() if v is not None}
+        if SPARSE not in variants:
+            raise BenchError(f"bundle {bundle.path} has no {backend} artifact (targets: {', '.join(bundle.backends())})")
+        loaded, vrec = [], {}
+        for name, v in variants.items():
+            before = rss_mb()
+            ld = load_variant(v, threads)
+            after = rss_mb()
+            loaded.append(ld)
+            vrec[name] = {"model_file": str(v.path.relative_to(bundle.path)), **_variant_files(v),
+                          "load_s": ld.load_s, "rss_growth_mb": (after - before) if before and after else None}
+        timing = time_interleaved(loaded, inputs, warmup=warmup, runs=runs, time_budget_s=time_budget_s,
+                                  progress=progress)
+        for name, samples in timing.samples_ms.items():
+            vrec[name].update(first_run_ms=timing.first_run_ms.get(name), latency_ms=summarize(samples, batch_size),
+                              samples_ms=samples)
+        rec["variants"] = vrec
+        rec["comparison"] = None
+        if DENSE in timing.samples_ms:
+            b = bootstrap_ratio(timing.samples_ms[DENSE], timing.samples_ms[SPARSE], seed=seed)
+            rec["comparison"] = {**b, "label": verdict(b["ci95"]),
+                                 "definition": "dense p50 / sparse p50 (above 1: sparse is faster); paired bootstrap"}
+        rec["peak_rss_mb"] = peak_rss_mb()
+        rec["peak_rss_method"] = PEAK_RSS_METHOD
+        rec["profile"] = None
+        if timing.interrupted:
+            rec["status"] = "interrupted"
+        elif profile:
+            rec["profile"] = _layer_profile(bundle, backend, variants, threads, inputs, profile_runs, seed)
+        del loaded
+    except KeyboardInterrupt:
+        rec["status"] = "interrupted"
+    except Exception as e:  # one backend failing must not lose the others' results
+        rec["status"] = "error"
+        rec["error"] = f"{type(e).__name__}: {e}"
+        rec["traceback"] = traceback.format_exc(limit=6)
+    rec["wall_s"] = time.perf_counter() - t_start
+    return rec
+
+
+def _layer_profile(bundle: Bundle, backend: str, variants: dict, threads, inputs, iterations: int,
+                   seed: int) -> dict[str, Any]:
+    note = PROFILE_NOTES.get(backend, "")
+    profiles = _profile(backend, variants, threads, inputs, iterations)
+    if not profiles:
+        return {"available": False, "method": note, "layers": [], "missing": [], "coverage": {}}
+    checks = {lay["layer"]: c for lay in bundle.sparse_layers if (c := bundle.check_reason(backend, lay["layer"]))}
+    for layer, support in (profiles.get("sparse") or {}).get("support", {}).items():
+        checks.setdefault(layer, {"support": support, "reason": "weight layout in the loaded program"})
+    rows, missing = layer_table(bundle.sparse_layers, profiles, checks, seed=seed)
+    rest = ("the interpreter's Python overhead between nodes" if backend == "torch" else
+            "runtime overhead outside operator kernels (input/output copies, scheduling, memory planning)")
+    cov = {name: coverage(p, rest) for name, p in profiles.items()}
+    import numpy as np
+
+    other = {name: {k: float(np.median(v["ms"])) for k, v in p["layers"].items()} for name, p in profiles.items()}
+    return {"available": True, "method": note, "iterations": iterations, "layers": rows, "missing": missing,
+            "coverage": cov, "all_layers_ms": other}

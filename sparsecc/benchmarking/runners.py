@@ -1,0 +1,120 @@
+"""Load one variant (sparse or dense build of one backend) as a callable on numpy inputs.
+
+- ONNX Runtime: one session per thread setting, one inter-op thread, and
+  spin-waiting off (two spinning sessions in one process steal each other's
+  core; see backends/onnx/runtime.py). onnxruntime is used directly so this
+  path never imports torch.
+- torch: the program.pt2 module, eager, under ``inference_mode``; the thread
+  count is ``torch.set_num_threads``.
+- ExecuTorch: the backend's own runner; its thread pool can be sized once per
+  process, so callers run one thread setting per process (see worker.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .bundle import Variant
+from .errors import BenchError
+
+__all__ = ["Loaded", "load_variant", "ort_session_options"]
+
+
+class Loaded:
+    """A loaded variant: ``run(inputs)`` executes once; ``load_s`` is the load/initialisation time."""
+
+    def __init__(self, variant: Variant, run: Callable[[Sequence[np.ndarray]], Any], load_s: float, handle: Any = None):
+        self.variant, self.run, self.load_s, self.handle = variant, run, load_s, handle
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BenchError("the onnx backend needs onnxruntime: pip install 'sparsecc[onnx]'") from e
+    return onnxruntime
+
+
+def ort_session_options(threads: int | None, profile_prefix: str | None = None) -> Any:
+    ort = _ort()
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return opts
+
+
+def _load_onnx(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
+    ort = _ort()
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(str(v.path), sess_options=ort_session_options(threads, profile_prefix),
+                                   providers=["CPUExecutionProvider"])
+    load_s = time.perf_counter() - t0
+    specs = v.artifact["inputs"] if v.artifact else []
+    fed = {i.name for i in session.get_inputs()}
+    names = [s["name"] for s in specs]
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(inputs: Sequence[np.ndarray]) -> Any:
+        # The exporter drops user inputs the graph does not read; feed only the rest.
+        return session.run(outputs, {n: a for n, a in zip(names, inputs) if n in fed})
+
+    return Loaded(v, run, load_s, session)
+
+
+def _load_torch(v: Variant, threads: int | None) -> Loaded:
+    import torch
+
+    from sparsecc.program import load_program
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    module = load_program(v.path).module()
+    load_s = time.perf_counter() - t0
+
+    def run(inputs: Sequence[np.ndarray]) -> Any:
+        with torch.inference_mode():
+            return module(*[torch.from_numpy(a) for a in inputs])
+
+    return Loaded(v, run, load_s, module)
+
+
+def _load_executorch(v: Variant, threads: int | None) -> Loaded:
+    import torch
+
+    from sparsecc.backends import Artifact, get_backend
+    from sparsecc.backends.executorch import _deps
+
+    # import the runtime's extension modules first: that is a once-per-process cost, not this model's load time
+    _deps.runtime()
+    _deps.portable_lib()
+    t0 = time.perf_counter()
+    runner = get_backend("executorch").load(Artifact.from_dict(v.artifact, v.root), threads)
+    load_s = time.perf_counter() - t0
+
+    def run(inputs: Sequence[np.ndarray]) -> Any:
+        return runner([torch.from_numpy(a) for a in inputs])
+
+    return Loaded(v, run, load_s, runner)
+
+
+def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
+    """Load ``v`` with ``threads`` intra-op threads (None: the runtime's default)."""
+    if not v.path.is_file():
+        raise BenchError(f"{v.backend} {v.name} model {v.path} does not exist")
+    if v.backend == "onnx":
+        return _load_onnx(v, threads, profile_prefix)
+    if v.backend == "torch":
+        return _load_torch(v, threads)
+    if v.backend == "executorch":
+        return _load_executorch(v, threads)
+    raise BenchError(f"unknown backend {v.backend!r}")
