@@ -101,7 +101,7 @@ def _flat_inputs(program: ExportedProgram, args: tuple, kwargs: dict) -> list[to
     # torch.export orders kwargs by the in_spec; re-flatten through it to match.
     spec = program.call_spec.in_spec
     if spec is not None:
-        ordered_kwargs = {k: kwargs[k] for k in spec.children_specs[1].context} if kwargs else {}
+        ordered_kwargs = {k: kwargs[k] for k in spec.child(1).context} if kwargs else {}
         flat, _ = torch.utils._pytree.tree_flatten((args, ordered_kwargs))
     return [t for t in flat if isinstance(t, torch.Tensor)]
 

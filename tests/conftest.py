@@ -23,6 +23,19 @@ def captured_zoo_model(name: str):
     return _CAPTURED[name]
 
 
+_REAL_MODELS = ("smollm2", "minilm", "efficientnet-lite0", "mnist")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadgroup), keep the tests of one real model on one
+    worker, so that its slow load and capture happen once."""
+    for item in items:
+        for name in _REAL_MODELS:
+            if name in item.nodeid:
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+
+
 @pytest.fixture(scope="session")
 def zoo():
     """``zoo(name) -> (spec, program)``: the zoo model and its captured program, cached."""

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from .bundle import BACKENDS, Bundle
 from .errors import BenchError
 from .host import host_info, load_average
+from .inputs import resolve_dims
 from .result import BenchResult
 from .schema import SCHEMA_ID
 
@@ -32,7 +33,7 @@ def _bundle_record(b: Bundle) -> dict[str, Any]:
     }
 
 
-def _check_backends(bundles: list[Bundle], backends: Sequence[str] | None) -> list[str] | None:
+def _check_backends(backends: Sequence[str] | None) -> list[str] | None:
     if backends is None:
         return None
     for be in backends:
@@ -68,7 +69,9 @@ def bench(
     if warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
     opened = [Bundle(p) for p in bundles]
-    wanted = _check_backends(opened, backends)
+    wanted = _check_backends(backends)
+    for b in opened:  # a bad --batch/--seq fails here, before any process starts
+        resolve_dims(b.inputs, b.dynamic_dims, batch, seq, where=str(b.path / "manifest.json"))
     threads = list(threads) or [None]
     data: dict[str, Any] = {
         "schema": SCHEMA_ID,

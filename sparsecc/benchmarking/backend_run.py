@@ -26,7 +26,7 @@ __all__ = ["run_backend", "PROFILE_NOTES"]
 PROFILE_NOTES = {
     "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
     "torch": "torch.profiler over a torch.fx.Interpreter run that labels each node with its layer; the interpreter's own Python overhead is not in any layer",
-    "executorch": "no per-operator profile: the installed ExecuTorch Python runtime exposes no event tracer (ETDump) to this tool; only end-to-end times are measured",
+    "executorch": "ExecuTorch ETDump (enable_etdump): per-XNNPACK-operator times; XNNPACK's operator names do not say which layer they run (that needs an ETRecord, which bundles do not hold), so times are per operator, not per layer",
 }
 
 
@@ -43,6 +43,9 @@ def _profile(backend: str, variants: dict, threads: int | None, inputs, iteratio
     if backend == "torch":
         from .profile_torch import profile_torch
         return profile_torch(variants, threads, inputs, iterations)
+    if backend == "executorch":
+        from .profile_executorch import profile_executorch
+        return profile_executorch(variants, inputs, iterations)
     return {}
 
 
@@ -70,7 +73,8 @@ def run_backend(
             after = rss_mb()
             loaded.append(ld)
             vrec[name] = {"model_file": str(v.path.relative_to(bundle.path)), **_variant_files(v),
-                          "load_s": ld.load_s, "rss_growth_mb": (after - before) if before and after else None}
+                          "first_load_s": ld.load_s, "load_s": ld.load_s,
+                          "rss_growth_mb": (after - before) if before and after else None}
         timing = time_interleaved(loaded, inputs, warmup=warmup, runs=runs, time_budget_s=time_budget_s,
                                   progress=progress)
         for name, samples in timing.samples_ms.items():
@@ -81,9 +85,14 @@ def run_backend(
         if DENSE in timing.samples_ms:
             b = bootstrap_ratio(timing.samples_ms[DENSE], timing.samples_ms[SPARSE], seed=seed)
             rec["comparison"] = {**b, "label": verdict(b["ci95"]),
-                                 "definition": "dense p50 / sparse p50 (above 1: sparse is faster); paired bootstrap"}
+                                 "definition": "dense p50 / sparse p50 (above 1: sparse is faster); paired moving-block bootstrap 95% CI"}
         rec["peak_rss_mb"] = peak_rss_mb()
         rec["peak_rss_method"] = PEAK_RSS_METHOD
+        if not timing.interrupted:
+            # the first load in a process also pays the runtime's one-time set-up; a second load of
+            # each model is what that model costs (taken after the peak memory reading)
+            for name, v in variants.items():
+                vrec[name]["load_s"] = load_variant(v, threads).load_s
         rec["profile"] = None
         if timing.interrupted:
             rec["status"] = "interrupted"
@@ -106,6 +115,8 @@ def _layer_profile(bundle: Bundle, backend: str, variants: dict, threads, inputs
     profiles = _profile(backend, variants, threads, inputs, iterations)
     if not profiles:
         return {"available": False, "method": note, "layers": [], "missing": [], "coverage": {}}
+    if backend == "executorch":
+        return _operator_profile(bundle, note, profiles, iterations, seed)
     checks = {lay["layer"]: c for lay in bundle.sparse_layers if (c := bundle.check_reason(backend, lay["layer"]))}
     for layer, support in (profiles.get("sparse") or {}).get("support", {}).items():
         checks.setdefault(layer, {"support": support, "reason": "weight layout in the loaded program"})
@@ -118,3 +129,28 @@ def _layer_profile(bundle: Bundle, backend: str, variants: dict, threads, inputs
     other = {name: {k: float(np.median(v["ms"])) for k, v in p["layers"].items()} for name, p in profiles.items()}
     return {"available": True, "method": note, "iterations": iterations, "layers": rows, "missing": missing,
             "coverage": cov, "all_layers_ms": other}
+
+
+def _operator_profile(bundle: Bundle, note: str, profiles: dict[str, Any], iterations: int, seed: int) -> dict[str, Any]:
+    """Per-operator dense vs sparse rows (ExecuTorch), paired by operator name."""
+    import numpy as np
+
+    from .stats import bootstrap_ratio, verdict
+
+    sparse, dense = profiles.get("sparse", {}), profiles.get("dense", {})
+    rows = []
+    for op, s_ms in (sparse.get("operators") or {}).items():
+        d_ms = (dense.get("operators") or {}).get(op)
+        row = {"operator": op, "sparse_ms": float(np.median(s_ms)) if s_ms else None,
+               "dense_ms": float(np.median(d_ms)) if d_ms else None, "ratio": None, "ci95": None, "label": None}
+        if s_ms and d_ms:
+            b = bootstrap_ratio(d_ms, s_ms, seed=seed)
+            row.update(ratio=b["ratio"], ci95=b["ci95"], label=verdict(b["ci95"]))
+        rows.append(row)
+    rows.sort(key=lambda r: -(r["dense_ms"] or r["sparse_ms"] or 0.0))
+    cov = {name: coverage({"e2e_ms": p["e2e_ms"], "layers": {k: {"ms": v} for k, v in p["operators"].items()}},
+                          "the runtime's own work around the delegates (method execution, copies)")
+           for name, p in profiles.items()}
+    return {"available": True, "method": note, "iterations": iterations, "layers": [],
+            "missing": [lay["layer"] for lay in bundle.sparse_layers], "operators": rows, "coverage": cov,
+            "layer_mapping": False}

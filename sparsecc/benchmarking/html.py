@@ -64,6 +64,16 @@ def _layers(r: dict[str, Any]) -> str:
     head = f"<h4>Per layer: {_e(r['backend'])}, {_e(r['threads'])} thread(s)</h4>"
     if not p.get("available"):
         return head + f"<p>{_e(p.get('method'))}</p>"
+    if p.get("operators") is not None:
+        from .markdown import _operator_section
+
+        lines = _operator_section(r, p)
+        table = [ln for ln in lines if ln.startswith("|")]
+        cells = [[_e(c.strip()) for c in ln.strip("|").split("|")] for ln in table[2:]]
+        rest = "".join(f"<li>{_e(ln[2:])}</li>" for ln in lines if ln.startswith("- "))
+        head = head.replace("Per layer", "Per operator")
+        return (head + f"<p>Method: {_e(p['method'])}.</p>"
+                + _table([c.strip() for c in table[0].strip("|").split("|")], cells) + f"<ul>{rest}</ul>")
     rows = [[_e(lay["layer"]), f"{lay['sparsity']:.0%}" if lay.get("sparsity") is not None else "-",
              ms(lay["dense_ms"]), ms(lay["sparse_ms"]),
              f"{lay['ratio']:.2f}x [{lay['ci95'][0]:.2f}, {lay['ci95'][1]:.2f}]" if lay.get("ci95") else "-",
@@ -90,7 +100,7 @@ def to_html(result: Any) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sparsecc bench</title><style>{_CSS}</style></head><body>",
              "<h2>sparsecc bench</h2>", f"<p>Machine: {_e(machine_line(data['machine']))}. Run {_e(data['created'])}.</p>",
              f"<p>Warm-up {st['warmup']}, {amount}, dense and sparse interleaved in one process per backend and thread "
-             f"count; ratio = dense p50 / sparse p50 with a paired bootstrap 95% CI (seed {st['seed']}); an interval "
+             f"count; ratio = dense p50 / sparse p50 with a paired moving-block bootstrap 95% CI (seed {st['seed']}); an interval "
              "that contains 1 is reported as no measurable change.</p>"]
     if data.get("interrupted"):
         parts.append("<p class='warn'>Interrupted (Ctrl-C): these are the results measured before the stop.</p>")

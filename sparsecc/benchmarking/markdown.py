@@ -47,6 +47,8 @@ def _layer_section(b: dict[str, Any], r: dict[str, Any]) -> list[str]:
         return []
     if not p.get("available"):
         return [title, "", p.get("method", "no per-layer profile"), ""]
+    if p.get("operators") is not None:
+        return _operator_section(r, p)
     rows = [[lay["layer"], f"{lay['sparsity']:.0%}" if lay.get("sparsity") is not None else "-",
              ms(lay["dense_ms"]), ms(lay["sparse_ms"]),
              f"{lay['ratio']:.2f}x [{lay['ci95'][0]:.2f}, {lay['ci95'][1]:.2f}]" if lay.get("ci95") else "-",
@@ -64,6 +66,27 @@ def _layer_section(b: dict[str, Any], r: dict[str, Any]) -> list[str]:
     return out
 
 
+_TOP_OPERATORS = 15
+
+
+def _operator_section(r: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    ops = p["operators"]
+    rows = [[o["operator"], ms(o["dense_ms"]), ms(o["sparse_ms"]),
+             f"{o['ratio']:.2f}x [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]" if o.get("ci95") else "-",
+             o.get("label") or "-"] for o in ops[:_TOP_OPERATORS]]
+    out = [f"#### Per operator: {r['backend']}, {r['threads']} thread(s)", "", f"Method: {p['method']}.", ""]
+    out += _table(["operator", "dense ms", "sparse ms", "ratio [95% CI]", "label"], rows)
+    if len(ops) > _TOP_OPERATORS:
+        out.append(f"\n({len(ops) - _TOP_OPERATORS} smaller operators in the JSON)")
+    out.append("")
+    for name, c in (p.get("coverage") or {}).items():
+        if c.get("fraction") is not None:
+            out.append(f"- {name}: operators add up to {ms(c['layers_ms'])} ms of {ms(c['e2e_ms'])} ms end-to-end "
+                       f"({c['fraction']:.0%})" + (f"; {c['note']}" if c.get("note") else ""))
+    out += [f"- not mapped to layers: {len(p.get('missing') or [])} sparse layers", ""]
+    return out
+
+
 def to_markdown(result: Any, per_layer: bool = True) -> str:
     """The whole result: machine, one summary table per bundle, per-layer tables, errors."""
     data = result.data if hasattr(result, "data") else result
@@ -72,7 +95,7 @@ def to_markdown(result: Any, per_layer: bool = True) -> str:
     amount = f"{st['runs']} rounds" if st.get("runs") else f"{st.get('time_budget_s')} s per measurement"
     lines += [f"Settings: warm-up {st['warmup']}, {amount} (dense and sparse interleaved, one process per "
               f"backend and thread count), seed {st['seed']}. Ratio = dense p50 / sparse p50 with a paired "
-              "bootstrap 95% CI; an interval that contains 1 is \"no measurable change\".", ""]
+              "moving-block bootstrap 95% CI; an interval that contains 1 is \"no measurable change\".", ""]
     if data.get("interrupted"):
         lines += ["**Interrupted (Ctrl-C): the results below are what was measured before the stop.**", ""]
     head = ["backend", "threads", "dims", "dense p50 ms", "sparse p50 ms", "sparse min/p90/p99 ms", "sparse items/s",

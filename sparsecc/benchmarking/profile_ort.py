@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

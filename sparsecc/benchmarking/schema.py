@@ -14,16 +14,19 @@ Schema id ``sparsecc-bench/1``. Field meanings::
         backend, threads, status ("ok" | "interrupted" | "error"), error, dims {dim: size}
         variants {"sparse": V, "dense": V}, V =
             model_file, files {role: {path, bytes, zstd_bytes}}, bytes, zstd_bytes,
-            load_s (session/program load and initialisation), first_run_ms, rss_growth_mb,
+            load_s (load and initialisation, second load in the process), first_load_s (first load,
+            with the runtime's one-time set-up), first_run_ms, rss_growth_mb,
             latency_ms {n, min, p50, p90, p99, mean, std, throughput_per_s}, samples_ms [...]
         comparison   ratio (dense p50 / sparse p50, above 1: sparse faster), ci95 [lo, hi]
-                     (paired percentile bootstrap), n, resamples, seed,
+                     (paired moving-block percentile bootstrap), n, resamples, seed, method,
                      label ("faster" | "slower" | "no measurable change"), definition
         peak_rss_mb, peak_rss_method   peak resident memory of the worker process
         profile      null, or {available, method, iterations, layers[], missing[], coverage, all_layers_ms}
             layers[]  layer, role, pattern, sparsity, flops, backend_support, dense_ms, sparse_ms
                       (medians over profiled runs), ratio, ci95, label, verdict, nodes {sparse, dense}
             coverage {variant: {layers_ms, e2e_ms, fraction, within_tolerance, note}}
+            operators[] (ExecuTorch only: per XNNPACK operator, not mapped to layers; layer_mapping false)
+                      operator, dense_ms, sparse_ms, ratio, ci95, label
         wall_s
 
 All times are milliseconds unless the name says otherwise (``_s``).
@@ -80,6 +83,7 @@ _PROFILE = {
     "required": ["available", "method", "layers", "missing", "coverage"],
     "properties": {"available": {"type": "boolean"}, "method": {"type": "string"},
                    "layers": {"type": "array", "items": _LAYER}, "missing": {"type": "array", "items": {"type": "string"}},
+                   "operators": {"type": "array", "items": {"type": "object", "required": ["operator", "dense_ms", "sparse_ms", "ratio"]}},
                    "coverage": {"type": "object"}},
 }
 _RUN = {

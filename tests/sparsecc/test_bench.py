@@ -88,10 +88,10 @@ def test_schema_rejects_a_broken_result(result):
 
 
 def test_ci_containing_one_is_no_measurable_change():
-    rng = np.random.default_rng(1)
-    same = rng.normal(10, 1, 200)
-    b = bootstrap_ratio(same + rng.normal(0, 0.5, 200), same, seed=0)
-    assert b["ci95"][0] <= 1 <= b["ci95"][1]
+    # the same latencies in another order: equal medians, so the interval must straddle 1
+    same = np.random.default_rng(1).normal(10, 1, 200)
+    b = bootstrap_ratio(same[::-1], same, seed=0)
+    assert b["ratio"] == pytest.approx(1.0) and b["ci95"][0] <= 1 <= b["ci95"][1]
     assert verdict(b["ci95"]) == NO_CHANGE
     assert verdict([0.97, 1.4]) == NO_CHANGE  # a point estimate above 1 is not enough
     assert verdict([1.02, 1.4]) == FASTER
@@ -145,6 +145,8 @@ def test_missing_bundle_and_backend_name_the_cause(tmp_path, bundle):
         bench(tmp_path)
     with pytest.raises(BenchError, match="unknown backend 'tflite'"):
         bench(bundle, backends=["tflite"])
+    with pytest.raises(BenchError, match="outside the bundle's range"):  # before any process starts
+        bench(bundle, batch=10_000)
 
 
 def test_cli_bench_and_report(bundle, tmp_path):
@@ -165,3 +167,23 @@ def test_importing_the_benchmarking_package_does_not_import_torch():
     code = "import sys, sparsecc, sparsecc.benchmarking.backend_run; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stderr
+
+
+def test_executorch_runs_in_its_own_process_with_an_operator_profile(zoo, tmp_path):
+    pytest.importorskip("executorch")
+    from sparsecc.compile import compile
+
+    spec, program = zoo("mlp")
+    out = tmp_path / "mlp-et"
+    compile(spec, {"pattern": "unstructured", "sparsity": 0.5}, out, targets=["executorch"], program=program,
+            dense_reference=True)
+    res = bench(out, backends=["executorch"], threads=[1], warmup=1, runs=4, profile_runs=3)
+    res.validate()
+    (_, run), = res.runs()
+    assert run["status"] == "ok", run.get("error")
+    assert run["comparison"]["label"] in (FASTER, SLOWER, NO_CHANGE)
+    prof = run["profile"]
+    # XNNPACK operators carry no layer names: the profile must say so rather than guess
+    assert prof["operators"] and prof["layers"] == [] and not prof["layer_mapping"]
+    assert sorted(prof["missing"]) == sorted(lay["layer"] for lay in Bundle(out).sparse_layers)
+    assert "Per operator: executorch" in res.markdown()
