@@ -4,7 +4,8 @@ A parameter is a prunable weight when an op that multiplies by it consumes it
 as a weight: ``aten.linear`` (arg 1), ``aten.conv1d/2d/3d`` and
 ``aten.convolution`` (arg 1, not transposed), ``aten.matmul`` / ``mm`` /
 ``addmm`` with the parameter as an operand, possibly through a 2-D
-transpose. Module types play no part, so functional and Hugging Face models
+transpose. Embedding tables (``aten.embedding``) are found too, with role
+``embedding``; recipes leave them dense unless asked. Module types play no part, so functional and Hugging Face models
 are found the same way.
 
 Every weight gets the two axes that the patterns need, in the parameter's
@@ -36,7 +37,7 @@ __all__ = [
     "concrete",
 ]
 
-Role = Literal["linear", "conv", "matmul"]
+Role = Literal["linear", "conv", "matmul", "embedding"]
 
 aten = torch.ops.aten
 _LINEAR = {aten.linear.default}
@@ -45,6 +46,7 @@ _CONV = {
     aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
 }
 _CONVOLUTION = {aten.convolution.default}
+_EMBEDDING = {aten.embedding.default}
 _CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 _MATMUL = {aten.matmul.default, aten.mm.default}
 _ADDMM = {aten.addmm.default}
@@ -183,6 +185,10 @@ def _classify(user: torch.fx.Node, operand: torch.fx.Node, swapped: bool, ndim: 
         if args[6]:
             return "transposed convolution (ConvTranspose) is not supported"
         return _Use("conv", user, 1, 0, int(args[8]))
+    if t in _EMBEDDING and args[0] is operand:
+        if swapped or ndim != 2:
+            return "embedding table used transposed"
+        return _Use("embedding", user, 1, 0)  # rows are tokens; patterns run along the hidden axis
     if t in _CONV_TRANSPOSE and len(args) > 1 and args[1] is operand:
         return "transposed convolution (ConvTranspose) is not supported"
     if t in _MATMUL or t in _ADDMM:
@@ -248,15 +254,19 @@ def find_prunable_weights(program: ExportedProgram) -> Analysis:
             continue
         if not uses:
             continue
-        kinds = {(u.role, u.reduction_axis, u.output_axis) for u in uses}
-        if len(kinds) > 1:
-            analysis.skipped.append(
-                SkippedWeight(spec.target, f"used with different layouts: {sorted(kinds)}")
-            )
+        layouts = {(u.reduction_axis, u.output_axis) for u in uses}
+        if len(layouts) > 1:
+            kinds = sorted({(u.role, u.reduction_axis, u.output_axis) for u in uses})
+            analysis.skipped.append(SkippedWeight(spec.target, f"used with different layouts: {kinds}"))
             continue
-        first = uses[0]
+        # A table that is also a matmul weight (tied embeddings) is that matmul's
+        # weight; its lookups count as tied uses, which selection treats with care.
+        multiplies = [u for u in uses if u.role != "embedding"]
+        first = (multiplies or uses)[0]
+        other += [f"{u.node.name} ({u.node.target})" for u in uses if u.role != first.role]
+        uses = [u for u in uses if u.role == first.role]
         k = math.prod(shape) // shape[first.output_axis]
-        flops = sum(2 * _numel(u.node.meta.get("val")) * k for u in uses)
+        flops = 0 if first.role == "embedding" else sum(2 * _numel(u.node.meta.get("val")) * k for u in uses)
         analysis.weights.append(
             PrunableWeight(
                 fqn=spec.target,

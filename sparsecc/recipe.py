@@ -12,6 +12,7 @@ A recipe is a YAML file (or a dict) like::
       skip_first: 0           # leave the first / last N layers (execution order) dense
       skip_last: 0
       include_tied: false     # weights also used by non-matmul ops (tied embeddings)
+      include_embeddings: false  # embedding tables (lookups: size, not compute)
     incompatible: skip        # skip | error: a layer the pattern does not fit
     overrides:                # first match wins; any key above, or `skip: true`
       - match: "encoder.layer.0.*"
@@ -66,6 +67,7 @@ class LayerSelection:
     skip_first: int = 0
     skip_last: int = 0
     include_tied: bool = False
+    include_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Recipe:
                 "skip_first": self.layers.skip_first,
                 "skip_last": self.layers.skip_last,
                 "include_tied": self.layers.include_tied,
+                "include_embeddings": self.layers.include_embeddings,
             },
             "incompatible": self.incompatible,
         }
@@ -133,7 +136,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 _TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides"}
-_LAYER_KEYS = {"include", "exclude", "min_params", "skip_first", "skip_last", "include_tied"}
+_LAYER_KEYS = {"include", "exclude", "min_params", "skip_first", "skip_last", "include_tied", "include_embeddings"}
 _OVERRIDE_KEYS = {"match", "pattern", "sparsity", "criterion", "skip"}
 
 
@@ -223,6 +226,7 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
         skip_first=_nonneg_int(lay.get("skip_first", 0), "layers.skip_first"),
         skip_last=_nonneg_int(lay.get("skip_last", 0), "layers.skip_last"),
         include_tied=_bool(lay.get("include_tied", False), "layers.include_tied"),
+        include_embeddings=_bool(lay.get("include_embeddings", False), "layers.include_embeddings"),
     )
     incompatible = d.get("incompatible", "skip")
     if incompatible not in ("skip", "error"):
@@ -356,6 +360,8 @@ def _not_selected(sel: LayerSelection, w: PrunableWeight, idx: int, n: int) -> s
         return f"among the first {sel.skip_first} layers (layers.skip_first)"
     if idx >= n - sel.skip_last:
         return f"among the last {sel.skip_last} layers (layers.skip_last)"
+    if w.role == "embedding" and not sel.include_embeddings:
+        return "embedding table (set layers.include_embeddings to prune)"
     if w.tied and not sel.include_tied:
         return f"tied: also used by {', '.join(w.tied_uses)} (set layers.include_tied to prune)"
     return None

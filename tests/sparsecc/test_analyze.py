@@ -115,3 +115,33 @@ def test_dynamic_dims_use_the_example_size_for_flops():
     )
     (w,) = find_prunable_weights(program).weights
     assert w.flops == 2 * 3 * 8 * 4
+
+
+class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids))
+
+
+def test_embedding_tables_are_found_with_their_own_role():
+    program = export_module(Lookup(), (torch.randint(0, 20, (2, 3)),))
+    w = find_prunable_weights(program).by_fqn()
+    emb = w["emb.weight"]
+    assert (emb.role, emb.reduction_axis, emb.output_axis, emb.flops, emb.tied) == ("embedding", 1, 0, 0, False)
+
+
+def test_embedding_tables_stay_dense_unless_the_recipe_asks():
+    from sparsecc.recipe import load_recipe, plan_masks
+
+    analysis = find_prunable_weights(export_module(Lookup(), (torch.randint(0, 20, (2, 3)),)))
+    plan = plan_masks(load_recipe({"pattern": "unstructured", "sparsity": 0.5}), analysis)
+    assert [s.fqn for s in plan.specs] == ["fc.weight"]
+    assert "include_embeddings" in plan.skipped["emb.weight"]
+    plan = plan_masks(
+        load_recipe({"pattern": "unstructured", "sparsity": 0.5, "layers": {"include_embeddings": True}}), analysis
+    )
+    assert {s.fqn for s in plan.specs} == {"emb.weight", "fc.weight"}
