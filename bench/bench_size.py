@@ -6,7 +6,7 @@ ones) and ExecuTorch (raw .pte and its zstd copy) and report bytes and
 ratios to the dense model's files. Parity and pattern checks run as in every
 compile.
 
-    .venv/bin/python bench/bench_size.py [--models minilm,mlp] [--sparsities 0,0.5,0.9]
+    .venv/bin/python bench/bench_size.py [--models minilm,mlp] [--sparsities 0,0.5,0.9] [--no-embeddings]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from sparsecc.machine import machine_info
 from sparsecc.models import get_model
 
 
-def sizes(spec, program, sparsity: float, tmp: Path) -> dict[str, int]:
-    recipe = None if sparsity == 0 else {"pattern": "unstructured", "sparsity": sparsity}
+def sizes(spec, program, sparsity: float, tmp: Path, embeddings: bool) -> dict[str, int]:
+    recipe = None if sparsity == 0 else {
+        "pattern": "unstructured", "sparsity": sparsity, "layers": {"include_embeddings": embeddings}}
     out: dict[str, int] = {}
     for label, sparse_init in (("onnx", False), ("onnx_sparse_init", True)):
         r = compile(spec, recipe, tmp / label, targets=["onnx"], program=program, dense_reference=False,
@@ -38,9 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,mlp")
     ap.add_argument("--sparsities", default="0,0.5,0.9")
+    ap.add_argument("--no-embeddings", action="store_true",
+                    help="leave embedding tables dense (MiniLM's word embeddings are half its weights)")
     args = ap.parse_args()
     info = machine_info()
-    print(f"# {info['cpu']}, onnx {info['versions'].get('onnx')}, executorch {info['versions'].get('executorch')}")
+    print(f"# {info['cpu']}, onnx {info['versions'].get('onnx')}, executorch {info['versions'].get('executorch')}; "
+          f"embedding tables {'dense' if args.no_embeddings else 'pruned too'}")
     print("| model | unstructured sparsity | ONNX | ONNX, sparse initializers | .pte | .pte.zst |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
@@ -49,7 +53,7 @@ def main() -> None:
         base = None
         for sp in (float(x) for x in args.sparsities.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
-                s = sizes(spec, program, sp, Path(tmp))
+                s = sizes(spec, program, sp, Path(tmp), not args.no_embeddings)
             base = base or s
             # ratios against the dense model's plain file of the same format
             cell = lambda k, ref: f"{s[k] / 1e6:.2f} MB ({s[k] / base[ref]:.2f}x)"  # noqa: E731

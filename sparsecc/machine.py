@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["machine_info", "library_versions"]
+__all__ = ["machine_info", "cpu_info", "library_versions"]
 
 _LIBS = ("sparsecc", "torch", "onnx", "onnxruntime", "onnxscript", "executorch", "transformers", "numpy")
 
@@ -22,7 +22,8 @@ def library_versions(names: tuple[str, ...] = _LIBS) -> dict[str, str]:
     return out
 
 
-def _cpu() -> tuple[str, list[str]]:
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and the SIMD flags that decide which kernels run (no torch needed)."""
     model, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,7 +43,7 @@ def machine_info() -> dict[str, Any]:
     """CPU model and flags, cores, load, OS and library versions."""
     import torch
 
-    model, flags = _cpu()
+    model, flags = cpu_info()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "cpu": model,

@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-from sparsecc.machine import _cpu, library_versions
+from sparsecc.machine import cpu_info, library_versions
 
 __all__ = ["host_info", "load_average"]
 
@@ -23,7 +23,7 @@ def host_info() -> dict[str, Any]:
     Importing torch just to report its thread count would cost the ONNX
     Runtime path seconds and hundreds of MB of resident memory.
     """
-    model, flags = _cpu()
+    model, flags = cpu_info()
     load = load_average()
     torch = sys.modules.get("torch")
     return {
