@@ -14,21 +14,11 @@ import numpy as np
 import torch
 
 from sparsecc.backends.base import Runner, TensorSpec, check_inputs
+from sparsecc.ort_session import session_options
 
 from . import _deps
 
 __all__ = ["OrtRunner", "session_options"]
-
-
-def session_options(threads: int | None) -> Any:
-    ort = _deps.onnxruntime()
-    opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -17,10 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sparsecc.ort_session import session_options
+
 from .bundle import Variant
 from .errors import BenchError
 
-__all__ = ["Loaded", "load_variant", "ort_session_options"]
+__all__ = ["Loaded", "load_variant"]
 
 
 class Loaded:
@@ -38,24 +40,10 @@ def _ort():
     return onnxruntime
 
 
-def ort_session_options(threads: int | None, profile_prefix: str | None = None) -> Any:
-    ort = _ort()
-    opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return opts
-
-
 def _load_onnx(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
     ort = _ort()
     t0 = time.perf_counter()
-    session = ort.InferenceSession(str(v.path), sess_options=ort_session_options(threads, profile_prefix),
+    session = ort.InferenceSession(str(v.path), sess_options=session_options(threads, profile_prefix),
                                    providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - t0
     specs = v.artifact["inputs"] if v.artifact else []
