@@ -15,7 +15,7 @@ from torch.export import ExportedProgram
 
 from .pass_infra import PassBase
 
-__all__ = ["normalized_ops", "export_module", "check_golden", "assert_close_tree"]
+__all__ = ["normalized_ops", "export_module", "check_golden", "assert_close_tree", "prune_"]
 
 
 def normalized_ops(program: ExportedProgram) -> list[str]:
@@ -69,3 +69,27 @@ def assert_close_tree(got: Any, want: Any, *, rtol: float, atol: float) -> None:
     for i, (a, b) in enumerate(zip(g, w)):
         if isinstance(b, torch.Tensor):
             torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"output {i}: {m}")
+
+
+def prune_(
+    weight: torch.Tensor,
+    pattern: str,
+    sparsity: float = 0.0,
+    *,
+    reduction_axis: int = 1,
+    output_axis: int | None = None,
+) -> torch.Tensor:
+    """Zero ``weight`` in place by magnitude under ``pattern`` (``"2:4"``, ``"unstructured"``, ``"2x8"``).
+
+    For tests that hand a backend an already-sparse model, as after mask
+    folding. ``output_axis`` defaults to the other of axes 0 and 1.
+    """
+    from .ir import SparsityPattern
+    from .masks import compute_mask
+
+    if output_axis is None:
+        output_axis = 1 if reduction_axis == 0 else 0
+    with torch.no_grad():
+        mask = compute_mask(weight.abs(), SparsityPattern.parse(pattern), sparsity, output_axis, reduction_axis)
+        weight.mul_(mask)
+    return weight

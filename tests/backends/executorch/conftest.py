@@ -18,28 +18,18 @@ from torch.export import Dim, ExportedProgram
 
 from sparsecc.backends.base import Artifact, LowerOptions
 from sparsecc.backends.executorch import ExecuTorchBackend
+from sparsecc.testing import prune_
 
 # -- making weights sparse -------------------------------------------------------
 
 
 def nm_(weight: torch.Tensor, axis: int, n: int = 2, m: int = 4) -> torch.Tensor:
     """Keep the ``n`` largest of every ``m`` consecutive entries along ``axis``, in place."""
-    with torch.no_grad():
-        moved = weight.movedim(axis, -1)
-        groups = moved.reshape(*moved.shape[:-1], -1, m)
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        keep.scatter_(-1, groups.abs().topk(n, dim=-1).indices, True)
-        weight.mul_(keep.reshape(moved.shape).movedim(-1, axis))
-    return weight
+    return prune_(weight, f"{n}:{m}", reduction_axis=axis)
 
 
 def unstructured_(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zero the ``sparsity`` fraction of smallest-magnitude entries, in place."""
-    with torch.no_grad():
-        k = int(round(weight.numel() * sparsity))
-        idx = weight.abs().reshape(-1).topk(k, largest=False).indices
-        weight.view(-1)[idx] = 0
-    return weight
+    return prune_(weight, "unstructured", sparsity)
 
 
 # -- models ---------------------------------------------------------------------

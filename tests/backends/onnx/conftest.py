@@ -17,43 +17,23 @@ from torch.export import Dim, ExportedProgram
 
 from sparsecc.backends.base import Artifact, LowerOptions
 from sparsecc.backends.onnx import OnnxBackend
+from sparsecc.testing import prune_
 
 
 # -- making weights sparse -------------------------------------------------------
 
 
 def nm_(weight: torch.Tensor, axis: int, n: int = 2, m: int = 4) -> torch.Tensor:
-    """Zero all but the ``n`` largest of every ``m`` consecutive entries along ``axis``, in place."""
-    with torch.no_grad():
-        moved = weight.movedim(axis, -1)
-        groups = moved.reshape(*moved.shape[:-1], -1, m)
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        keep.scatter_(-1, groups.abs().topk(n, dim=-1).indices, True)
-        weight.mul_(keep.reshape(moved.shape).movedim(-1, axis))
-    return weight
+    """Keep the ``n`` largest of every ``m`` consecutive entries along ``axis``, in place."""
+    return prune_(weight, f"{n}:{m}", reduction_axis=axis)
 
 
 def unstructured_(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zero the ``sparsity`` fraction of smallest-magnitude entries, in place."""
-    with torch.no_grad():
-        k = int(round(weight.numel() * sparsity))
-        idx = weight.abs().reshape(-1).topk(k, largest=False).indices
-        weight.view(-1)[idx] = 0
-    return weight
+    return prune_(weight, "unstructured", sparsity)
 
 
 def blocks_(weight: torch.Tensor, rows: int, cols: int, sparsity: float) -> torch.Tensor:
-    """Zero the ``sparsity`` fraction of ``rows x cols`` tiles of a 2-D weight with the lowest norm."""
-    with torch.no_grad():
-        r, c = weight.shape
-        tiles = weight.reshape(r // rows, rows, c // cols, cols)
-        norms = tiles.square().sum((1, 3)).reshape(-1)
-        drop = norms.topk(int(round(norms.numel() * sparsity)), largest=False).indices
-        keep = torch.ones_like(norms, dtype=torch.bool)
-        keep[drop] = False
-        keep = keep.reshape(r // rows, 1, c // cols, 1).expand_as(tiles).reshape(r, c)
-        weight.mul_(keep)
-    return weight
+    return prune_(weight, f"{rows}x{cols}", sparsity)
 
 
 # -- models ---------------------------------------------------------------------
