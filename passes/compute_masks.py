@@ -4,6 +4,10 @@ The masks are attached to the weight placeholders as pending masks (with the
 `MaskSpec`, achieved sparsity filled in); `InsertMasksPass` puts them in the
 graph. A weight that is already masked is scored on its masked values, so a
 second round only ever prunes more.
+
+Criteria that repair the surviving weights (SparseGPT) also replace the
+weight's value in the program. Masks and values chosen earlier, block by
+block, by sequential calibration arrive in ``solved`` and are used as they are.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc.analyze import find_prunable_weights
-from sparsecc.criteria import CriterionContext, get_criterion
+from sparsecc.criteria import CriterionContext, choose_mask, criterion_info
 from sparsecc.ir import MaskSpec, get_node_info, set_node_info
-from sparsecc.masks import compute_mask, sparsity_of
+from sparsecc.masks import sparsity_of
 from sparsecc.pass_infra import PassBase, PassResult
 from sparsecc.program import ProgramEditor
 
@@ -30,7 +34,9 @@ class ComputeMasksPass(PassBase):
 
     ``stats`` maps a weight FQN to what calibrated criteria need (activation
     norms, Hessians); magnitude and random need nothing. ``progress(i, n, fqn)``
-    is called before each weight.
+    is called before each weight. ``solved`` maps a weight FQN to a mask (and
+    new weight values, or None) chosen beforehand; ``options`` are passed to
+    the criteria (SparseGPT: ``blocksize``, ``damp``).
     """
 
     def __init__(
@@ -38,10 +44,14 @@ class ComputeMasksPass(PassBase):
         plan: Sequence[MaskSpec],
         stats: dict[str, dict] | None = None,
         progress: Progress | None = None,
+        solved: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        options: dict | None = None,
     ):
         self.plan = list(plan)
         self.stats = stats or {}
         self.progress = progress
+        self.solved = solved or {}
+        self.options = options or {}
 
     def requires(self, program: ExportedProgram) -> None:
         known = find_prunable_weights(program).by_fqn()
@@ -49,7 +59,13 @@ class ComputeMasksPass(PassBase):
         if missing:
             raise ValueError(f"not prunable weights of this program: {', '.join(missing)}")
         for s in self.plan:
-            get_criterion(s.criterion)
+            info = criterion_info(s.criterion)
+            missing_stats = [k for k in info.needs if k not in self.stats.get(s.fqn, {})]
+            if missing_stats and s.fqn not in self.solved:
+                raise ValueError(
+                    f"{s.fqn}: criterion {s.criterion!r} needs calibration statistics "
+                    f"({', '.join(sorted(missing_stats))}); pass calibration data"
+                )
 
     def call(self, program: ExportedProgram) -> PassResult:
         weights = find_prunable_weights(program).by_fqn()
@@ -61,9 +77,17 @@ class ComputeMasksPass(PassBase):
             node = ed.node_for_target(spec.fqn)
             with self.at(node):
                 weight = _effective_weight(ed, node)
-                ctx = CriterionContext(spec.fqn, w.output_axis, w.reduction_axis, self.stats.get(spec.fqn, {}))
-                scores = get_criterion(spec.criterion)(weight, ctx)
-                mask = compute_mask(scores, spec.pattern, spec.target, w.output_axis, w.reduction_axis)
+                if spec.fqn in self.solved:
+                    mask, new = self.solved[spec.fqn]
+                else:
+                    ctx = CriterionContext(spec.fqn, w.output_axis, w.reduction_axis,
+                                           self.stats.get(spec.fqn, {}), self.options)
+                    mask, new = choose_mask(weight, spec.criterion, spec.pattern, spec.target, ctx)
+                if new is not None:
+                    if tuple(new.shape) != tuple(weight.shape):
+                        raise ValueError(f"new values {tuple(new.shape)} do not match weight {tuple(weight.shape)}")
+                    weight = new.detach().to(weight.dtype).masked_fill(~mask, 0)
+                    ed.set_tensor(spec.fqn, weight)
                 achieved = sparsity_of(weight.masked_fill(~mask, 0))
                 set_node_info(node, spec=spec.with_achieved(achieved), pending_mask=mask)
         if self.progress:

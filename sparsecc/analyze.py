@@ -35,6 +35,7 @@ __all__ = [
     "find_prunable_weights",
     "as_matrix",
     "concrete",
+    "weight_uses",
 ]
 
 Role = Literal["linear", "conv", "matmul", "embedding"]
@@ -159,6 +160,7 @@ class _Use:
     reduction_axis: int
     output_axis: int
     groups: int = 1
+    operand: torch.fx.Node | None = None  # the weight as the op reads it (after transposes, masks)
 
 
 def _classify(user: torch.fx.Node, operand: torch.fx.Node, swapped: bool, ndim: int) -> _Use | str | None:
@@ -227,6 +229,7 @@ def _uses(param: torch.fx.Node, ndim: int) -> tuple[list[_Use], list[str], list[
                 continue
             use = _classify(user, operand, swapped, ndim)
             if isinstance(use, _Use):
+                use.operand = operand
                 uses.append(use)
             elif isinstance(use, str):
                 problems.append(f"{user.name}: {use}")
@@ -286,6 +289,19 @@ def find_prunable_weights(program: ExportedProgram) -> Analysis:
     # Execution order (first consumer in the graph), which skip-first/last use.
     analysis.weights.sort(key=lambda w: min(order[c] for c in w.consumers))
     return analysis
+
+
+def weight_uses(program: ExportedProgram, param: torch.fx.Node) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
+    """The ops that multiply by the weight placeholder ``param``: ``(op node, weight operand)`` pairs.
+
+    The operand is the weight as the op reads it (after transposes and masks),
+    so callers can tell the weight operand from the activation operand.
+    """
+    val = param.meta.get("val")
+    ndim = val.dim() if isinstance(val, torch.Tensor) else 0
+    uses, _, _ = _uses(param, ndim)
+    multiplies = [u for u in uses if u.role != "embedding"]
+    return [(u.node, u.operand) for u in multiplies]  # type: ignore[misc]
 
 
 def as_matrix(weight: torch.Tensor, output_axis: int, reduction_axis: int) -> torch.Tensor:

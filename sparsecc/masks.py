@@ -26,9 +26,12 @@ from .ir import SparsityPattern
 
 __all__ = [
     "IncompatiblePatternError",
+    "rows_view",
+    "from_rows_view",
     "incompatibility",
     "compute_mask",
     "pruned_units",
+    "spread_counts",
     "pattern_violation",
     "check_pattern",
     "sparsity_of",
@@ -43,9 +46,19 @@ def _from_matrix(view: torch.Tensor, output_axis: int, reduction_axis: int) -> t
     return view.movedim((0, -1), (output_axis, reduction_axis))
 
 
-def _matrix_2d(t: torch.Tensor, output_axis: int, reduction_axis: int) -> torch.Tensor:
+def rows_view(t: torch.Tensor, output_axis: int, reduction_axis: int) -> torch.Tensor:
+    """The weight as ``[out, K]``: `as_matrix` flattened, reduction axis innermost.
+
+    Calibration statistics (`sparsecc.calibrate`) index the columns of this view.
+    """
     v = as_matrix(t, output_axis, reduction_axis)
     return v.reshape(v.shape[0], -1)
+
+
+def from_rows_view(mat: torch.Tensor, shape: tuple[int, ...], output_axis: int, reduction_axis: int) -> torch.Tensor:
+    """Inverse of `rows_view`: a ``[out, K]`` matrix back in the weight's own layout."""
+    view_shape = as_matrix(torch.empty(shape, device="meta"), output_axis, reduction_axis).shape
+    return _from_matrix(mat.reshape(view_shape), output_axis, reduction_axis).contiguous()
 
 
 def incompatibility(
@@ -70,6 +83,21 @@ def pruned_units(numel_units: int, sparsity: float) -> int:
     return min(numel_units, int(round(numel_units * sparsity)))
 
 
+def spread_counts(total: int, sizes: list[int]) -> list[int]:
+    """Split ``total`` pruned units over parts of ``sizes`` in proportion, summing exactly.
+
+    Part ``i`` gets ``round(total * end_i / N) - round(total * start_i / N)``
+    (cumulative rounding), so no part exceeds its size and the sum is ``total``.
+    """
+    n = sum(sizes)
+    out, start = [], 0
+    for size in sizes:
+        end = start + size
+        out.append(round(total * end / n) - round(total * start / n) if n else 0)
+        start = end
+    return out
+
+
 def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean keep-mask over a flat score vector that drops the ``count`` lowest."""
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -85,16 +113,28 @@ def compute_mask(
     sparsity: float,
     output_axis: int,
     reduction_axis: int,
+    *,
+    row_wise: bool = False,
 ) -> torch.Tensor:
     """Keep-mask that prunes the lowest-scoring entries/groups under ``pattern``.
 
-    ``sparsity`` is ignored for N:M, whose sparsity is ``1 - n/m``. Raises
+    ``sparsity`` is ignored for N:M, whose sparsity is ``1 - n/m``. With
+    ``row_wise`` an unstructured mask compares scores within each output row
+    (Wanda's rule) and every row loses its share; the per-row counts are
+    rounded cumulatively so the layer still prunes exactly
+    ``pruned_units(numel, sparsity)`` entries. Raises
     `IncompatiblePatternError` when the pattern does not fit the shape.
     """
     why = incompatibility(tuple(scores.shape), pattern, output_axis, reduction_axis)
     if why:
         raise IncompatiblePatternError(why)
     scores = scores.detach().float()
+    if pattern.kind == "unstructured" and row_wise:
+        mat = rows_view(scores, output_axis, reduction_axis)
+        counts = spread_counts(pruned_units(mat.numel(), sparsity), [mat.shape[1]] * mat.shape[0])
+        ranks_kept = torch.arange(mat.shape[1])[None, :] >= torch.tensor(counts)[:, None]
+        keep = torch.empty_like(ranks_kept).scatter_(1, mat.argsort(dim=1), ranks_kept)
+        return from_rows_view(keep, tuple(scores.shape), output_axis, reduction_axis)
     if pattern.kind == "unstructured":
         return _prune_lowest(scores, pruned_units(scores.numel(), sparsity))
 

@@ -15,12 +15,14 @@ def mask_pipeline(
     plan: Sequence[MaskSpec],
     *,
     stats: dict | None = None,
+    solved: dict | None = None,
+    options: dict | None = None,
     progress=None,
     verify: bool = True,
     instruments: Sequence[PassInstrument] = (),
 ) -> PassManager:
     """Choose masks for ``plan`` and put them in the graph (still trainable)."""
-    passes: list[PassBase] = [ComputeMasksPass(plan, stats=stats, progress=progress), InsertMasksPass()]
+    passes: list[PassBase] = [ComputeMasksPass(plan, stats=stats, progress=progress, solved=solved, options=options), InsertMasksPass()]
     if verify:
         passes.append(VerifySparsityPass())
     return PassManager(passes, instruments, name="mask")
