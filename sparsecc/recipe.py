@@ -14,6 +14,15 @@ A recipe is a YAML file (or a dict) like::
       include_tied: false     # weights also used by non-matmul ops (tied embeddings)
       include_embeddings: false  # embedding tables (lookups: size, not compute)
     incompatible: skip        # skip | error: a layer the pattern does not fit
+    calibration:              # for wanda / sparsegpt / taylor (see sparsecc.calibrate)
+      samples: 64             # calibration batches drawn from the model's calibration data
+      seq_len: 256            # tokens per batch (language models)
+      sequential: true        # prune block by block on the pruned blocks' outputs
+    criterion_options:        # passed to the criterion (SparseGPT: blocksize, damp)
+      damp: 0.01
+    budget: uniform           # how `sparsity` is spread over layers (sparsecc.budgets):
+                              # uniform | global | erk | owl | ecoflap | sensitivity,
+                              # or {method: owl, lambda: 0.08, max_sparsity: 0.9, ...}
     overrides:                # first match wins; any key above, or `skip: true`
       - match: "encoder.layer.0.*"
         sparsity: 0.3
@@ -36,15 +45,18 @@ from typing import Any
 import yaml
 
 from .analyze import Analysis, PrunableWeight
+from .budgets import Budget, parse_budget
 from .criteria import CRITERIA
 from .ir import MaskSpec, SparsityPattern
 from .masks import incompatibility
+from .structured import StructuredOptions, parse_structured
 
 __all__ = [
     "RecipeError",
     "LayerSelection",
     "Override",
     "Recipe",
+    "CalibrationOptions",
     "Plan",
     "load_recipe",
     "plan_masks",
@@ -80,6 +92,13 @@ class Override:
 
 
 @dataclass(frozen=True)
+class CalibrationOptions:
+    samples: int = 64
+    seq_len: int | None = None
+    sequential: bool = True
+
+
+@dataclass(frozen=True)
 class Recipe:
     pattern: SparsityPattern = SparsityPattern("unstructured")
     sparsity: float = 0.5
@@ -87,6 +106,10 @@ class Recipe:
     layers: LayerSelection = LayerSelection()
     incompatible: str = "skip"
     overrides: tuple[Override, ...] = ()
+    calibration: CalibrationOptions = CalibrationOptions()
+    criterion_options: tuple[tuple[str, Any], ...] = ()
+    budget: Budget = Budget()
+    structured: StructuredOptions | None = None  # channel / head removal (sparsecc.structured)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -104,6 +127,14 @@ class Recipe:
             },
             "incompatible": self.incompatible,
         }
+        if self.calibration != CalibrationOptions():
+            d["calibration"] = {k: v for k, v in vars(self.calibration).items() if v is not None}
+        if self.criterion_options:
+            d["criterion_options"] = dict(self.criterion_options)
+        if self.budget != Budget():
+            d["budget"] = self.budget.to_dict()
+        if self.structured is not None:
+            d["structured"] = self.structured.to_dict()
         if self.overrides:
             d["overrides"] = [
                 {k: v for k, v in {
@@ -135,7 +166,14 @@ _RecipeLoader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-_TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides"}
+_TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides", "calibration",
+             "criterion_options", "budget", "structured"}
+_CALIBRATION_KEYS = {"samples", "seq_len", "sequential"}
+# criterion option -> (type, check, message)
+_CRITERION_OPTIONS = {
+    "blocksize": (int, lambda v: v >= 1, "must be a positive integer"),
+    "damp": (float, lambda v: 0 < v < 10, "must be a number in (0, 10)"),
+}
 _LAYER_KEYS = {"include", "exclude", "min_params", "skip_first", "skip_last", "include_tied", "include_embeddings"}
 _OVERRIDE_KEYS = {"match", "pattern", "sparsity", "criterion", "skip"}
 
@@ -211,6 +249,9 @@ def _resolve_sparsity(pattern: SparsityPattern, sparsity: Any, key: str, default
 
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     _check_keys(d, _TOP_KEYS, "")
+    if "structured" in d:  # a structured recipe removes whole channels / heads
+        ratio = d["structured"].get("ratio", 0.5) if isinstance(d["structured"], dict) else 0.5
+        d = {"pattern": "channel", "sparsity": ratio if isinstance(ratio, (int, float)) and 0 <= ratio < 1 else 0.5, **d}
     if "pattern" not in d:
         raise RecipeError("pattern", None, "is required (unstructured, channel, N:M or RxC)")
     pattern = _pattern(d["pattern"], "pattern")
@@ -254,7 +295,26 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
                 skip=_bool(o.get("skip", False), f"{key}.skip"),
             )
         )
-    return Recipe(pattern, sparsity, criterion, layers, incompatible, tuple(overrides))
+    cal = d.get("calibration") or {}
+    _check_keys(cal, _CALIBRATION_KEYS, "calibration")
+    samples = _nonneg_int(cal.get("samples", 64), "calibration.samples")
+    if samples < 1:
+        raise RecipeError("calibration.samples", samples, "must be at least 1")
+    seq_len = cal.get("seq_len")
+    if seq_len is not None and (_nonneg_int(seq_len, "calibration.seq_len") < 2):
+        raise RecipeError("calibration.seq_len", seq_len, "must be at least 2")
+    calibration = CalibrationOptions(samples, seq_len, _bool(cal.get("sequential", True), "calibration.sequential"))
+
+    opts = d.get("criterion_options") or {}
+    _check_keys(opts, set(_CRITERION_OPTIONS), "criterion_options")
+    for k, v in opts.items():
+        typ, ok, msg = _CRITERION_OPTIONS[k]
+        good_type = isinstance(v, int) if typ is int else isinstance(v, (int, float))
+        if isinstance(v, bool) or not good_type or not ok(v):
+            raise RecipeError(f"criterion_options.{k}", v, msg)
+    return Recipe(pattern, sparsity, criterion, layers, incompatible, tuple(overrides), calibration,
+                  tuple(sorted(opts.items())), budget=parse_budget(d.get("budget", "uniform"), "budget"),
+                  structured=parse_structured(d["structured"], RecipeError) if "structured" in d else None)
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:
@@ -298,6 +358,8 @@ class Plan:
 
     specs: list[MaskSpec] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # Weights whose sparsity an override sets: budgets leave them as they are.
+    fixed: set[str] = field(default_factory=set)
 
 
 def plan_masks(recipe: Recipe, analysis: Analysis) -> Plan:
@@ -341,6 +403,8 @@ def plan_masks(recipe: Recipe, analysis: Analysis) -> Plan:
             plan.skipped[w.fqn] = f"pattern {pattern} does not fit: {why}"
             continue
         plan.specs.append(MaskSpec(w.fqn, pattern, sparsity, criterion=criterion, layer=w.layer))
+        if override is not None and override.sparsity is not None:
+            plan.fixed.add(w.fqn)
     if not plan.specs:
         raise RecipeError(
             "pattern", str(recipe.pattern),

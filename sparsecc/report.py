@@ -48,6 +48,8 @@ class SparsityReport:
     not_prunable: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
+    # The layer-wise budget behind the targets (`sparsecc.budgets.Allocation.to_dict`), when one ran.
+    budget: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, analysis: Analysis, specs: dict[str, Any], skipped: dict[str, str], **kw: Any) -> "SparsityReport":
@@ -94,6 +96,7 @@ class SparsityReport:
             "layers": [r.to_dict() for r in self.rows],
             "not_prunable": self.not_prunable,
             "timings_s": self.timings,
+            **({"budget": self.budget} if self.budget else {}),
         }
 
     def to_json(self) -> str:
