@@ -12,9 +12,15 @@ new, validated `ExportedProgram` whose signature follows the graph.
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import json
 import os
+import re
+import sys
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -36,6 +42,7 @@ __all__ = [
     "state_tensor",
     "save_program",
     "load_program",
+    "import_container_types",
     "PROGRAM_META_FILE",
 ]
 
@@ -234,8 +241,33 @@ def save_program(program: ExportedProgram, path: str | os.PathLike) -> None:
     torch.export.save(program, path, extra_files={PROGRAM_META_FILE: meta})
 
 
+def import_container_types(path: str | Path) -> None:
+    """Import the modules that define the program's input/output container types.
+
+    A program whose outputs are, say, a transformers ``ModelOutput`` only
+    deserializes once that class is registered with torch's pytree, which
+    happens when its module is imported; a fresh process (a bench worker) has
+    not imported it yet.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            texts = [z.read(n).decode("utf-8", "replace") for n in z.namelist()
+                     if n.startswith("program/models/") and n.endswith(".json")]
+    except (OSError, zipfile.BadZipFile):
+        return  # torch.export.load reports what is wrong with the file
+    for text in texts:
+        for name in set(re.findall(r'\\"type\\": \\"([A-Za-z_][\w.]*)\.[A-Za-z_]\w*\\"', text)):
+            if name.split(".")[0] not in sys.modules and importlib.util.find_spec(name.split(".")[0]) is None:
+                continue
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass  # the load then fails naming the type
+
+
 def load_program(path: str | os.PathLike) -> ExportedProgram:
     """Load a ``.pt2`` file, restoring sparsecc metadata when it has any."""
+    import_container_types(path)
     extra = {PROGRAM_META_FILE: ""}
     program = torch.export.load(path, extra_files=extra)
     if extra[PROGRAM_META_FILE]:

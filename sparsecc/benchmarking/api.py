@@ -30,6 +30,10 @@ def _bundle_record(b: Bundle) -> dict[str, Any]:
         "layers": [{k: lay.get(k) for k in ("layer", "role", "pattern", "achieved", "status", "flops", "params")}
                    for lay in layers],
         "runs": [],
+        # structured bundles (channels / heads removed): how much smaller the model is
+        **({"structured": {k: v for k, v in b.manifest["structured"]["summary"].items()
+                           if k in ("macs", "macs_ratio", "params", "params_ratio", "pruned_groups")}}
+           if b.manifest.get("structured") else {}),
     }
 
 

@@ -26,6 +26,7 @@ __all__ = ["run_backend", "PROFILE_NOTES"]
 PROFILE_NOTES = {
     "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
     "torch": "torch.profiler over a torch.fx.Interpreter run that labels each node with its layer; the interpreter's own Python overhead is not in any layer",
+    "torch-sparse": "not profiled per layer here: the bundle's torch-sparse/kernels.json holds each layer's measured dense and sparse kernel times",
     "executorch": "ExecuTorch ETDump (enable_etdump): per-XNNPACK-operator times; XNNPACK's operator names do not say which layer they run (that needs an ETRecord, which bundles do not hold), so times are per operator, not per layer",
 }
 
@@ -37,6 +38,7 @@ def _variant_files(v) -> dict[str, Any]:
 
 
 def _profile(backend: str, variants: dict, threads: int | None, inputs, iterations: int) -> dict[str, Any]:
+    variants = {k: v for k, v in variants.items() if k in (SPARSE, DENSE)}
     if backend == "onnx":
         from .profile_ort import profile_onnx
         return profile_onnx(variants, threads, inputs, iterations)
@@ -64,6 +66,7 @@ def run_backend(
         batch_size = dims.get("batch", 1)
         variants = {n: bundle.variant(backend, n) for n in (SPARSE, DENSE)}
         variants = {n: v for n, v in variants.items() if v is not None}
+        variants.update(bundle.reference_variants(backend))
         if SPARSE not in variants:
             raise BenchError(f"bundle {bundle.path} has no {backend} artifact (targets: {', '.join(bundle.backends())})")
         loaded, vrec = [], {}
@@ -86,13 +89,20 @@ def run_backend(
             b = bootstrap_ratio(timing.samples_ms[DENSE], timing.samples_ms[SPARSE], seed=seed)
             rec["comparison"] = {**b, "label": verdict(b["ci95"]),
                                  "definition": "dense p50 / sparse p50 (above 1: sparse is faster); paired moving-block bootstrap 95% CI"}
+        refs = {n: s for n, s in timing.samples_ms.items() if n not in (SPARSE, DENSE)}
+        if refs:
+            rec["references"] = {
+                n: {**(b := bootstrap_ratio(s, timing.samples_ms[SPARSE], seed=seed)), "label": verdict(b["ci95"]),
+                    "definition": f"{n} p50 / sparse p50 (above 1: sparse is faster); paired moving-block bootstrap 95% CI"}
+                for n, s in refs.items()}
         rec["peak_rss_mb"] = peak_rss_mb()
         rec["peak_rss_method"] = PEAK_RSS_METHOD
         if not timing.interrupted:
             # the first load in a process also pays the runtime's one-time set-up; a second load of
             # each model is what that model costs (taken after the peak memory reading)
             for name, v in variants.items():
-                vrec[name]["load_s"] = load_variant(v, threads).load_s
+                if name in (SPARSE, DENSE):
+                    vrec[name]["load_s"] = load_variant(v, threads).load_s
         rec["profile"] = None
         if timing.interrupted:
             rec["status"] = "interrupted"

@@ -15,7 +15,7 @@ from .errors import BenchError
 
 __all__ = ["Bundle", "Variant", "BACKENDS", "SPARSE", "DENSE"]
 
-BACKENDS = ("onnx", "executorch", "torch")
+BACKENDS = ("onnx", "executorch", "torch", "torch-sparse")
 SPARSE, DENSE = "sparse", "dense"
 
 
@@ -106,6 +106,17 @@ class Bundle:
         root = self.path / target["folder"]
         art = target["artifact"]
         return Variant(DENSE, backend, root / art["files"]["model"], art, root)
+
+    def reference_variants(self, backend: str) -> dict[str, Variant]:
+        """Other runtimes timed beside ``backend``'s dense and sparse models, by variant name.
+
+        torch-sparse is measured against ONNX Runtime dense as well (the fastest
+        dense CPU runtime here), as ``onnx-dense``, when the bundle has it.
+        """
+        if backend != "torch-sparse":
+            return {}
+        v = self.variant("onnx", DENSE)
+        return {"onnx-dense": Variant("onnx-dense", "onnx", v.path, v.artifact, v.root)} if v is not None else {}
 
     def check_reason(self, backend: str, layer: str) -> dict[str, str] | None:
         """What compile's backend check said about ``layer`` (support and reason)."""

@@ -87,6 +87,28 @@ def _operator_section(r: dict[str, Any], p: dict[str, Any]) -> list[str]:
     return out
 
 
+def structured_lines(b: dict[str, Any]) -> list[str]:
+    """For a structured bundle: MACs, params and latency ratios side by side, and how much
+    of the MAC reduction each run's latency realises ((1 - latency ratio) / (1 - MACs ratio))."""
+    st = b.get("structured")
+    if not st:
+        return []
+    macs, params = st["macs_ratio"], st["params_ratio"]
+    out = [f"Structured: MACs x{macs:.3f}, params x{params:.3f} of the dense model.", ""]
+    rows = []
+    for r in b["runs"]:
+        ratio = (r.get("comparison") or {}).get("ratio") if r["status"] == "ok" else None
+        if not ratio:
+            continue
+        lat = 1.0 / ratio
+        realised = (1 - lat) / (1 - macs) if macs < 1 else float("nan")
+        rows.append([r["backend"], r["threads"], f"{macs:.3f}", f"{params:.3f}", f"{lat:.3f}", f"{realised:.0%}"])
+    if rows:
+        out += _table(["backend", "threads", "MACs ratio", "params ratio", "latency ratio", "MAC reduction realised"], rows)
+        out.append("")
+    return out
+
+
 def to_markdown(result: Any, per_layer: bool = True) -> str:
     """The whole result: machine, one summary table per bundle, per-layer tables, errors."""
     data = result.data if hasattr(result, "data") else result
@@ -106,6 +128,14 @@ def to_markdown(result: Any, per_layer: bool = True) -> str:
         rows = _summary_rows(b)
         lines += _table(head, rows) if rows else ["(no completed measurement)"]
         lines.append("")
+        lines += structured_lines(b)
+        for r in b["runs"]:
+            for name, cmp in (r.get("references") or {}).items():
+                ref_ms = ms((_v(r, name).get("latency_ms") or {}).get("p50"))
+                lines.append(f"- {r['backend']} threads={r['threads']}: against {name} ({ref_ms} ms p50, timed "
+                             f"interleaved): {ratio_text(cmp)}")
+        if any(r.get("references") for r in b["runs"]):
+            lines.append("")
         for r in b["runs"]:
             if r["status"] == "error":
                 lines.append(f"- **{r['backend']} threads={r['threads']} failed**: {r['error'].splitlines()[0]}")

@@ -76,6 +76,23 @@ def _load_torch(v: Variant, threads: int | None) -> Loaded:
     return Loaded(v, run, load_s, module)
 
 
+def _load_torch_sparse(v: Variant, threads: int | None) -> Loaded:
+    import torch
+
+    from sparsecc import kernels
+    from sparsecc.backends import Artifact, get_backend
+
+    kernels.load()  # build/load the sparse kernels outside the model's load time
+    t0 = time.perf_counter()
+    runner = get_backend("torch-sparse").load(Artifact.from_dict(v.artifact, v.root), threads)
+    load_s = time.perf_counter() - t0
+
+    def run(inputs: Sequence[np.ndarray]) -> Any:
+        return runner([torch.from_numpy(a) for a in inputs])
+
+    return Loaded(v, run, load_s, runner)
+
+
 def _load_executorch(v: Variant, threads: int | None) -> Loaded:
     import torch
 
@@ -105,4 +122,6 @@ def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = N
         return _load_torch(v, threads)
     if v.backend == "executorch":
         return _load_executorch(v, threads)
+    if v.backend == "torch-sparse":
+        return _load_torch_sparse(v, threads)
     raise BenchError(f"unknown backend {v.backend!r}")
