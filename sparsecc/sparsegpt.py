@@ -25,7 +25,9 @@ of every ``m``, a block layer prunes its share of tiles in every column stripe.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 
@@ -88,6 +90,12 @@ def sparsegpt_prune(
     elif pattern.kind == "nm":
         blocksize = pattern.m * max(1, math.ceil(blocksize / pattern.m))  # type: ignore[operator]
 
+    with _one_thread():
+        return _prune(weight, hessian, pattern, sparsity, blocksize, damp, mask)
+
+
+def _prune(weight, hessian, pattern, sparsity, blocksize, damp, mask):
+    rows, cols = weight.shape
     # float32 work (float64 when given float64: the tests compare against exact solves)
     dtype = torch.promote_types(weight.dtype, torch.float32)
     hinv = inverse_hessian_factor(hessian, damp).to(dtype)
@@ -103,44 +111,64 @@ def sparsegpt_prune(
 
     for b, i1 in enumerate(starts):
         i2 = min(i1 + blocksize, cols)
-        w1 = w[:, i1:i2].clone()
-        err = torch.zeros_like(w1)
-        h1 = hinv[i1:i2, i1:i2]
-        d = torch.diagonal(h1)
-        k1 = keep[:, i1:i2]
-        if pattern.kind == "unstructured" and not fixed:
-            saliency = w1.square() / d.square()
-            k = block_counts[b]
-            if k:
-                idx = torch.topk(saliency.reshape(-1), k, largest=False, sorted=False).indices
-                block_keep = torch.ones(saliency.numel(), dtype=torch.bool)
-                block_keep[idx] = False
-                k1 &= block_keep.reshape(saliency.shape)
-        for i in range(i2 - i1):
-            if not fixed and pattern.kind == "nm" and i % pattern.m == 0:  # type: ignore[operator]
-                m = pattern.m
-                sal = w1[:, i:i + m].square() / d[i:i + m].square()
-                drop = torch.topk(sal, m - pattern.n, dim=1, largest=False).indices  # type: ignore[operator]
-                k1[:, i:i + m].scatter_(1, drop, False)
-            if not fixed and pattern.kind == "block" and i % pattern.block[1] == 0:  # type: ignore[index]
-                r, c = pattern.block  # type: ignore[misc]
-                sal = (w1[:, i:i + c].square() / d[i:i + c].square()).reshape(rows // r, r * c).sum(1)
-                n_drop = stripe_counts[(i1 + i) // c]
-                if n_drop:
-                    tiles = torch.topk(sal, n_drop, largest=False, sorted=False).indices
-                    tile_keep = torch.ones(rows // r, dtype=torch.bool)
-                    tile_keep[tiles] = False
-                    k1[:, i:i + c] &= tile_keep.repeat_interleave(r)[:, None]
-            col = w1[:, i]
-            q = torch.where(k1[:, i], col, torch.zeros_like(col))
-            e = (col - q) / d[i]
-            # Compensate the columns right of i (within the block); column i becomes q.
-            w1[:, i:].addr_(e, h1[i, i:], alpha=-1.0)
-            w1[:, i] = q
-            err[:, i] = e
-        w[:, i1:i2] = w1
+        err = _solve_block(w, hinv, keep, pattern, fixed, i1, i2,
+                           block_counts[b] if pattern.kind == "unstructured" and not fixed else 0,
+                           stripe_counts if pattern.kind == "block" and not fixed else None)
         # Lazy update of everything right of the block, one product per block.
         if i2 < cols:
             w[:, i2:].addmm_(err, hinv[i1:i2, i2:], alpha=-1.0)
     w[~keep] = 0.0
     return w.to(weight.dtype), keep
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """SparseGPT is thousands of tiny ops (a column at a time) and a few small products:
+    thread hand-offs cost more than they save, and much more on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _solve_block(w: torch.Tensor, hinv: torch.Tensor, keep: torch.Tensor, pattern: SparsityPattern, fixed: bool,
+                 i1: int, i2: int, block_count: int, stripe_counts: list[int] | None) -> torch.Tensor:
+    """Prune and repair columns ``[i1, i2)`` of ``w`` in place; return their scaled errors."""
+    rows = w.shape[0]
+    w1 = w[:, i1:i2].clone()
+    err = torch.zeros_like(w1)
+    h1 = hinv[i1:i2, i1:i2]
+    d = torch.diagonal(h1)
+    k1 = keep[:, i1:i2]
+    if block_count:  # unstructured: the block's mask, chosen from its already-updated weights
+        saliency = w1.square() / d.square()
+        idx = torch.topk(saliency.reshape(-1), block_count, largest=False, sorted=False).indices
+        block_keep = torch.ones(saliency.numel(), dtype=torch.bool)
+        block_keep[idx] = False
+        k1 &= block_keep.reshape(saliency.shape)
+    for i in range(i2 - i1):
+        if not fixed and pattern.kind == "nm" and i % pattern.m == 0:  # type: ignore[operator]
+            m = pattern.m
+            sal = w1[:, i:i + m].square() / d[i:i + m].square()
+            drop = torch.topk(sal, m - pattern.n, dim=1, largest=False).indices  # type: ignore[operator]
+            k1[:, i:i + m].scatter_(1, drop, False)
+        if stripe_counts is not None and i % pattern.block[1] == 0:  # type: ignore[index]
+            r, c = pattern.block  # type: ignore[misc]
+            sal = (w1[:, i:i + c].square() / d[i:i + c].square()).reshape(rows // r, r * c).sum(1)
+            n_drop = stripe_counts[(i1 + i) // c]
+            if n_drop:
+                tiles = torch.topk(sal, n_drop, largest=False, sorted=False).indices
+                tile_keep = torch.ones(rows // r, dtype=torch.bool)
+                tile_keep[tiles] = False
+                k1[:, i:i + c] &= tile_keep.repeat_interleave(r)[:, None]
+        col = w1[:, i]
+        q = torch.where(k1[:, i], col, torch.zeros_like(col))
+        e = (col - q) / d[i]
+        # Compensate the columns right of i (within the block); column i becomes q.
+        w1[:, i:].addr_(e, h1[i, i:], alpha=-1.0)
+        w1[:, i] = q
+        err[:, i] = e
+    w[:, i1:i2] = w1
+    return err
