@@ -1,0 +1,300 @@
+"""Choosing what to remove: importance per group and the kept indices of each group.
+
+Importance is aggregated over every coupled slice of a unit (all weights
+that produce or consume it), so a channel that one layer needs keeps it for
+all of them:
+
+| criterion | score of a unit |
+|---|---|
+| ``l1`` / ``l2`` | sum of ``|w|`` / ``w²`` over the unit's slices of every weight in the group |
+| ``bn_scale`` | sum of ``|γ|`` of the BatchNorm / GroupNorm scales in the group (network slimming); groups without a norm fall back to ``l2`` |
+| ``taylor`` | sum of ``|w · dL/dw|`` over the unit's slices (gradients from calibration data, `taylor_gradients`) |
+| ``random`` | seeded noise |
+
+Ratios are per group (``scope="layer"``: every group loses the same
+fraction) or global (``scope="global"``: units are ranked across groups after
+normalising each group's scores by its mean). Kept counts of channel groups
+can be rounded up to multiples of 8/16/32 for fast kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.export import ExportedProgram
+
+from sparsecc.program import state_tensor
+
+from .dependency import DependencyAnalysis, DependencyGroup, UnitKind, find_dependency_groups
+
+__all__ = [
+    "Criterion",
+    "CRITERIA",
+    "StructuredPlan",
+    "group_importance",
+    "plan_structured_pruning",
+    "taylor_gradients",
+    "axis_keep",
+]
+
+Criterion = Literal["l1", "l2", "bn_scale", "taylor", "random"]
+CRITERIA: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor", "random")
+
+
+@dataclass
+class StructuredPlan:
+    """Per prunable group, the indices it keeps (groups not listed keep everything)."""
+
+    analysis: DependencyAnalysis
+    kept: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> sorted kept indices
+    skipped: dict[int, str] = field(default_factory=dict)  # group id -> why it was left whole
+    criterion: str = "l2"
+
+    def kept_by_atom(self) -> dict[int, np.ndarray]:
+        return {self.analysis.groups[g].atom: k for g, k in self.kept.items()}
+
+    @property
+    def removed_units(self) -> int:
+        return sum(self.analysis.groups[g].size - len(k) for g, k in self.kept.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for g in self.analysis.groups:
+            row = g.to_dict()
+            row.pop("members")
+            row["members"] = len(g.members)
+            if g.id in self.kept:
+                row["kept"] = int(len(self.kept[g.id]))
+            else:
+                row["kept"] = g.size
+                if g.id in self.skipped:
+                    row["reasons"] = row["reasons"] + [self.skipped[g.id]]
+            rows.append(row)
+        return {"criterion": self.criterion, "groups": rows}
+
+    def table(self) -> str:
+        """A plain-text table: one line per group, pruned or why not."""
+        lines = [f"{'group':>5}  {'kind':8} {'kept':>11}  name / reason"]
+        for g in self.analysis.groups:
+            if g.id in self.kept:
+                state = f"{len(self.kept[g.id]):5d}/{g.size:<5d}"
+                why = ""
+            else:
+                state = f"{g.size:5d}/{g.size:<5d}"
+                why = "  -- " + "; ".join((g.reasons or [self.skipped.get(g.id, "")])[:2])
+            lines.append(f"{g.id:>5}  {g.kind:8} {state}  {g.name}{why}")
+        return "\n".join(lines)
+
+
+def axis_keep(analysis: DependencyAnalysis, target: str, axis: int, kept_by_atom: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Boolean keep-mask over one axis of a lifted tensor; None when nothing is removed."""
+    coords = analysis.member_coords(target, axis)
+    keep: np.ndarray | None = None
+    for leaf, co in coords.items():
+        kept = kept_by_atom.get(leaf)
+        if kept is None:
+            continue
+        k = (co < 0) | np.isin(co, kept)
+        keep = k if keep is None else keep & k
+    return keep
+
+
+def _unit_scores(values: torch.Tensor, axis: int, coords: np.ndarray, size: int, power: int) -> np.ndarray:
+    per_index = values.detach().float().abs().pow(power)
+    per_index = per_index.movedim(axis, 0).reshape(per_index.shape[axis], -1).sum(1).numpy()
+    valid = coords >= 0
+    out = np.zeros(size)
+    np.add.at(out, coords[valid], per_index[valid])
+    return out
+
+
+def group_importance(
+    program: ExportedProgram,
+    analysis: DependencyAnalysis,
+    group: DependencyGroup,
+    criterion: str = "l2",
+    *,
+    gradients: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """One score per unit of ``group`` (higher keeps)."""
+    if criterion == "random":
+        rng = np.random.default_rng(seed * 1_000_003 + zlib.crc32(group.name.encode()))
+        return rng.random(group.size)
+    members = [m for m in group.members if m.kind == "parameter"]
+    if criterion == "bn_scale":
+        norms = [m for m in members if m.role == "norm"]
+        if norms:
+            members, criterion = norms, "l1"
+        else:
+            criterion = "l2"
+    if criterion == "taylor":
+        if gradients is None:
+            raise ValueError("criterion 'taylor' needs gradients: pass taylor_gradients(program, batches)")
+        score = np.zeros(group.size)
+        for m in members:
+            if m.target not in gradients:
+                continue
+            w = state_tensor(program, m.target)
+            co = analysis.member_coords(m.target, m.axis)[group.atom]
+            score += _unit_scores(w.detach() * gradients[m.target], m.axis, co, group.size, 1)
+        return score
+    if criterion not in ("l1", "l2"):
+        raise ValueError(f"unknown structured criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+    power = 1 if criterion == "l1" else 2
+    score = np.zeros(group.size)
+    weights = [m for m in members if m.role in ("out", "in", "norm")] or members
+    for m in weights:
+        w = state_tensor(program, m.target)
+        co = analysis.member_coords(m.target, m.axis)[group.atom]
+        score += _unit_scores(w, m.axis, co, group.size, power)
+    return score
+
+
+def taylor_gradients(
+    program: ExportedProgram,
+    batches: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Accumulated ``|dL/dw|``-weighted gradients of every parameter over calibration batches.
+
+    ``loss_fn(outputs)`` defaults to half the mean squared output (a label-free
+    proxy: how much each weight moves the model's outputs).
+    """
+    module = copy.deepcopy(program.module())  # program.module() shares the program's parameters
+    params = dict(module.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+    acc = {k: torch.zeros_like(p) for k, p in params.items()}
+    for args, kwargs in batches:
+        module.zero_grad(set_to_none=True)
+        out = module(*args, **kwargs)
+        leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        loss = loss_fn(out) if loss_fn else sum(0.5 * t.pow(2).mean() for t in leaves)
+        loss.backward()
+        for k, p in params.items():
+            if p.grad is not None:
+                acc[k] += p.grad.detach().abs()
+    return acc
+
+
+def _matches(group: DependencyGroup, patterns: Sequence[str]) -> str | None:
+    for pat in patterns:
+        for m in group.members:
+            if m.role not in ("out", "in"):
+                continue
+            layer = m.target.rsplit(".", 1)[0]
+            if pat.startswith("re:"):
+                if re.search(pat[3:], m.target) or re.search(pat[3:], layer):
+                    return pat
+            elif fnmatch.fnmatchcase(m.target, pat) or fnmatchcase_layer(layer, pat):
+                return pat
+    return None
+
+
+def fnmatchcase_layer(layer: str, pat: str) -> bool:
+    return fnmatch.fnmatchcase(layer, pat)
+
+
+def _round_up(k: int, multiple: int, size: int) -> int:
+    if multiple <= 1:
+        return k
+    return min(size, int(math.ceil(k / multiple)) * multiple)
+
+
+def plan_structured_pruning(
+    program: ExportedProgram,
+    ratio: float,
+    *,
+    analysis: DependencyAnalysis | None = None,
+    criterion: str = "l2",
+    scope: Literal["layer", "global"] = "layer",
+    units: Sequence[UnitKind] = ("channel", "head"),
+    round_to: int = 1,
+    include: Sequence[str] = (),
+    protect: Sequence[str] = (),
+    overrides: dict[str, float] | None = None,
+    gradients: dict[str, torch.Tensor] | None = None,
+    max_group_ratio: float = 0.9,
+    seed: int = 0,
+) -> StructuredPlan:
+    """Choose the kept indices of every prunable group.
+
+    ``ratio`` is the fraction of units removed (per group, or overall with
+    ``scope="global"``, where no group loses more than ``max_group_ratio``).
+    ``include`` (globs or ``re:`` patterns on weight FQNs or layer names)
+    restricts pruning to groups touching a matching weight; ``protect`` keeps
+    groups touching a matching weight whole; ``overrides`` maps a pattern to
+    its own ratio (first match wins). ``units`` picks the unit kinds to prune:
+    ``channel`` (conv channels, FFN neurons), ``head`` (attention heads, GQA
+    groups, conv groups), ``strided`` (the same index in every head or conv group).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"structured ratio must be in [0, 1), got {ratio}")
+    for k in units:
+        if k not in ("channel", "head", "strided"):
+            raise ValueError(f"unknown unit kind {k!r}; use channel, head or strided")
+    analysis = analysis or find_dependency_groups(program)
+    plan = StructuredPlan(analysis, criterion=criterion)
+    chosen: list[tuple[DependencyGroup, float]] = []
+    for g in analysis.groups:
+        if not g.prunable:
+            continue
+        if g.kind not in units:
+            plan.skipped[g.id] = f"unit kind {g.kind!r} not selected (units: {', '.join(units)})"
+            continue
+        if include and _matches(g, include) is None:
+            plan.skipped[g.id] = "not matched by include"
+            continue
+        if (pat := _matches(g, protect)) is not None:
+            plan.skipped[g.id] = f"protected ({pat})"
+            continue
+        r = ratio
+        for pat, value in (overrides or {}).items():
+            if _matches(g, [pat]) is not None:
+                r = float(value)
+                break
+        chosen.append((g, r))
+    scores = {g.id: group_importance(program, analysis, g, criterion, gradients=gradients, seed=seed) for g, _ in chosen}
+    keep_counts: dict[int, int] = {}
+    if scope == "layer":
+        for g, r in chosen:
+            keep_counts[g.id] = max(1, g.size - int(math.floor(r * g.size + 1e-9)))
+    elif scope == "global":
+        pool = []
+        for g, _ in chosen:
+            s = scores[g.id]
+            norm = s / (s.mean() + 1e-12)
+            pool.extend((v, g.id) for v in norm)
+        pool.sort()
+        budget = int(math.floor(ratio * len(pool)))
+        removed: dict[int, int] = {g.id: 0 for g, _ in chosen}
+        caps = {g.id: min(g.size - 1, int(math.floor(max_group_ratio * g.size))) for g, _ in chosen}
+        for _, gid in pool:
+            if budget <= 0:
+                break
+            if removed[gid] < caps[gid]:
+                removed[gid] += 1
+                budget -= 1
+        sizes = {g.id: g.size for g, _ in chosen}
+        keep_counts = {gid: sizes[gid] - n for gid, n in removed.items()}
+    else:
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    for g, _ in chosen:
+        k = keep_counts[g.id]
+        if g.kind == "channel":
+            k = _round_up(k, round_to, g.size)
+        if k >= g.size:
+            plan.skipped[g.id] = "nothing to remove after rounding"
+            continue
+        order = np.argsort(-scores[g.id], kind="stable")
+        plan.kept[g.id] = np.sort(order[:k])
+    return plan
