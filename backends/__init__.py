@@ -27,7 +27,7 @@ from .base import (
     user_output_names,
 )
 
-for _name in ("onnx", "executorch"):
+for _name in ("onnx", "executorch", "tensorrt", "torch_sparse"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as e:  # the package folder itself, not an optional runtime

@@ -3,6 +3,7 @@
 from .compute_masks import ComputeMasksPass
 from .fold_masks import FoldMasksPass
 from .insert_masks import InsertMasksPass, mask_target
+from .rewrite_sparse_kernels import RewriteSparseKernelsPass
 from .verify_sparsity import SparsityVerificationError, VerifySparsityPass
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "InsertMasksPass",
     "FoldMasksPass",
     "VerifySparsityPass",
+    "RewriteSparseKernelsPass",
     "SparsityVerificationError",
     "mask_target",
 ]

@@ -33,7 +33,8 @@ import torch
 import yaml
 from torch.export import ExportedProgram
 
-from .api import mask_specs, sparsify
+from .api import mask_specs, recipe_needs_calibration, sparsify
+from .calibrate import CalibrationData, calibration_for
 from .bundle import staged_output
 from .capture import capture, dynamic_axis_names
 from .machine import machine_info
@@ -66,6 +67,9 @@ class TargetResult:
     patterns: list[Any]
     parity: list[dict[str, Any]]
     timings: dict[str, float]
+    # A backend of another precision (the FP16 tensorrt-bundle) sets its own parity tolerance.
+    rtol: float = PARITY_RTOL
+    atol: float = PARITY_ATOL
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,8 +81,8 @@ class TargetResult:
             },
             "parity": {
                 "ok": all(p["ok"] for p in self.parity),
-                "rtol": PARITY_RTOL,
-                "atol": PARITY_ATOL,
+                "rtol": self.rtol,
+                "atol": self.atol,
                 "cases": self.parity,
             },
             "timings_s": self.timings,
@@ -111,7 +115,8 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str) -> dict[str, Any]:
+def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
+             rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL) -> dict[str, Any]:
     case: dict[str, Any] = {"inputs": label, "outputs": []}
     ok = len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
@@ -132,7 +137,7 @@ def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: s
         err = (g.double() - w.double()).abs()
         max_err = float(err.max()) if err.numel() else 0.0
         scale = float(w.double().abs().max()) if w.numel() else 0.0
-        this_ok = max_err <= PARITY_ATOL + PARITY_RTOL * scale
+        this_ok = max_err <= atol + rtol * scale
         case["outputs"].append({"index": i, "ok": this_ok, "max_abs_err": max_err,
                                 "rel_err": max_err / scale if scale else 0.0, "scale": scale})
         ok &= this_ok
@@ -170,6 +175,7 @@ def compile(
     mask_progress: Callable[[int, int, str], None] | None = None,
     program: ExportedProgram | None = None,
     dense_reference: bool = True,
+    calibration: CalibrationData | None = None,
 ) -> CompileResult:
     """Compile a model (or a `sparsecc.models.ModelSpec`) into a verified bundle.
 
@@ -181,6 +187,7 @@ def compile(
     from sparsecc.backends import LowerOptions, get_backend
 
     say = progress or (lambda msg: None)
+    spec = None
     if hasattr(model, "model") and hasattr(model, "example_args"):  # a ModelSpec
         spec = model
         model, example_args, example_kwargs = spec.model, spec.example_args, spec.example_kwargs
@@ -204,18 +211,38 @@ def compile(
 
     t0 = time.perf_counter()
     report = None
+    structured_report = None
     dense_program = program
     if rec is not None:
-        say("sparsify")
-        result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name)
-        program, report = result.program, result.report
+        if calibration is None and recipe_needs_calibration(rec):
+            if spec is None:
+                raise ValueError(f"criterion {rec.criterion!r} needs calibration data: pass calibration=... "
+                                 "or a zoo ModelSpec, whose loader provides it")
+            say("calibration data")
+            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+        if rec.structured is not None:
+            # Channel / head removal: a physically smaller program, checked against the masked one.
+            from .structured import prune_structured
+
+            say("structured pruning")
+            verify_sets = [(a, k or {}) for _l, a, k in _input_sets((example_args, example_kwargs or {}), make_inputs)]
+            structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
+            program, structured_report = structured_result.program, structured_result.report
+        else:
+            say("sparsify")
+            result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
+                              calibration=calibration)
+            program, report = result.program, result.report
     timings["sparsify"] = time.perf_counter() - t0
     specs = list(mask_specs(program).values())
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
 
     input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs)
-    options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={"dynamic_axes": axis_names})
+    options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={
+        "dynamic_axes": axis_names, "model_name": model_name,
+        # golden data for targets that ship it (tensorrt-bundle)
+        "example_inputs": input_sets[0][3], "example_outputs": input_sets[0][4]})
 
     target_results: dict[str, TargetResult] = {}
     dense_results: dict[str, TargetResult] = {}
@@ -235,7 +262,9 @@ def compile(
             dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs)
             (tmp / "dense").mkdir()
             save_program(dense_program, tmp / "dense" / "program.pt2")
-            dense_options = LowerOptions(sparse_initializers=False, extra={"dynamic_axes": axis_names})
+            dense_options = LowerOptions(sparse_initializers=False, extra={
+                "dynamic_axes": axis_names, "model_name": model_name,
+                "example_inputs": dense_sets[0][3], "example_outputs": dense_sets[0][4]})
             for backend in backends:
                 say(f"dense reference: {backend.name}")
                 dense_results[backend.name] = _lower_target(
@@ -246,6 +275,8 @@ def compile(
                 v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
 
         manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
+        if structured_report is not None:
+            manifest["structured"] = structured_report
         if dense_results:
             manifest["dense_reference"] = {
                 "program": "dense/program.pt2",
@@ -290,6 +321,8 @@ def _lower_target(backend, program, folder: Path, options, specs, input_sets, sy
         lines = "; ".join(f"{p.fqn} in {p.location}: {p.reason}" for p in broken[:5])
         raise CompileError(f"{backend.name}: sparsity pattern broken in the artifact: {lines}")
     say(f"{backend.name}: parity")
+    rtol = getattr(backend, "parity_rtol", PARITY_RTOL)
+    atol = getattr(backend, "parity_atol", PARITY_ATOL)
     t0 = time.perf_counter()
     runner = backend.load(artifact)
     parity = []
@@ -303,17 +336,17 @@ def _lower_target(backend, program, folder: Path, options, specs, input_sets, sy
             # recorded as skipped, not passed off as checked.
             parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
-        parity.append(_compare(got, want, label))
+        parity.append(_compare(got, want, label, rtol, atol))
     tt["parity"] = time.perf_counter() - t0
     bad = [c for c in parity if not c["ok"]]
     if bad:
         worst = max((o for c in bad for o in c["outputs"] if not o["ok"]), key=lambda o: o.get("max_abs_err") or 0.0)
         raise ParityError(
             f"{backend.name}: outputs differ from the PyTorch program beyond "
-            f"rtol={PARITY_RTOL}, atol={PARITY_ATOL} on {bad[0]['inputs']} inputs: output {worst['index']} "
+            f"rtol={rtol}, atol={atol} on {bad[0]['inputs']} inputs: output {worst['index']} "
             f"max abs err {worst.get('max_abs_err')}, relative to the output's scale {worst.get('rel_err')}"
         )
-    return TargetResult(backend.name, artifact, checks, patterns, parity, tt)
+    return TargetResult(backend.name, artifact, checks, patterns, parity, tt, rtol, atol)
 
 
 def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]]) -> dict[str, str]:
@@ -386,8 +419,19 @@ def _bundle_readme(name: str, m: dict[str, Any]) -> str:
                   "method = Runtime.get().load_program('executorch/model.pte').load_method('forward')",
                   "x = np.load('inputs/example.npz')",
                   "outputs = method.execute([torch.from_numpy(x[k]) for k in sorted(x.files, key=lambda k: int(k[4:]))])", ""]
+    if "torch-sparse" in m["targets"]:
+        lines += ["from sparsecc.backends.torch_sparse import load_sparse_program  # builds the CPU kernels once",
+                  "module = load_sparse_program('torch-sparse/program.pt2').module()  # per layer: torch-sparse/kernels.json",
+                  ""]
     lines += ["import sparsecc",
               "program = sparsecc.load_program('program.pt2')  # the sparse PyTorch program",
               "```", "",
               ]
+    if "tensorrt-bundle" in m["targets"]:
+        lines += ["## TensorRT on the device", "",
+                  "Copy this folder to the device (TensorRT 10 or 11, trtexec on PATH) and run "
+                  "`tensorrt-bundle/build.sh` (`--help` for options). It builds a sparse and a dense FP16 engine, "
+                  "checks their outputs against `golden.npz`, and leaves the logs, layer info and timings in "
+                  "`tensorrt-bundle/build/`. Then `sparsecc bench . --backend tensorrt --out trt.json` says, per "
+                  "layer, whether it ran 2:4 sparse and why not.", ""]
     return "\n".join(lines)
