@@ -32,7 +32,7 @@ from sparsecc import capture, sparsify
 from sparsecc.calibrate import CalibrationData
 from sparsecc.criteria import needs_calibration
 from sparsecc.datasets import calibration_inputs
-from sparsecc.evaluate import evaluate, reference_outputs
+from sparsecc.evaluate import EvalOptions, evaluate, reference_outputs
 from sparsecc.machine import machine_info
 from sparsecc.models import get_model
 
@@ -57,7 +57,7 @@ def _label(pattern: str) -> str:
 
 
 def bench_model(name: str, criteria: list[str], patterns: list[str], samples: int, seq_len: int | None,
-                sequential: bool, say) -> list[dict]:
+                sequential: bool, say, eval_windows: int | None = None) -> list[dict]:
     task, shown, default_len = TASKS[name]
     seq_len = seq_len or default_len
     spec = get_model(name)
@@ -65,8 +65,9 @@ def bench_model(name: str, criteria: list[str], patterns: list[str], samples: in
     t0 = time.perf_counter()
     data = CalibrationData(calibration_inputs(spec, samples, seq_len))
     say(f"{name}: {len(data)} calibration batches in {time.perf_counter() - t0:.1f}s")
-    ref = reference_outputs(task, spec)
-    dense = evaluate(spec.model, task, model=spec, reference_raw=ref)
+    opts = EvalOptions(max_windows=eval_windows)
+    ref = reference_outputs(task, spec, options=opts)
+    dense = evaluate(spec.model, task, model=spec, reference=None, options=opts)
     rows = [{"model": name, "pattern": "dense", "criterion": "-", "prune_s": 0.0, **dense.metrics}]
     say(f"{name} dense: " + ", ".join(f"{k}={dense.metrics[k]:.4g}" for k in shown))
     for pattern in patterns:
@@ -76,7 +77,7 @@ def bench_model(name: str, criteria: list[str], patterns: list[str], samples: in
             result = sparsify(program, recipe, fold=True,
                               calibration=data if needs_calibration(criterion) else None)
             prune_s = time.perf_counter() - t0
-            metrics = evaluate(result.program, task, model=spec, reference_raw=ref).metrics
+            metrics = evaluate(result.program, task, model=spec, reference_raw=ref, options=opts).metrics
             rows.append({"model": name, "pattern": _label(pattern), "criterion": criterion, "prune_s": prune_s,
                          "load": os.getloadavg()[0], **metrics})
             say(f"{name} {_label(pattern)} {criterion}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in shown)
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=64, help="calibration batches")
     ap.add_argument("--seq-len", type=int, default=None, help="calibration tokens per batch (default per model)")
     ap.add_argument("--no-sequential", action="store_true", help="collect all statistics in one dense pass")
+    ap.add_argument("--eval-windows", type=int, default=None,
+                    help="perplexity on the first N evaluation windows only (default: all)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in TASKS:
             ap.error(f"unknown model {name!r}; known: {', '.join(TASKS)}")
         rows += bench_model(name, args.criteria.split(","), args.patterns.split(","), args.samples, args.seq_len,
-                            not args.no_sequential, say)
+                            not args.no_sequential, say, args.eval_windows)
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -84,6 +84,9 @@ class CalibrationData:
 
     batches: list[Batch]
     objective: str | Callable[[Any, tuple, dict], torch.Tensor] = "auto"
+    # Statistics passes join same-shape batches along axis 0 (taken to be the batch axis)
+    # for speed; turn off for a model whose axis 0 is not independent samples.
+    join_batches: bool = True
 
     def __post_init__(self) -> None:
         norm: list[Batch] = []
@@ -307,6 +310,45 @@ class _GraphRunner:
         return result
 
 
+def _stacked(program: ExportedProgram, batches: list[Batch], most: int = 8) -> list[Batch]:
+    """Consecutive batches of one shape joined along axis 0, up to ``most`` at a time.
+
+    Statistics are sums over rows, so joining changes nothing but speed: a few
+    large matrix products instead of many small ones. Batches that differ in
+    shape, or a program whose batch axis is static, are left as they are.
+    """
+    out: list[Batch] = []
+    group: list[Batch] = []
+
+    def signature(b: Batch) -> tuple:
+        leaves, spec = pytree.tree_flatten(b)
+        return (spec, tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else x for x in leaves))
+
+    def flush() -> None:
+        if len(group) > 1:
+            leaves = [pytree.tree_flatten(b)[0] for b in group]
+            spec = pytree.tree_flatten(group[0])[1]
+            joined = [torch.cat(col) if isinstance(col[0], torch.Tensor) and col[0].dim() else col[0]
+                      for col in zip(*leaves)]
+            candidate = pytree.tree_unflatten(joined, spec)
+            try:
+                program._graph_module_flat_inputs(*candidate)
+                out.append(candidate)
+                group.clear()
+                return
+            except Exception:
+                pass  # the program does not take a larger batch: keep them apart
+        out.extend(group)
+        group.clear()
+
+    for b in batches:
+        if group and (len(group) == most or signature(b) != signature(group[0])):
+            flush()
+        group.append(b)
+    flush()
+    return out
+
+
 def _weights_for(program: ExportedProgram, fqns: Iterable[str] | None) -> list[PrunableWeight]:
     analysis = find_prunable_weights(program)
     by_fqn = analysis.by_fqn()
@@ -377,13 +419,14 @@ def collect_stats(
     taps, per_weight = _taps(program, weights, needs)
     runner = _GraphRunner(program)
     stop = _stop_index(runner, taps)
+    batches = _stacked(program, data.batches) if data.join_batches else data.batches
     with torch.no_grad():
-        for i, batch in enumerate(data.batches):
+        for i, batch in enumerate(batches):
             if progress:
-                progress(i, len(data), "calibration batch")
+                progress(i, len(batches), "calibration batch")
             runner.run(runner.initial_env(batch, {}), 0, stop, taps)
     if progress:
-        progress(len(data), len(data), "")
+        progress(len(batches), len(batches), "")
     return {w.fqn: _merge(per_weight[w.fqn]) for w in weights if w.fqn in per_weight}
 
 
@@ -444,7 +487,8 @@ def sequential_solve(
     envs: list[dict] | None = None
     t0 = time.perf_counter()
     with torch.no_grad():
-        envs = [runner.initial_env(b, {}) for b in data.batches]
+        batches = _stacked(program, data.batches) if data.join_batches else data.batches
+        envs = [runner.initial_env(b, {}) for b in batches]
         for k, (a, b) in enumerate(segments):
             if progress:
                 progress(k, len(segments), f"block {block_key(runner.nodes[a]) or a}")
@@ -463,6 +507,8 @@ def sequential_solve(
                 new_values.update(updates)
                 for s in {id(x): x for f in solved_here for x in per_weight[f]}.values():
                     s.act_sq = s.hessian = None  # free memory; weights of later blocks have their own
+                if k == len(segments) - 1:
+                    break  # nothing after the last segment needs its outputs
                 # Recompute this segment with the pruned weights, for the blocks after it.
                 ph = {n.name: n for n in runner.placeholders}
                 for env in before:

@@ -257,3 +257,21 @@ def test_every_zoo_weight_gets_statistics(zoo, name):
         assert set(stats) == wanted, name
         for fqn, d in stats.items():
             assert d["rows"] > 0 and torch.isfinite(d["act_sq"]).all(), (name, fqn)
+
+
+def test_joining_batches_changes_no_statistic():
+    m = Linear2().eval()
+    data = _data((2, 5, 8), n=5)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=64)}}
+    program = torch.export.export(m, data.batches[0][0], dynamic_shapes=dynamic, strict=False)
+    from sparsecc.calibrate import _stacked
+
+    assert len(_stacked(program, data.batches)) == 1  # five batches of one shape become one
+    static = export_module(m, data.batches[0][0])
+    assert len(_stacked(static, data.batches)) == 5  # a static batch axis takes no join
+    joined = collect_stats(program, data, needs=("hessian",))
+    data.join_batches = False
+    apart = collect_stats(program, data, needs=("hessian",))
+    for fqn in joined:
+        assert joined[fqn]["rows"] == apart[fqn]["rows"]
+        torch.testing.assert_close(joined[fqn]["hessian"], apart[fqn]["hessian"], rtol=1e-5, atol=1e-4)
