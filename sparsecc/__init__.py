@@ -41,6 +41,8 @@ _NAMES = {
     "save_program": "program",
     "load_program": "program",
     "bench": "benchmarking.api",
+    "CalibrationData": "calibrate",
+    "calibration_for": "calibrate",
 }
 
 __all__ = list(_NAMES)
