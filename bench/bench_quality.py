@@ -67,7 +67,7 @@ def bench_model(name: str, criteria: list[str], patterns: list[str], samples: in
     say(f"{name}: {len(data)} calibration batches in {time.perf_counter() - t0:.1f}s")
     opts = EvalOptions(max_windows=eval_windows)
     ref = reference_outputs(task, spec, options=opts)
-    dense = evaluate(spec.model, task, model=spec, reference=None, options=opts)
+    dense = evaluate(spec.model, task, model=spec, reference_raw=ref, options=opts)
     rows = [{"model": name, "pattern": "dense", "criterion": "-", "prune_s": 0.0, **dense.metrics}]
     say(f"{name} dense: " + ", ".join(f"{k}={dense.metrics[k]:.4g}" for k in shown))
     for pattern in patterns:
