@@ -136,8 +136,8 @@ def _allocate(program: ExportedProgram, plan: Plan, analysis: Analysis, recipe: 
     if (kinds or budget_needs_calibration(budget)) and data is None:
         raise ValueError(f"budget {budget.method!r} needs calibration data: pass calibration=CalibrationData(...)")
     if kinds:
-        want = [s.fqn for s in plan.specs if analysis.by_fqn()[s.fqn].role != "embedding"
-                and not kinds <= set(stats.get(s.fqn, {}))]
+        roles = {w.fqn: w.role for w in analysis.weights}
+        want = [s.fqn for s in plan.specs if roles[s.fqn] != "embedding" and not kinds <= set(stats.get(s.fqn, {}))]
         act = kinds - {"taylor"}
         if want and act:
             for f, d in collect_stats(program, data, want, act, progress=progress).items():

@@ -76,15 +76,14 @@ def _load_torch(v: Variant, threads: int | None) -> Loaded:
     return Loaded(v, run, load_s, module)
 
 
-def _load_torch_sparse(v: Variant, threads: int | None) -> Loaded:
+def _load_with_backend(backend: str, v: Variant, threads: int | None) -> Loaded:
+    """A variant loaded by its backend's own runner, which takes torch tensors."""
     import torch
 
-    from sparsecc import kernels
     from sparsecc.backends import Artifact, get_backend
 
-    kernels.load()  # build/load the sparse kernels outside the model's load time
     t0 = time.perf_counter()
-    runner = get_backend("torch-sparse").load(Artifact.from_dict(v.artifact, v.root), threads)
+    runner = get_backend(backend).load(Artifact.from_dict(v.artifact, v.root), threads)
     load_s = time.perf_counter() - t0
 
     def run(inputs: Sequence[np.ndarray]) -> Any:
@@ -93,23 +92,20 @@ def _load_torch_sparse(v: Variant, threads: int | None) -> Loaded:
     return Loaded(v, run, load_s, runner)
 
 
-def _load_executorch(v: Variant, threads: int | None) -> Loaded:
-    import torch
+def _load_torch_sparse(v: Variant, threads: int | None) -> Loaded:
+    from sparsecc import kernels
 
-    from sparsecc.backends import Artifact, get_backend
+    kernels.load()  # build/load the sparse kernels outside the model's load time
+    return _load_with_backend("torch-sparse", v, threads)
+
+
+def _load_executorch(v: Variant, threads: int | None) -> Loaded:
     from sparsecc.backends.executorch import _deps
 
     # import the runtime's extension modules first: that is a once-per-process cost, not this model's load time
     _deps.runtime()
     _deps.portable_lib()
-    t0 = time.perf_counter()
-    runner = get_backend("executorch").load(Artifact.from_dict(v.artifact, v.root), threads)
-    load_s = time.perf_counter() - t0
-
-    def run(inputs: Sequence[np.ndarray]) -> Any:
-        return runner([torch.from_numpy(a) for a in inputs])
-
-    return Loaded(v, run, load_s, runner)
+    return _load_with_backend("executorch", v, threads)
 
 
 def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
