@@ -7,10 +7,22 @@ a bootstrap 95% interval:
 1. one linear layer, 4096x4096 weight, 2048 tokens, fp16 (the shape where
    2:4 kernels are expected to pay: about 1.3x or more on an H100);
 2. a BERT-base-sized encoder (12 layers, hidden 768, FFN 3072, 12 heads;
-   random weights, every linear 2:4 by magnitude) on batch x seq tokens.
+   random weights, every linear 2:4 by magnitude) on batch x seq tokens,
+   with every eligible linear swapped, and again with only those whose 2:4
+   kernel was timed faster at that token count
+   (``swap_semi_structured(..., tokens=batch*seq)``).
+
+Each case is timed twice: eager (each call launched from Python, as a model
+runs by default) and replayed from a CUDA graph (no host work between
+kernels: what the kernels themselves cost). The gap is the host time per
+call, which for cuSPARSELt includes setting up its matmul plan on every call.
+
+``--sweep`` adds single linears of other shapes and token counts (BERT-base
+and Llama-7B/8B FFN and attention projections, 128 to 8192 tokens), to show
+where the 2:4 kernels pay and where they do not.
 
     .venv/bin/python bench/bench_semi_structured.py [--backend cusparselt|cutlass]
-        [--dtype float16|bfloat16] [--rounds 50] [--batch 16] [--seq 128] [--json out.json]
+        [--dtype float16|bfloat16] [--rounds 50] [--batch 16] [--seq 128] [--sweep] [--json out.json]
 
 Prints the GPU, CUDA, torch and cuSPARSELt versions first. Without a CUDA
 GPU of compute capability 8.0+ it says so and exits with status 2.
@@ -49,32 +61,35 @@ def _machine() -> dict:
             "cusparselt": cusparselt.version() if cusparselt and cusparselt.is_available() else None}
 
 
-def _time_pair(dense, sparse, rounds: int, warmup: int = 10) -> tuple[list[float], list[float]]:
-    """Interleaved CUDA-event timings (ms) of two zero-argument callables."""
-    for _ in range(warmup):
-        dense(), sparse()
-    torch.cuda.synchronize()
-    times: dict[str, list[float]] = {"dense": [], "sparse": []}
-    for i in range(rounds):
-        order = (("dense", dense), ("sparse", sparse)) if i % 2 == 0 else (("sparse", sparse), ("dense", dense))
-        for name, fn in order:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times[name].append(start.elapsed_time(end))
+def _time_pair(dense, sparse, rounds: int) -> tuple[list[float], list[float]]:
+    from sparsecc.backends.torch_semi_structured.measure import time_interleaved
+
+    times = time_interleaved({"dense": dense, "sparse": sparse}, rounds)
     return times["dense"], times["sparse"]
 
 
-def _row(label: str, dense: list[float], sparse: list[float]) -> dict:
+def _row(label: str, mode: str, dense: list[float], sparse: list[float]) -> dict:
     from sparsecc.benchmarking.stats import bootstrap_ratio, verdict
 
     r = bootstrap_ratio(dense, sparse, paired=True)
     dm, sm = statistics.median(dense), statistics.median(sparse)
-    print(f"| {label} | {dm:.4f} | {sm:.4f} | x{r['ratio']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) | "
-          f"{verdict(r['ci95'])} |")
-    return {"case": label, "dense_ms_p50": dm, "sparse_ms_p50": sm, "speedup": r}
+    print(f"| {label} | {mode} | {dm:.4f} | {sm:.4f} | x{r['ratio']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) | "
+          f"{verdict(r['ci95'])} |", flush=True)
+    return {"case": label, "mode": mode, "dense_ms_p50": dm, "sparse_ms_p50": sm, "speedup": r}
+
+
+def _rows(label: str, dense, sparse, rounds: int) -> list[dict]:
+    """Eager and CUDA-graph rows for two zero-argument callables (inside inference mode)."""
+    rows = [_row(label, "eager", *_time_pair(dense, sparse, rounds))]
+    from sparsecc.backends.torch_semi_structured.measure import graphed
+
+    try:
+        graphs = graphed(dense), graphed(sparse)
+    except Exception as e:  # a kernel that cannot be captured: say so, keep the eager row
+        print(f"| {label} | CUDA graph | capture failed: {type(e).__name__}: {str(e)[:120]} | | | |", flush=True)
+        return rows
+    rows.append(_row(label, "CUDA graph", *_time_pair(*graphs, rounds)))
+    return rows
 
 
 def _prune_linears(model: torch.nn.Module) -> None:
@@ -85,26 +100,34 @@ def _prune_linears(model: torch.nn.Module) -> None:
             prune_(m.weight.data, "2:4")
 
 
-def bench_linear(dtype: torch.dtype, backend: str, rounds: int) -> dict:
+# (out_features, in_features, tokens) for --sweep: BERT-base FFN, Llama 4096-wide projections and FFN.
+SWEEP = [(3072, 768, 2048), (768, 3072, 2048), (4096, 4096, 128), (4096, 4096, 512), (4096, 4096, 8192),
+         (11008, 4096, 2048), (4096, 11008, 2048), (14336, 4096, 4096), (4096, 14336, 4096)]
+
+
+def bench_linear(dtype: torch.dtype, backend: str, rounds: int, out: int = 4096, inp: int = 4096,
+                 tokens: int = 2048) -> list[dict]:
     from sparsecc.backends.torch_semi_structured import swap_semi_structured
 
     torch.manual_seed(0)
-    dense = torch.nn.Linear(4096, 4096).to("cuda", dtype).eval()
+    dense = torch.nn.Linear(inp, out).to("cuda", dtype).eval()
     _prune_linears(dense)
     sparse = copy.deepcopy(dense)
     report = swap_semi_structured(sparse, backend)
     if not report.swapped:
-        _die(f"the 4096x4096 linear was not swapped: {report.dense}")
-    x = torch.randn(2048, 4096, device="cuda", dtype=dtype)
+        _die(f"the {out}x{inp} linear was not swapped: {report.dense}")
+    x = torch.randn(tokens, inp, device="cuda", dtype=dtype)
     with torch.inference_mode():
         err = (dense(x).float() - sparse(x).float()).abs().max().item()
-        d, s = _time_pair(lambda: dense(x), lambda: sparse(x), rounds)
-    row = _row(f"linear 4096x4096, 2048 tokens, {str(dtype)[6:]}", d, s)
-    row["max_abs_err"] = err
-    return row
+        rows = _rows(f"linear {out}x{inp}, {tokens} tokens, {str(dtype)[6:]}", lambda: dense(x), lambda: sparse(x),
+                     rounds)
+    for row in rows:
+        row.update(max_abs_err=err, tflops_dense=2 * out * inp * tokens / row["dense_ms_p50"] / 1e9)
+    return rows
 
 
-def bench_bert(dtype: torch.dtype, backend: str, rounds: int, batch: int, seq: int) -> dict:
+def bench_bert(dtype: torch.dtype, backend: str, rounds: int, batch: int, seq: int, measured: bool = False) -> list[dict]:
+    """``measured``: swap only the linears whose 2:4 kernel was timed faster at batch x seq tokens."""
     from sparsecc.backends.torch_semi_structured import swap_semi_structured
     from sparsecc.models.bert import BertEncoder
 
@@ -112,15 +135,17 @@ def bench_bert(dtype: torch.dtype, backend: str, rounds: int, batch: int, seq: i
     dense = BertEncoder(vocab_size=30522, hidden=768, layers=12, heads=12, ffn=3072).to("cuda", dtype).eval()
     _prune_linears(dense)
     sparse = copy.deepcopy(dense)
-    report = swap_semi_structured(sparse, backend)
+    report = swap_semi_structured(sparse, backend, tokens=batch * seq if measured else None)
     ids = torch.randint(0, 30522, (batch, seq), device="cuda")
     mask = torch.ones(batch, seq, dtype=torch.long, device="cuda")
     with torch.inference_mode():
         err = (dense(ids, mask).float() - sparse(ids, mask).float()).abs().max().item()
-        d, s = _time_pair(lambda: dense(ids, mask), lambda: sparse(ids, mask), rounds)
-    row = _row(f"BERT-base encoder, batch {batch} x seq {seq}, {str(dtype)[6:]} ({report.summary()})", d, s)
-    row.update(max_abs_err=err, swap=report.to_dict())
-    return row
+        how = "measured selection: " if measured else ""
+        rows = _rows(f"BERT-base encoder, batch {batch} x seq {seq}, {str(dtype)[6:]} ({how}{report.summary()})",
+                     lambda: dense(ids, mask), lambda: sparse(ids, mask), rounds)
+    for row in rows:
+        row.update(max_abs_err=err, swap=report.to_dict())
+    return rows
 
 
 def main() -> None:
@@ -130,6 +155,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--sweep", action="store_true", help="also time single linears of other shapes (see SWEEP)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     _require_gpu()
@@ -137,8 +163,12 @@ def main() -> None:
     machine = _machine()
     print(f"{machine['gpu']} (sm {machine['capability']}), CUDA {machine['cuda']}, torch {machine['torch']}, "
           f"cuSPARSELt {machine['cusparselt']}; backend {a.backend}; {a.rounds} interleaved rounds\n")
-    print("| case | dense p50 ms | 2:4 p50 ms | speedup (95% CI) | verdict |\n|---|---|---|---|---|")
-    rows = [bench_linear(dtype, a.backend, a.rounds), bench_bert(dtype, a.backend, a.rounds, a.batch, a.seq)]
+    print("| case | mode | dense p50 ms | 2:4 p50 ms | speedup (95% CI) | verdict |\n|---|---|---|---|---|---|")
+    rows = bench_linear(dtype, a.backend, a.rounds) + bench_bert(dtype, a.backend, a.rounds, a.batch, a.seq)
+    rows += bench_bert(dtype, a.backend, a.rounds, a.batch, a.seq, measured=True)
+    if a.sweep:
+        for out, inp, tokens in SWEEP:
+            rows += bench_linear(dtype, a.backend, a.rounds, out, inp, tokens)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": machine, "backend": a.backend, "rows": rows}, f, indent=2)

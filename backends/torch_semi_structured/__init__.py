@@ -5,6 +5,7 @@ model or the sparse program's module (`sparsecc.load_program(...).module()`).
 """
 
 from .eligibility import DeviceInfo, Eligibility, WeightInfo, check_linear_weight, device_info, is_2_4, shape_constraints
+from .measure import measure_speedup
 from .swap import SwapDecision, SwapReport, force_cutlass, swap_semi_structured
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "check_linear_weight",
     "device_info",
     "is_2_4",
+    "measure_speedup",
     "shape_constraints",
     "SwapDecision",
     "SwapReport",

@@ -8,6 +8,10 @@ or CUTLASS's (``SparseSemiStructuredTensorCUTLASS``, chosen with
 - a CUDA GPU of compute capability 8.0 or newer (Ampere, Ada, Hopper and
   later have sparse tensor cores); cuSPARSELt must be in the torch build
   (``torch.backends.cusparselt.is_available()``) or CUTLASS is used;
+- for CUTLASS, compute capability 8.x: torch's CUTLASS 2:4 kernels are built
+  for Ampere/Ada only (on an H200 with torch 2.11 the first product fails
+  with "Supported only on GPUs with compute capability 8.x"), so Hopper
+  and newer need cuSPARSELt;
 - dtype float16, bfloat16 or int8 (CUTLASS would take float32 too, but as
   1:2 sparsity, not 2:4; this backend keeps float32 layers dense);
 - shape ``[rows, cols]`` with each dim at least, and a multiple of, the
@@ -99,6 +103,11 @@ def check_linear_weight(w: WeightInfo, dev: DeviceInfo, backend: str = "cusparse
     used = backend
     if backend == "cusparselt" and not dev.cusparselt:
         used = "cutlass"  # torch's own fallback when cuSPARSELt is not in the build
+    if used == "cutlass" and dev.capability[0] != 8:
+        major, minor = dev.capability
+        why = "cuSPARSELt is not in this torch build and " if used != backend else ""
+        return Eligibility(False, f"{why}torch's CUTLASS 2:4 kernels run on compute capability 8.x only; "
+                                  f"{dev.name or 'this GPU'} is {major}.{minor} (use cuSPARSELt)", used)
     if w.dtype == torch.float32:
         return Eligibility(False, "float32: the kernels' 2:4 path is for float16, bfloat16 and int8 "
                                   "(cast the model with .half() or .to(torch.bfloat16))", used)
