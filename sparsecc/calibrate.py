@@ -21,13 +21,16 @@ and ``hessian`` ``[groups, K_g, K_g]``. Weights that read the same activation
 (q, k and v of one attention block) share one statistics object, so each
 Hessian is accumulated once.
 
-Sequential calibration (`sequential_solve`) splits the graph into segments at
-block boundaries (``model.layers.3``, ``encoder.layer.0``: the first numbered
-module of each node's ``nn_module_stack``). For each segment it collects the
-statistics on inputs produced by the already-pruned segments before it, prunes
-the segment's weights, then recomputes the segment's outputs with the pruned
-weights: the SparseGPT / Wanda protocol for decoder blocks. Memory stays bounded
-by one segment's statistics and the activations live at its boundary.
+Sequential calibration (`sequential_solve`) prunes each weight on inputs
+produced by the already-pruned weights before it, in a single pass over the
+graph: all batches run up to the consumer where a weight's statistics are
+complete, the weight is solved there, and the pass continues with the new
+value. This is SparseGPT's "true sequential" order (inside a decoder block,
+o_proj sees the outputs of pruned q/k/v) at the cost of one forward pass,
+where the block-by-block protocol of the SparseGPT and Wanda reference code
+runs every block twice (once to collect, once to recompute with the pruned
+weights). Memory stays bounded by the live statistics and the activations
+alive at the current node.
 """
 
 from __future__ import annotations
@@ -208,7 +211,13 @@ def _activation_matrix(x: torch.Tensor, tap: _Tap) -> torch.Tensor:
 
 
 class _Stats:
-    """Running sums for one activation (shared by the weights that read it)."""
+    """Running sums for one activation (shared by the weights that read it).
+
+    The Hessian is symmetric, so for wide activations only its upper blocks
+    are accumulated (`_CHUNKS` x `_CHUNKS` column blocks, 10 of 16 products)
+    and the lower ones are mirrored when read. With a Hessian, ``act_sq`` is
+    its diagonal.
+    """
 
     def __init__(self, needs: frozenset[str]):
         self.needs = needs
@@ -217,20 +226,47 @@ class _Stats:
         self.hessian: torch.Tensor | None = None
 
     def add(self, mat: torch.Tensor) -> None:
-        grouped = mat.dim() == 3
-        rows = mat.shape[-2]
-        sq = mat.square().sum(-2)
-        self.act_sq = sq if self.act_sq is None else self.act_sq.add_(sq)
-        if "hessian" in self.needs:
-            h = mat.transpose(-1, -2) @ mat if grouped else mat.t() @ mat
-            self.hessian = h if self.hessian is None else self.hessian.add_(h)
-        self.rows += rows
+        self.rows += mat.shape[-2]
+        if "hessian" not in self.needs:
+            sq = mat.square().sum(-2)
+            self.act_sq = sq if self.act_sq is None else self.act_sq.add_(sq)
+            return
+        k = mat.shape[-1]
+        if self.hessian is None:
+            self.hessian = mat.new_zeros(*mat.shape[:-2], k, k)
+        if mat.dim() == 3 or k < _CHUNKED_FROM:  # grouped convs, narrow activations: one product
+            self.hessian.add_(mat.transpose(-1, -2) @ mat)
+            return
+        edges = [round(k * i / _CHUNKS) for i in range(_CHUNKS + 1)]
+        for a in range(_CHUNKS):
+            rows_a = slice(edges[a], edges[a + 1])
+            cols = slice(edges[a], k)  # the diagonal block and everything right of it
+            self.hessian[rows_a, cols].addmm_(mat[:, rows_a].t(), mat[:, cols])
+        self.act_sq = None  # stale until read
+
+    def _symmetric_hessian(self) -> torch.Tensor:
+        h = self.hessian
+        assert h is not None
+        if h.dim() == 2 and h.shape[-1] >= _CHUNKED_FROM:
+            k = h.shape[-1]
+            edges = [round(k * i / _CHUNKS) for i in range(_CHUNKS + 1)]
+            for a in range(1, _CHUNKS):
+                lower = slice(edges[a], k)
+                h[lower, edges[a - 1]:edges[a]] = h[edges[a - 1]:edges[a], lower].t()
+        return h
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"rows": self.rows, "act_sq": self.act_sq}
         if self.hessian is not None:
-            d["hessian"] = self.hessian
-        return d
+            h = self._symmetric_hessian()
+            if self.act_sq is None:
+                self.act_sq = torch.diagonal(h, dim1=-2, dim2=-1).clone()
+            return {"rows": self.rows, "act_sq": self.act_sq, "hessian": h}
+        return {"rows": self.rows, "act_sq": self.act_sq}
+
+
+# Hessians of activations at least this wide are accumulated by upper blocks only.
+_CHUNKED_FROM = 256
+_CHUNKS = 4
 
 
 # -- executing the graph -----------------------------------------------------------
@@ -281,6 +317,15 @@ class _GraphRunner:
         for fqn, t in overrides.items():
             env[by_name[self.param_node[fqn]]] = t
         return env
+
+    def feed(self, env: dict[torch.fx.Node, Any], i: int,
+             taps: Mapping[torch.fx.Node, list[tuple[_Tap, _Stats]]]) -> None:
+        """Feed the taps of node ``i`` from ``env`` without running the node."""
+        node = self.nodes[i]
+        if node in taps:
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+            for tap, stats in taps[node]:
+                stats.add(_activation_matrix(args[tap.operand], tap))
 
     def run(self, env: dict[torch.fx.Node, Any], start: int, stop: int,
             taps: Mapping[torch.fx.Node, list[tuple[_Tap, _Stats]]] | None = None) -> Any:
@@ -365,20 +410,28 @@ def _weights_for(program: ExportedProgram, fqns: Iterable[str] | None) -> list[P
 
 
 def _taps(program: ExportedProgram, weights: Sequence[PrunableWeight], needs: frozenset[str]):
-    """Per consumer node, the (tap, stats) pairs to feed; per weight, its stats objects."""
+    """Per consumer node, the (tap, stats) pairs to feed; per weight, its stats objects.
+
+    Consumers that read the same activation the same way (q, k and v) share one
+    stats object, fed at the earliest of them in graph order: by the time any
+    of them runs, the statistics of all are complete.
+    """
     by_name = {n.name: n for n in program.graph.nodes}
-    shared: dict[tuple, _Stats] = {}
-    taps: dict[torch.fx.Node, list[tuple[_Tap, _Stats]]] = {}
+    order = {n: i for i, n in enumerate(program.graph.nodes)}
+    shared: dict[tuple, tuple[_Tap, _Stats, torch.fx.Node]] = {}
     per_weight: dict[str, list[_Stats]] = {}
     for w in weights:
         for use_node, operand in weight_uses(program, by_name[w.node]):
             tap = _tap_for(use_node, operand, w.role, w.shape)
             key = tap.key(use_node)
-            stats = shared.get(key)
-            if stats is None:
-                stats = shared[key] = _Stats(needs)
-                taps.setdefault(use_node, []).append((tap, stats))
-            per_weight.setdefault(w.fqn, []).append(stats)
+            if key not in shared:
+                shared[key] = (tap, _Stats(needs), use_node)
+            elif order[use_node] < order[shared[key][2]]:
+                shared[key] = (tap, shared[key][1], use_node)
+            per_weight.setdefault(w.fqn, []).append(shared[key][1])
+    taps: dict[torch.fx.Node, list[tuple[_Tap, _Stats]]] = {}
+    for tap, stats, node in shared.values():
+        taps.setdefault(node, []).append((tap, stats))
     return taps, per_weight
 
 
@@ -436,20 +489,6 @@ def _stop_index(runner: _GraphRunner, taps: Mapping[torch.fx.Node, Any]) -> int:
     return max(index[n] for n in taps) + 1 if taps else 0
 
 
-def _segments(runner: _GraphRunner, stop: int) -> list[tuple[int, int]]:
-    """Split nodes ``[0, stop)`` where the numbered block changes."""
-    bounds = [0]
-    current = None
-    for i in range(stop):
-        key = block_key(runner.nodes[i])
-        if key is not None and key != current:
-            if current is not None:
-                bounds.append(i)
-            current = key
-    bounds.append(stop)
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
 Solve = Callable[[list[str], dict[str, dict[str, Any]]], Mapping[str, torch.Tensor]]
 
 
@@ -462,62 +501,63 @@ def sequential_solve(
     *,
     progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Prune block by block, each on the outputs of the already-pruned blocks before it.
+    """Prune each weight on the activations of the already-pruned weights before it, in one pass.
 
-    For each segment, ``solve(fqns, stats)`` gets the weights whose last use is
-    in that segment and their statistics, and returns their new (pruned)
-    values; later segments see those values. Returns all new values by FQN.
+    The graph runs on all batches up to the consumer at which a weight's
+    statistics are complete; there ``solve(fqns, stats)`` gets the weights
+    due at that point (q, k and v together: they read one activation) and
+    returns their new values, which that consumer and everything after it
+    then use. Each node runs once per batch. A weight used by several ops
+    is solved once the statistics of its last use are in; its earlier uses
+    run with the old value. Returns all new values by FQN.
     """
     needs = _check_needs(needs)
     weights = _weights_for(program, fqns)
     taps, per_weight = _taps(program, weights, needs)
     runner = _GraphRunner(program)
-    stop = _stop_index(runner, taps)
-    segments = _segments(runner, stop)
     index = {n: i for i, n in enumerate(runner.nodes)}
-    by_name = {n.name: n for n in runner.nodes}
-    # A weight is solved in the segment of its last use (all its statistics are in by then).
+    fed_at = {id(stats): index[node] for node, pairs in taps.items() for _, stats in pairs}
     due: dict[int, list[str]] = {}
     for w in weights:
-        last = max(index[u] for u, _ in weight_uses(program, by_name[w.node]))
-        seg = next(k for k, (a, b) in enumerate(segments) if a <= last < b)
-        due.setdefault(seg, []).append(w.fqn)
+        if w.fqn in per_weight:
+            due.setdefault(max(fed_at[id(s)] for s in per_weight[w.fqn]), []).append(w.fqn)
+    points = sorted(due)
+    placeholder = {n.name: n for n in runner.placeholders}
+    unsolved: dict[int, set[str]] = {}  # id(stats) -> the weights that still need it
+    for f, stats_list in per_weight.items():
+        for stats in stats_list:
+            unsolved.setdefault(id(stats), set()).add(f)
 
     new_values: dict[str, torch.Tensor] = {}
-    envs: list[dict] | None = None
     t0 = time.perf_counter()
     with torch.no_grad():
         batches = _stacked(program, data.batches) if data.join_batches else data.batches
         envs = [runner.initial_env(b, {}) for b in batches]
-        for k, (a, b) in enumerate(segments):
+        start = 0
+        for k, point in enumerate(points):
             if progress:
-                progress(k, len(segments), f"block {block_key(runner.nodes[a]) or a}")
-            seg_taps = {n: t for n, t in taps.items() if a <= index[n] < b}
-            solved_here = due.get(k, [])
-            if not solved_here and not seg_taps:
-                for env in envs:
-                    runner.run(env, a, b)
-                continue
-            before = [dict(env) for env in envs]
+                progress(k, len(points), f"{block_key(runner.nodes[point]) or runner.nodes[point].name}")
+            # Nodes [start, point) with their taps, then the taps of `point` itself: its
+            # statistics are complete before it runs with the weights solved here.
+            seg_taps = {n: t for n, t in taps.items() if start <= index[n] <= point}
             for env in envs:
-                runner.run(env, a, b, seg_taps)
-            if solved_here:
-                stats = {f: _merge(per_weight[f]) for f in solved_here}
-                updates = dict(solve(solved_here, stats))
-                new_values.update(updates)
-                for s in {id(x): x for f in solved_here for x in per_weight[f]}.values():
-                    s.act_sq = s.hessian = None  # free memory; weights of later blocks have their own
-                if k == len(segments) - 1:
-                    break  # nothing after the last segment needs its outputs
-                # Recompute this segment with the pruned weights, for the blocks after it.
-                ph = {n.name: n for n in runner.placeholders}
-                for env in before:
-                    for f, t in updates.items():
-                        env[ph[runner.param_node[f]]] = t
-                    runner.run(env, a, b)
-                envs = before
+                runner.run(env, start, point, seg_taps)
+                runner.feed(env, point, seg_taps)
+            fqns_here = due[point]
+            updates = dict(solve(fqns_here, {f: _merge(per_weight[f]) for f in fqns_here}))
+            new_values.update(updates)
+            for f in fqns_here:
+                for stats in per_weight[f]:
+                    unsolved[id(stats)].discard(f)
+                    if not unsolved[id(stats)]:
+                        stats.act_sq = stats.hessian = None  # every reader solved: free its memory
+            for env in envs:
+                for f, t in updates.items():
+                    env[placeholder[runner.param_node[f]]] = t
+            start = point  # `point` runs next, with the new values and without feeding its taps again
+            taps = {n: t for n, t in taps.items() if index[n] > point}
     if progress:
-        progress(len(segments), len(segments), f"{time.perf_counter() - t0:.1f}s")
+        progress(len(points), len(points), f"{time.perf_counter() - t0:.1f}s")
     return new_values
 
 

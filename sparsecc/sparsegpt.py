@@ -30,6 +30,7 @@ import math
 from typing import Iterator
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .ir import SparsityPattern
 from .masks import pruned_units, spread_counts
@@ -37,8 +38,25 @@ from .masks import pruned_units, spread_counts
 __all__ = ["sparsegpt_prune", "inverse_hessian_factor"]
 
 
+# hessian -> {(damp, version): factor}: q, k and v (gate and up) share one Hessian, so one factor
+_FACTORS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
-    """Upper Cholesky factor of the dampened inverse Hessian, in float64 for stability."""
+    """Upper Cholesky factor of the dampened inverse Hessian, in float64 for stability.
+
+    Computed once per Hessian tensor (and dampening): weights that read one
+    activation share it.
+    """
+    cached = _FACTORS.setdefault(hessian, {})
+    key = (damp, hessian._version)
+    if key not in cached:
+        cached.clear()
+        cached[key] = _inverse_hessian_factor(hessian, damp)
+    return cached[key]
+
+
+def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     h = hessian.double().clone()
     diag = torch.diagonal(h)
     dead = diag == 0
@@ -90,15 +108,16 @@ def sparsegpt_prune(
     elif pattern.kind == "nm":
         blocksize = pattern.m * max(1, math.ceil(blocksize / pattern.m))  # type: ignore[operator]
 
+    hinv = inverse_hessian_factor(hessian, damp)  # a few large factorisations: all threads
     with _one_thread():
-        return _prune(weight, hessian, pattern, sparsity, blocksize, damp, mask)
+        return _prune(weight, hinv, pattern, sparsity, blocksize, mask)
 
 
-def _prune(weight, hessian, pattern, sparsity, blocksize, damp, mask):
+def _prune(weight, hinv, pattern, sparsity, blocksize, mask):
     rows, cols = weight.shape
     # float32 work (float64 when given float64: the tests compare against exact solves)
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    hinv = inverse_hessian_factor(hessian, damp).to(dtype)
+    hinv = hinv.to(dtype)
     w = weight.detach().to(dtype).clone()
     keep = torch.ones(rows, cols, dtype=torch.bool) if mask is None else mask.clone().bool()
     fixed = mask is not None
@@ -121,6 +140,9 @@ def _prune(weight, hessian, pattern, sparsity, blocksize, damp, mask):
     return w.to(weight.dtype), keep
 
 
+_SUB = 32  # columns per sub-block of rank-1 updates (see _solve_block)
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """SparseGPT is thousands of tiny ops (a column at a time) and a few small products:
@@ -135,7 +157,14 @@ def _one_thread() -> Iterator[None]:
 
 def _solve_block(w: torch.Tensor, hinv: torch.Tensor, keep: torch.Tensor, pattern: SparsityPattern, fixed: bool,
                  i1: int, i2: int, block_count: int, stripe_counts: list[int] | None) -> torch.Tensor:
-    """Prune and repair columns ``[i1, i2)`` of ``w`` in place; return their scaled errors."""
+    """Prune and repair columns ``[i1, i2)`` of ``w`` in place; return their scaled errors.
+
+    The block is walked in sub-blocks of `_SUB` columns (a multiple of the N:M
+    group and tile width, so a group never straddles two): inside a sub-block
+    the updates are rank-1, and the rest of the block gets one product per
+    sub-block. Same result as rank-1 updates over the whole block, with a
+    quarter of the memory traffic.
+    """
     rows = w.shape[0]
     w1 = w[:, i1:i2].clone()
     err = torch.zeros_like(w1)
@@ -148,27 +177,33 @@ def _solve_block(w: torch.Tensor, hinv: torch.Tensor, keep: torch.Tensor, patter
         block_keep = torch.ones(saliency.numel(), dtype=torch.bool)
         block_keep[idx] = False
         k1 &= block_keep.reshape(saliency.shape)
-    for i in range(i2 - i1):
-        if not fixed and pattern.kind == "nm" and i % pattern.m == 0:  # type: ignore[operator]
-            m = pattern.m
-            sal = w1[:, i:i + m].square() / d[i:i + m].square()
-            drop = torch.topk(sal, m - pattern.n, dim=1, largest=False).indices  # type: ignore[operator]
-            k1[:, i:i + m].scatter_(1, drop, False)
-        if stripe_counts is not None and i % pattern.block[1] == 0:  # type: ignore[index]
-            r, c = pattern.block  # type: ignore[misc]
-            sal = (w1[:, i:i + c].square() / d[i:i + c].square()).reshape(rows // r, r * c).sum(1)
-            n_drop = stripe_counts[(i1 + i) // c]
-            if n_drop:
-                tiles = torch.topk(sal, n_drop, largest=False, sorted=False).indices
-                tile_keep = torch.ones(rows // r, dtype=torch.bool)
-                tile_keep[tiles] = False
-                k1[:, i:i + c] &= tile_keep.repeat_interleave(r)[:, None]
-        col = w1[:, i]
-        q = torch.where(k1[:, i], col, torch.zeros_like(col))
-        e = (col - q) / d[i]
-        # Compensate the columns right of i (within the block); column i becomes q.
-        w1[:, i:].addr_(e, h1[i, i:], alpha=-1.0)
-        w1[:, i] = q
-        err[:, i] = e
+    width = i2 - i1
+    unit = pattern.m if pattern.kind == "nm" else pattern.block[1] if pattern.kind == "block" else 1  # type: ignore[index]
+    sub = unit * max(1, _SUB // unit)
+    for j1 in range(0, width, sub):
+        j2 = min(j1 + sub, width)
+        for i in range(j1, j2):
+            if not fixed and pattern.kind == "nm" and i % pattern.m == 0:  # type: ignore[operator]
+                m = pattern.m
+                sal = w1[:, i:i + m].square() / d[i:i + m].square()
+                drop = torch.topk(sal, m - pattern.n, dim=1, largest=False).indices  # type: ignore[operator]
+                k1[:, i:i + m].scatter_(1, drop, False)
+            if stripe_counts is not None and i % pattern.block[1] == 0:  # type: ignore[index]
+                r, c = pattern.block  # type: ignore[misc]
+                sal = (w1[:, i:i + c].square() / d[i:i + c].square()).reshape(rows // r, r * c).sum(1)
+                n_drop = stripe_counts[(i1 + i) // c]
+                if n_drop:
+                    tiles = torch.topk(sal, n_drop, largest=False, sorted=False).indices
+                    tile_keep = torch.ones(rows // r, dtype=torch.bool)
+                    tile_keep[tiles] = False
+                    k1[:, i:i + c] &= tile_keep.repeat_interleave(r)[:, None]
+            col = w1[:, i]
+            e = col.masked_fill(k1[:, i], 0.0) / d[i]  # the pruned part of the column, scaled
+            # Compensate the columns right of i (within the sub-block); column i becomes its kept part.
+            w1[:, i:j2].addr_(e, h1[i, i:j2], alpha=-1.0)
+            err[:, i] = e
+        if j2 < width:
+            w1[:, j2:].addmm_(err[:, j1:j2], h1[j1:j2, j2:], alpha=-1.0)
+    w1.masked_fill_(~k1, 0.0)
     w[:, i1:i2] = w1
     return err

@@ -51,6 +51,19 @@ def test_linear_act_sq_and_hessian_equal_direct_sums():
         torch.testing.assert_close(stats[fqn]["hessian"], x.t() @ x, rtol=1e-5, atol=1e-4)
 
 
+def test_wide_hessian_accumulated_by_blocks_equals_the_full_product():
+    """Activations of 256+ features accumulate only the upper blocks of X^T X; reading mirrors them."""
+    m = nn.Linear(301, 3).eval()  # 301 columns: blocks of unequal width
+    data = _data((40, 301), n=3)
+    data = CalibrationData(data.batches, join_batches=False)  # three separate accumulations
+    program = export_module(m, data.batches[0][0])
+    stats = collect_stats(program, data, needs=("hessian",))["weight"]
+    x = torch.cat([b[0][0] for b in data.batches]).double()
+    torch.testing.assert_close(stats["hessian"].double(), x.t() @ x, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stats["act_sq"].double(), x.square().sum(0), rtol=1e-5, atol=1e-3)
+    assert torch.equal(stats["hessian"], stats["hessian"].t())
+
+
 class Convs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -197,6 +210,47 @@ def test_sequential_solve_feeds_each_block_the_pruned_outputs_of_the_blocks_befo
     # ... and differ from the dense statistics.
     dense = collect_stats(program, data)["head.weight"]["act_sq"]
     assert not torch.allclose(dense, captured["head.weight"]["act_sq"], rtol=1e-3)
+
+
+class Attention(nn.Module):
+    """q, k, v read one activation; o reads their combination; fc reads o's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o, self.fc = (nn.Linear(8, 8) for _ in range(5))
+
+    def forward(self, x):
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), -1) @ self.v(x)
+        return self.fc(torch.relu(self.o(a)))
+
+
+def test_sequential_solve_is_true_sequential_in_one_pass():
+    m = Attention().eval()
+    data = _data((2, 5, 8), n=2)
+    program = export_module(m, data.batches[0][0])
+    calls: list[list[str]] = []
+    seen: dict[str, dict] = {}
+
+    def halve(fqns, stats):
+        calls.append(sorted(fqns))
+        seen.update(stats)
+        return {f: program.state_dict[f].detach() * 0.5 for f in fqns}
+
+    new = sequential_solve(program, data, halve)
+    # q, k and v are solved together, where their shared statistics are complete.
+    assert calls == [["k.weight", "q.weight", "v.weight"], ["o.weight"], ["fc.weight"]]
+    assert seen["q.weight"]["act_sq"] is seen["v.weight"]["act_sq"]
+    # o's statistics come from the already-halved q/k/v, fc's from the halved o as well.
+    pruned = Attention().eval()
+    pruned.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for f, w in new.items():
+            pruned.get_parameter(f).copy_(w)
+        xs = [b[0][0] for b in data.batches]
+        att = torch.cat([torch.softmax(pruned.q(x) @ pruned.k(x).transpose(-1, -2), -1) @ pruned.v(x) for x in xs])
+        hidden = torch.relu(pruned.o(att))
+    torch.testing.assert_close(seen["o.weight"]["act_sq"], att.reshape(-1, 8).square().sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["fc.weight"]["act_sq"], hidden.reshape(-1, 8).square().sum(0), rtol=1e-5, atol=1e-5)
 
 
 def test_objective_loss_with_overrides_matches_the_module():

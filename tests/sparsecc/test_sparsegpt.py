@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sparsecc.ir import SparsityPattern
 from sparsecc.masks import pattern_violation, pruned_units
-from sparsecc.sparsegpt import sparsegpt_prune
+from sparsecc.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 
 DAMP = 0.01
 
@@ -129,3 +129,15 @@ def test_bad_shapes_are_named():
         sparsegpt_prune(w, torch.eye(6), SparsityPattern.n_m(2, 4), 0.5)
     with pytest.raises(ValueError, match="structured pruning"):
         sparsegpt_prune(w, torch.eye(6), SparsityPattern.channel(), 0.5)
+
+
+def test_inverse_hessian_factor_is_computed_once_per_hessian():
+    x = torch.randn(64, 12, dtype=torch.float64)
+    h = x.t() @ x
+    first = inverse_hessian_factor(h, 0.01)
+    assert inverse_hessian_factor(h, 0.01) is first  # q, k and v share it
+    assert inverse_hessian_factor(h.clone(), 0.01) is not first
+    other = inverse_hessian_factor(h, 0.1)
+    assert not torch.allclose(other, first)
+    h.mul_(4.0)  # changed in place: a fresh factor, of the scaled matrix
+    torch.testing.assert_close(inverse_hessian_factor(h, 0.01), first / 2, rtol=1e-10, atol=1e-12)
