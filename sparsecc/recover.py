@@ -16,6 +16,12 @@ Only the student's parameters change; normalisation statistics (BatchNorm
 running means) stay as they are, since the program was captured in eval mode.
 The result is a new `ExportedProgram` with the same graph and the trained
 weights: it lowers to every backend like the program it came from.
+
+`recalibrate_batchnorm` comes first for convolutional networks: removing
+channels changes what every later BatchNorm sees, while its running mean and
+variance still describe the dense network's activations. Re-estimating them
+on a few calibration batches (no gradients; "adaptive BN" of EagleEye, Li et
+al. 2020) repairs much of the damage before any training.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch.export import ExportedProgram
 
 from .program import ProgramEditor
 
-__all__ = ["DistillResult", "distill", "distillation_loss", "mask_sparsity_regularizer"]
+__all__ = ["DistillResult", "distill", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
 
 
 @dataclass
@@ -178,3 +184,59 @@ def distill(
         for other in names[1:]:
             editor.state_dict[other] = editor.state_dict[names[0]]
     return DistillResult(editor.finish(), losses, time.perf_counter() - t0)
+
+
+_BATCH_NORMS = (torch.ops.aten._native_batch_norm_legit_no_training.default, torch.ops.aten.batch_norm.default)
+
+
+def recalibrate_batchnorm(
+    program: ExportedProgram,
+    batches: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[ExportedProgram, list[str]]:
+    """Running mean and variance of every BatchNorm re-estimated on ``batches``, in graph order.
+
+    Each BatchNorm's statistics are measured on the outputs of the layers before
+    it, which already use their re-estimated statistics (one pass over the graph).
+    Returns the new program and the buffers that changed. Raises ValueError for a
+    program without BatchNorm or without batches.
+    """
+    from .calibrate import _GraphRunner
+
+    batches = list(batches)
+    if not batches:
+        raise ValueError("recalibrate_batchnorm needs at least one batch")
+    runner = _GraphRunner(program)
+    norms = [(i, n) for i, n in enumerate(runner.nodes) if n.op == "call_function" and n.target in _BATCH_NORMS]
+    if not norms:
+        raise ValueError("the program has no BatchNorm (aten._native_batch_norm_legit_no_training) to recalibrate")
+    buffer_of = {s.arg.name: s.target for s in program.graph_signature.input_specs if s.target is not None}
+    new: dict[str, torch.Tensor] = {}
+    start = 0
+    with torch.no_grad():
+        envs = [runner.initial_env(b, {}) for b in batches]
+        for k, (i, node) in enumerate(norms):
+            if progress is not None:
+                progress(k, len(norms), node.name)
+            for env in envs:
+                runner.run(env, start, i)
+            xs = [env[node.args[0]] for env in envs]
+            dims = [d for d in range(xs[0].dim()) if d != 1]
+            count = sum(x.numel() // x.shape[1] for x in xs)
+            total = sum(x.double().sum(dims) for x in xs)
+            squares = sum(x.double().square().sum(dims) for x in xs)
+            mean = total / count
+            var = (squares / count - mean.square()).clamp_min(0) * (count / max(count - 1, 1))  # unbiased, as torch keeps it
+            for arg, value in ((node.args[3], mean), (node.args[4], var)):
+                value = value.to(envs[0][arg].dtype)
+                for env in envs:
+                    env[arg] = value
+                new[buffer_of[arg.name]] = value
+            start = i  # the norm itself runs next, with its new statistics
+    if progress is not None:
+        progress(len(norms), len(norms), "")
+    editor = ProgramEditor(program)
+    for target, value in new.items():
+        editor.set_tensor(target, value)
+    return editor.finish(), sorted(new)

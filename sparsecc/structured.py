@@ -10,8 +10,9 @@ Recipes select it with a ``structured:`` section::
       criterion: l2           # l1 | l2 | bn_scale | taylor | random
       scope: layer            # layer (every group loses `ratio`) | global (ranked across groups)
       round_to: 1             # keep channel counts at multiples of 8 / 16 / 32
-      include: []             # only groups touching these weights (globs / re:)
-      protect: []             # groups touching these weights stay whole
+      include: []             # only groups touching these weights (globs / re:; out:GLOB /
+                              # in:GLOB: only groups slicing their output / input channels)
+      protect: []             # groups touching these weights stay whole (same syntax)
       overrides: {}           # {"pattern": ratio}: first match wins
 
 The result is a physically smaller program (and its state dict) plus a

@@ -187,16 +187,19 @@ def taylor_gradients(
 
 
 def _matches(group: DependencyGroup, patterns: Sequence[str]) -> str | None:
-    for pat in patterns:
+    """The first pattern that names a weight of ``group``; ``out:`` / ``in:`` before a pattern
+    match only weights whose output / input axis the group slices."""
+    for full in patterns:
+        role, pat = (full.split(":", 1)) if full.startswith(("out:", "in:")) else (None, full)
         for m in group.members:
-            if m.role not in ("out", "in"):
+            if m.role not in ("out", "in") or (role is not None and m.role != role):
                 continue
             layer = m.target.rsplit(".", 1)[0]
             if pat.startswith("re:"):
                 if re.search(pat[3:], m.target) or re.search(pat[3:], layer):
-                    return pat
+                    return full
             elif fnmatch.fnmatchcase(m.target, pat) or fnmatchcase_layer(layer, pat):
-                return pat
+                return full
     return None
 
 
@@ -231,7 +234,9 @@ def plan_structured_pruning(
     ``ratio`` is the fraction of units removed (per group, or overall with
     ``scope="global"``, where no group loses more than ``max_group_ratio``).
     ``include`` (globs or ``re:`` patterns on weight FQNs or layer names)
-    restricts pruning to groups touching a matching weight; ``protect`` keeps
+    restricts pruning to groups touching a matching weight (``out:PATTERN``:
+    groups that slice the output channels of a matching weight, ``in:PATTERN``
+    its input channels); ``protect`` keeps
     groups touching a matching weight whole; ``overrides`` maps a pattern to
     its own ratio (first match wins). ``units`` picks the unit kinds to prune:
     ``channel`` (conv channels, FFN neurons), ``head`` (attention heads, GQA

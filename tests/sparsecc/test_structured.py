@@ -11,7 +11,7 @@ from torch import nn
 
 from sparsecc.benchmarking.markdown import structured_lines
 from sparsecc.recipe import RecipeError, load_recipe
-from sparsecc.recover import distill, distillation_loss, mask_sparsity_regularizer
+from sparsecc.recover import distill, distillation_loss, mask_sparsity_regularizer, recalibrate_batchnorm
 from sparsecc.structured import (
     ShrinkMismatchError,
     StructuredOptions,
@@ -156,3 +156,49 @@ def test_mask_sparsity_pushes_only_the_removed_bn_scales(cnn):
     before, after = prog.state_dict["bn.weight"].detach(), out.program.state_dict["bn.weight"].detach()
     assert after[drop].abs().max() < 0.2  # pushed to (near) zero: Adam moves each scale by ~lr per step
     assert after[~drop].abs().sum() > 0.8 * before[~drop].abs().sum()
+
+
+class _ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+
+
+def test_recalibrate_batchnorm_measures_each_norm_on_the_recalibrated_layers_before_it():
+    m = _ConvBN().eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [((torch.randn(2, 3, 6, 6, generator=g) * 2 + 1,), {}) for _ in range(3)]
+    program = export_module(m, batches[0][0])
+    dense_mean = program.state_dict["b1.running_mean"].clone()
+    new, changed = recalibrate_batchnorm(program, batches)
+    assert torch.equal(program.state_dict["b1.running_mean"], dense_mean)  # the source program is untouched
+    assert changed == ["b1.running_mean", "b1.running_var", "b2.running_mean", "b2.running_var"]
+    x = torch.cat([b[0][0] for b in batches])
+    with torch.no_grad():
+        h1 = m.c1(x)
+        want1 = (h1.mean((0, 2, 3)), h1.var((0, 2, 3), unbiased=True))
+        m.b1.running_mean.copy_(want1[0])
+        m.b1.running_var.copy_(want1[1])
+        h2 = m.c2(torch.relu(m.b1(h1)))
+        want2 = (h2.mean((0, 2, 3)), h2.var((0, 2, 3), unbiased=True))
+    for name, want in (("b1", want1), ("b2", want2)):
+        torch.testing.assert_close(new.state_dict[f"{name}.running_mean"], want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(new.state_dict[f"{name}.running_var"], want[1], rtol=1e-5, atol=1e-5)
+    # the new program runs with the new statistics
+    with torch.no_grad():
+        m.b2.running_mean.copy_(want2[0])
+        m.b2.running_var.copy_(want2[1])
+        x0 = batches[0][0][0]
+        torch.testing.assert_close(new.module()(x0), m(x0), rtol=1e-5, atol=1e-5)
+
+
+def test_recalibrate_batchnorm_bad_input():
+    program = export_module(nn.Linear(4, 2).eval(), (torch.randn(2, 4),))
+    with pytest.raises(ValueError, match="has no BatchNorm"):
+        recalibrate_batchnorm(program, [((torch.randn(2, 4),), {})])
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_batchnorm(program, [])

@@ -424,3 +424,34 @@ def test_importance_ranks_units_by_their_coupled_slices():
     for crit, want in (("l1", [1, 3]), ("l2", [1, 3])):
         plan = plan_structured_pruning(prog, 0.5, criterion=crit)
         assert list(plan.kept[next(iter(plan.kept))]) == want
+
+
+class _InvertedResidual(nn.Module):
+    """stem -> expand -> project (+ stem): a residual group and an expansion group."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.expand = nn.Conv2d(8, 16, 1)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.project(torch.relu(self.expand(h))))
+
+
+def test_include_out_prefix_selects_the_groups_slicing_a_weights_outputs():
+    prog = export_module(_InvertedResidual().eval(), (torch.randn(1, 3, 4, 4),))
+    an = find_dependency_groups(prog)
+    residual, hidden = group_with(an, "stem.weight"), group_with(an, "expand.weight")
+    # Both groups touch expand.weight (the residual one on its input axis) ...
+    plain = plan_structured_pruning(prog, 0.5, analysis=an, include=["expand"])
+    assert set(plain.kept) == {residual.id, hidden.id}
+    # ... out: keeps only the group that slices its output channels.
+    out = plan_structured_pruning(prog, 0.5, analysis=an, include=["out:expand"])
+    assert set(out.kept) == {hidden.id}
+    assert out.skipped[residual.id] == "not matched by include"
+    protected = plan_structured_pruning(prog, 0.5, analysis=an, protect=["in:expand"])
+    assert set(protected.kept) == {hidden.id}
+    shrink_and_check(prog, out, [(torch.randn(1, 3, 4, 4),)])
