@@ -35,6 +35,7 @@ __all__ = [
     "StructuredResult",
     "parse_structured",
     "prune_structured",
+    "compensate_removed_inputs",
     "count_macs",
     "count_params",
     "ShrinkMismatchError",
@@ -148,12 +149,75 @@ class StructuredResult:
         return dict(self.program.state_dict)
 
 
+def compensate_removed_inputs(
+    dense: ExportedProgram,
+    small: ExportedProgram,
+    plan: Any,
+    calibration: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    damp: float = 0.01,
+) -> tuple[ExportedProgram, list[str]]:
+    """Least-squares repair of the layers that lost input channels.
+
+    A linear or conv whose input channels ``R`` were removed keeps ``K``; its
+    kept columns become ``W H[:, K] H[K, K]⁻¹`` (``H = X Xᵀ`` of its dense
+    input on ``calibration``, dampened by ``damp`` of its mean diagonal): the
+    weights that best reproduce the dense layer's output from the channels
+    left, as ThiNet and He et al.'s channel pruning do and as SparseGPT does
+    for single weights. Grouped and depthwise convs mix no channels and stay
+    as they are. ``small`` is ``dense`` shrunk with ``plan``; returns it with
+    the repaired weights, and their names.
+    """
+    from sparsecc.passes.structured import axis_keep
+
+    from .analyze import find_prunable_weights
+    from .calibrate import CalibrationData, collect_stats
+    from .masks import from_rows_view, rows_view
+    from .program import ProgramEditor
+
+    kept = plan.kept_by_atom()
+    weights = find_prunable_weights(dense).by_fqn()
+    keeps: dict[str, torch.Tensor] = {}
+    for gid in plan.kept:
+        for m in plan.analysis.groups[gid].members:
+            w = weights.get(m.target)
+            if m.role != "in" or w is None or w.role == "embedding" or m.axis != w.reduction_axis:
+                continue
+            keep = axis_keep(plan.analysis, m.target, m.axis, kept)
+            if keep is not None and not keep.all():
+                keeps[m.target] = torch.from_numpy(keep)
+    if not keeps:
+        return small, []
+    stats = collect_stats(dense, CalibrationData(list(calibration)), list(keeps), needs=("hessian",))
+    editor = ProgramEditor(small)
+    changed = []
+    for fqn, keep in keeps.items():
+        h = stats.get(fqn, {}).get("hessian")
+        if h is None or h.dim() != 2:  # grouped / depthwise conv: one statistics set per group, no mixing
+            continue
+        w = weights[fqn]
+        full = dense.state_dict[fqn].detach()
+        shape = [1] * full.dim()
+        shape[w.reduction_axis] = -1
+        cols = rows_view(keep.reshape(shape).expand(full.shape), w.output_axis, w.reduction_axis)[0]
+        mat = rows_view(full, w.output_axis, w.reduction_axis).double()
+        hd = h.double()
+        hkk = hd[cols][:, cols]
+        hkk += damp * float(hkk.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(hkk), dtype=hd.dtype)
+        new = torch.linalg.solve(hkk, (mat @ hd[:, cols]).T).T  # hkk is symmetric
+        target_shape = tuple(small.state_dict[fqn].shape)
+        editor.set_tensor(fqn, from_rows_view(new.to(full.dtype), target_shape, w.output_axis, w.reduction_axis))
+        changed.append(fqn)
+    return editor.finish(), sorted(changed)
+
+
 def prune_structured(
     program: ExportedProgram,
     options: StructuredOptions | dict[str, Any] | None = None,
     *,
     verify_inputs: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] = (),
     calibration: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
+    reconstruct: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> StructuredResult:
     """Remove ``options.ratio`` of the channels / heads of ``program``; return the smaller program.
@@ -161,7 +225,9 @@ def prune_structured(
     With ``verify_inputs``, the shrunk program must equal the channel-masked
     program on each (fp32, 1e-5 of each output's scale), or
     `ShrinkMismatchError` says by how much. The ``taylor`` criterion needs
-    ``calibration`` batches of ``(args, kwargs)``.
+    ``calibration`` batches of ``(args, kwargs)``; so does ``reconstruct``,
+    which then repairs the layers that lost input channels by least squares
+    (`compensate_removed_inputs`), after the check.
     """
     from sparsecc.passes.structured import (
         MaskChannelsPass,
@@ -231,6 +297,14 @@ def prune_structured(
                     f"(allowed {SHRINK_RTOL:g}) on input set {i}: a coupling the analysis missed"
                 )
         timings["verify"] = time.perf_counter() - t0
+    reconstructed: list[str] = []
+    if reconstruct:
+        if not calibration:
+            raise ValueError("reconstruct=True needs calibration batches")
+        say("least-squares repair of the layers that lost inputs")
+        t0 = time.perf_counter()
+        small, reconstructed = compensate_removed_inputs(program, small, plan, calibration)
+        timings["reconstruct"] = time.perf_counter() - t0
     macs0, macs1 = count_macs(program), count_macs(small)
     p0, p1 = count_params(program), count_params(small)
     pruned = [g for g in plan.analysis.groups if g.id in plan.kept]
@@ -248,6 +322,7 @@ def prune_structured(
         },
         "groups": plan.to_dict()["groups"],
         "verification": {"rtol": SHRINK_RTOL, "cases": checks},
+        "reconstructed": reconstructed,
         "timings_s": timings,
     }
     return StructuredResult(small, plan, report)

@@ -202,3 +202,33 @@ def test_recalibrate_batchnorm_bad_input():
         recalibrate_batchnorm(program, [((torch.randn(2, 4),), {})])
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batchnorm(program, [])
+
+
+def test_reconstruct_is_the_ridge_least_squares_fit_of_the_dense_layer():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [((torch.randn(32, 8, generator=g),), {}) for _ in range(4)]
+    program = export_module(m, calib[0][0])
+    opts = StructuredOptions(ratio=0.5, units=("channel",), criterion="l2")
+    plain = prune_structured(program, opts, verify_inputs=calib[:1])
+    fixed = prune_structured(program, opts, verify_inputs=calib[:1], calibration=calib, reconstruct=True)
+    assert fixed.report["reconstructed"] == ["2.weight"]
+    keep = torch.from_numpy(next(iter(fixed.plan.kept.values())))
+    with torch.no_grad():
+        hidden = torch.relu(m[0](torch.cat([b[0][0] for b in calib]))).double()  # [rows, 16]
+        target = hidden @ m[2].weight.double().t()
+        hk = hidden[:, keep]
+        lam = 0.01 * float((hk * hk).sum(0).mean())
+        # independent: ridge regression as an augmented least-squares problem
+        a = torch.cat([hk, lam ** 0.5 * torch.eye(len(keep), dtype=torch.float64)])
+        b = torch.cat([target, torch.zeros(len(keep), 4, dtype=torch.float64)])
+        want = torch.linalg.lstsq(a, b).solution.t()
+    torch.testing.assert_close(fixed.program.state_dict["2.weight"].double(), want, rtol=1e-4, atol=1e-5)
+    # and it reproduces the dense outputs better than the plainly shrunk layer
+    x = calib[0][0][0]
+    with torch.no_grad():
+        dense, before, after = m(x), plain.program.module()(x), fixed.program.module()(x)
+    assert (after - dense).pow(2).mean() < 0.5 * (before - dense).pow(2).mean()
+    with pytest.raises(ValueError, match="reconstruct=True needs calibration batches"):
+        prune_structured(program, opts, reconstruct=True)
