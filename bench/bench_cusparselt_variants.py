@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sparsecc.backends.torch_semi_structured.measure import graphed, time_interleaved
+from sparsecc.backends.torch_semi_structured.measure import graphed, cuda_event_times
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_semi_structured import _machine, _require_gpu  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
                     fns[name] = graphed(lambda wt=wt: F.linear(x, wt, b))
                 except RuntimeError as e:  # cuSPARSELt refused this configuration: report it, time the rest
                     failed[name] = str(e).split("\n")[0][:80]
-            med = {name: statistics.median(t) * 1e3 for name, t in time_interleaved(fns, a.rounds).items()}
+            med = {name: statistics.median(t) * 1e3 for name, t in cuda_event_times(fns, a.rounds).items()}
             cells = [f"failed: {failed[n]}" if n in failed else f"{med[n]:.1f} (x{med['dense'] / med[n]:.2f})"
                      for n in weights]
             print(f"| {out}x{inp} | {tokens} | {alg} | " + " | ".join(cells) + " |", flush=True)

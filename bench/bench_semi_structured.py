@@ -62,9 +62,9 @@ def _machine() -> dict:
 
 
 def _time_pair(dense, sparse, rounds: int) -> tuple[list[float], list[float]]:
-    from sparsecc.backends.torch_semi_structured.measure import time_interleaved
+    from sparsecc.backends.torch_semi_structured.measure import cuda_event_times
 
-    times = time_interleaved({"dense": dense, "sparse": sparse}, rounds)
+    times = cuda_event_times({"dense": dense, "sparse": sparse}, rounds)
     return times["dense"], times["sparse"]
 
 

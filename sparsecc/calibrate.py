@@ -222,7 +222,7 @@ class _Stats:
     def __init__(self, needs: frozenset[str]):
         self.needs = needs
         self.rows = 0
-        self.act_sq: torch.Tensor | None = None
+        self.act_sq: torch.Tensor | None = None  # kept only without a Hessian
         self.hessian: torch.Tensor | None = None
 
     def add(self, mat: torch.Tensor) -> None:
@@ -234,39 +234,38 @@ class _Stats:
         k = mat.shape[-1]
         if self.hessian is None:
             self.hessian = mat.new_zeros(*mat.shape[:-2], k, k)
-        if mat.dim() == 3 or k < _CHUNKED_FROM:  # grouped convs, narrow activations: one product
+        if not _chunked(self.hessian):  # grouped convs, narrow activations: one product
             self.hessian.add_(mat.transpose(-1, -2) @ mat)
             return
-        edges = [round(k * i / _CHUNKS) for i in range(_CHUNKS + 1)]
+        edges = _chunk_edges(k)
         for a in range(_CHUNKS):
             rows_a = slice(edges[a], edges[a + 1])
             cols = slice(edges[a], k)  # the diagonal block and everything right of it
             self.hessian[rows_a, cols].addmm_(mat[:, rows_a].t(), mat[:, cols])
-        self.act_sq = None  # stale until read
-
-    def _symmetric_hessian(self) -> torch.Tensor:
-        h = self.hessian
-        assert h is not None
-        if h.dim() == 2 and h.shape[-1] >= _CHUNKED_FROM:
-            k = h.shape[-1]
-            edges = [round(k * i / _CHUNKS) for i in range(_CHUNKS + 1)]
-            for a in range(1, _CHUNKS):
-                lower = slice(edges[a], k)
-                h[lower, edges[a - 1]:edges[a]] = h[edges[a - 1]:edges[a], lower].t()
-        return h
 
     def as_dict(self) -> dict[str, Any]:
-        if self.hessian is not None:
-            h = self._symmetric_hessian()
-            if self.act_sq is None:
-                self.act_sq = torch.diagonal(h, dim1=-2, dim2=-1).clone()
-            return {"rows": self.rows, "act_sq": self.act_sq, "hessian": h}
-        return {"rows": self.rows, "act_sq": self.act_sq}
+        h = self.hessian
+        if h is None:
+            return {"rows": self.rows, "act_sq": self.act_sq}
+        if _chunked(h):  # mirror the upper blocks (idempotent: more batches may follow)
+            edges = _chunk_edges(h.shape[-1])
+            for a in range(1, _CHUNKS):
+                upper = slice(edges[a - 1], edges[a])
+                h[edges[a]:, upper] = h[upper, edges[a]:].t()
+        return {"rows": self.rows, "act_sq": torch.diagonal(h, dim1=-2, dim2=-1).clone(), "hessian": h}
 
 
 # Hessians of activations at least this wide are accumulated by upper blocks only.
 _CHUNKED_FROM = 256
 _CHUNKS = 4
+
+
+def _chunked(hessian: torch.Tensor) -> bool:
+    return hessian.dim() == 2 and hessian.shape[-1] >= _CHUNKED_FROM
+
+
+def _chunk_edges(k: int) -> list[int]:
+    return [round(k * i / _CHUNKS) for i in range(_CHUNKS + 1)]
 
 
 # -- executing the graph -----------------------------------------------------------
@@ -516,17 +515,17 @@ def sequential_solve(
     taps, per_weight = _taps(program, weights, needs)
     runner = _GraphRunner(program)
     index = {n: i for i, n in enumerate(runner.nodes)}
-    fed_at = {id(stats): index[node] for node, pairs in taps.items() for _, stats in pairs}
+    fed_at = {stats: index[node] for node, pairs in taps.items() for _, stats in pairs}
     due: dict[int, list[str]] = {}
     for w in weights:
         if w.fqn in per_weight:
-            due.setdefault(max(fed_at[id(s)] for s in per_weight[w.fqn]), []).append(w.fqn)
+            due.setdefault(max(fed_at[s] for s in per_weight[w.fqn]), []).append(w.fqn)
     points = sorted(due)
     placeholder = {n.name: n for n in runner.placeholders}
-    unsolved: dict[int, set[str]] = {}  # id(stats) -> the weights that still need it
+    unsolved: dict[_Stats, set[str]] = {}  # the weights that still need each statistics object
     for f, stats_list in per_weight.items():
         for stats in stats_list:
-            unsolved.setdefault(id(stats), set()).add(f)
+            unsolved.setdefault(stats, set()).add(f)
 
     new_values: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
@@ -539,23 +538,22 @@ def sequential_solve(
                 progress(k, len(points), f"{block_key(runner.nodes[point]) or runner.nodes[point].name}")
             # Nodes [start, point) with their taps, then the taps of `point` itself: its
             # statistics are complete before it runs with the weights solved here.
-            seg_taps = {n: t for n, t in taps.items() if start <= index[n] <= point}
             for env in envs:
-                runner.run(env, start, point, seg_taps)
-                runner.feed(env, point, seg_taps)
+                runner.run(env, start, point, taps)
+                runner.feed(env, point, taps)
+            taps.pop(runner.nodes[point], None)  # `point` runs next without feeding them again
             fqns_here = due[point]
             updates = dict(solve(fqns_here, {f: _merge(per_weight[f]) for f in fqns_here}))
             new_values.update(updates)
             for f in fqns_here:
                 for stats in per_weight[f]:
-                    unsolved[id(stats)].discard(f)
-                    if not unsolved[id(stats)]:
+                    unsolved[stats].discard(f)
+                    if not unsolved[stats]:
                         stats.act_sq = stats.hessian = None  # every reader solved: free its memory
             for env in envs:
                 for f, t in updates.items():
                     env[placeholder[runner.param_node[f]]] = t
-            start = point  # `point` runs next, with the new values and without feeding its taps again
-            taps = {n: t for n, t in taps.items() if index[n] > point}
+            start = point  # `point` runs next, with the new values
     if progress:
         progress(len(points), len(points), f"{time.perf_counter() - t0:.1f}s")
     return new_values

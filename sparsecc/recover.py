@@ -211,7 +211,7 @@ def recalibrate_batchnorm(
     norms = [(i, n) for i, n in enumerate(runner.nodes) if n.op == "call_function" and n.target in _BATCH_NORMS]
     if not norms:
         raise ValueError("the program has no BatchNorm (aten._native_batch_norm_legit_no_training) to recalibrate")
-    buffer_of = {s.arg.name: s.target for s in program.graph_signature.input_specs if s.target is not None}
+    buffer_of = {name: target for target, name in runner.param_node.items()}
     new: dict[str, torch.Tensor] = {}
     start = 0
     with torch.no_grad():
@@ -221,11 +221,13 @@ def recalibrate_batchnorm(
                 progress(k, len(norms), node.name)
             for env in envs:
                 runner.run(env, start, i)
-            xs = [env[node.args[0]] for env in envs]
-            dims = [d for d in range(xs[0].dim()) if d != 1]
-            count = sum(x.numel() // x.shape[1] for x in xs)
-            total = sum(x.double().sum(dims) for x in xs)
-            squares = sum(x.double().square().sum(dims) for x in xs)
+            total = squares = 0
+            count = 0
+            for env in envs:
+                x = env[node.args[0]].double()
+                dims = [d for d in range(x.dim()) if d != 1]  # all but the channel axis
+                total, squares = total + x.sum(dims), squares + x.square().sum(dims)
+                count += x.numel() // x.shape[1]
             mean = total / count
             var = (squares / count - mean.square()).clamp_min(0) * (count / max(count - 1, 1))  # unbiased, as torch keeps it
             for arg, value in ((node.args[3], mean), (node.args[4], var)):

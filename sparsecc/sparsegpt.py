@@ -38,7 +38,7 @@ from .masks import pruned_units, spread_counts
 __all__ = ["sparsegpt_prune", "inverse_hessian_factor"]
 
 
-# hessian -> {(damp, version): factor}: q, k and v (gate and up) share one Hessian, so one factor
+# hessian -> ((damp, version), factor): q, k and v (gate and up) share one Hessian, so one factor
 _FACTORS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -48,12 +48,11 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01) -> torch.T
     Computed once per Hessian tensor (and dampening): weights that read one
     activation share it.
     """
-    cached = _FACTORS.setdefault(hessian, {})
     key = (damp, hessian._version)
-    if key not in cached:
-        cached.clear()
-        cached[key] = _inverse_hessian_factor(hessian, damp)
-    return cached[key]
+    cached = _FACTORS.get(hessian)
+    if cached is None or cached[0] != key:
+        cached = _FACTORS[hessian] = (key, _inverse_hessian_factor(hessian, damp))
+    return cached[1]
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:

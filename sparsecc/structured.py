@@ -244,13 +244,14 @@ def prune_structured(
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if not calibration and (reconstruct or options.criterion == "taylor"):  # before any work
+        what = "reconstruct=True" if reconstruct else "structured criterion 'taylor'"
+        raise ValueError(f"{what} needs calibration batches")
     say("dependency analysis")
     analysis = find_dependency_groups(program)
     timings["analysis"] = time.perf_counter() - t0
     gradients = None
     if options.criterion == "taylor":
-        if not calibration:
-            raise ValueError("structured criterion 'taylor' needs calibration batches")
         say("taylor gradients")
         t0 = time.perf_counter()
         gradients = taylor_gradients(program, calibration)
@@ -299,8 +300,6 @@ def prune_structured(
         timings["verify"] = time.perf_counter() - t0
     reconstructed: list[str] = []
     if reconstruct:
-        if not calibration:
-            raise ValueError("reconstruct=True needs calibration batches")
         say("least-squares repair of the layers that lost inputs")
         t0 = time.perf_counter()
         small, reconstructed = compensate_removed_inputs(program, small, plan, calibration)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["graphed", "time_interleaved", "measure_speedup"]
+__all__ = ["graphed", "cuda_event_times", "measure_speedup"]
 
 
 def graphed(fn: Callable[[], object]) -> Callable[[], None]:
@@ -32,7 +32,7 @@ def graphed(fn: Callable[[], object]) -> Callable[[], None]:
     return graph.replay
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 10) -> dict[str, list[float]]:
+def cuda_event_times(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 10) -> dict[str, list[float]]:
     """CUDA-event timings (ms) of zero-argument callables, run in turn, the order reversed every round."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -56,5 +56,5 @@ def measure_speedup(dense_weight: torch.Tensor, sparse_weight: torch.Tensor, tok
     x = torch.randn(tokens, dense_weight.shape[1], device=dense_weight.device, dtype=dense_weight.dtype)
     with torch.inference_mode():
         fns = {"dense": graphed(lambda: F.linear(x, dense_weight)), "sparse": graphed(lambda: F.linear(x, sparse_weight))}
-        times = time_interleaved(fns, rounds, warmup=3)
+        times = cuda_event_times(fns, rounds, warmup=3)
     return statistics.median(times["dense"]) / statistics.median(times["sparse"])

@@ -1,4 +1,4 @@
-"""Swap 2:4-pruned ``nn.Linear`` weights for ``torch.sparse`` semi-structured tensors (GPU).
+"""Swap 2:4-pruned linear weights for ``torch.sparse`` semi-structured tensors (GPU).
 
 `swap_semi_structured(model)` walks every linear layer, checks it with
 `eligibility.check_linear_weight`, and replaces the weight of each eligible
@@ -12,8 +12,10 @@ Eligible is not the same as faster: on an H200, torch's 2:4 kernels lose to
 dense cuBLAS on every BERT-base shape and win only on LLM-sized products.
 With ``tokens=N`` each eligible shape is timed once, dense against 2:4 at N
 rows (`measure.measure_speedup`), and a layer is swapped only where 2:4 is
-at least ``min_speedup`` times faster; the measured ratio goes in the report. Layers that cannot run sparse stay dense, each with its
-reason in the returned `SwapReport`. The model must already be on the GPU in
+at least ``min_speedup`` times faster; the measured ratio goes in the report.
+
+Layers that cannot run sparse stay dense, each with its reason in the
+returned `SwapReport`. The model must already be on the GPU in
 its inference dtype (``model.half().cuda()``); weights are frozen
 (``requires_grad=False``): the compressed tensors are for inference.
 """

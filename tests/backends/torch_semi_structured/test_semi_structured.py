@@ -22,12 +22,12 @@ H100 = DeviceInfo((9, 0), "NVIDIA H100", cusparselt=True)
 A100 = DeviceInfo((8, 0), "NVIDIA A100", cusparselt=True)
 
 
-def _apply(marks):
-    def decorate(fn):
-        for mark in marks:
-            fn = mark(fn)
-        return fn
-    return decorate
+def _prune_linears(model: nn.Module) -> nn.Module:
+    """Every linear weight of ``model`` made 2:4 by magnitude, in place."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            prune_(m.weight.data, "2:4")
+    return model
 
 
 def test_eligible_linear():
@@ -84,10 +84,7 @@ def test_is_2_4():
 
 
 def test_swap_on_cpu_leaves_every_layer_dense_and_says_why():
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).half()
-    for m in model:
-        if isinstance(m, nn.Linear):
-            prune_(m.weight.data, "2:4")
+    model = _prune_linears(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).half())
     before = copy.deepcopy(model.state_dict())
     report = swap_semi_structured(model)
     assert report.swapped == [] and report.summary() == "0 of 2 linear layers run 2:4 semi-structured"
@@ -169,22 +166,19 @@ def test_measured_selection_threshold_and_bad_tokens(monkeypatch):
         swap_semi_structured(model, tokens=0)
 
 
-_GPU_2_4 = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0),
-                       reason="needs compute capability 8.0+ (sparse tensor cores)"),
-]
+def needs_sparse_tensor_cores(fn):
+    """Marks a test gpu and skips it without a CUDA GPU of compute capability 8.0+."""
+    fn = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0),
+                            reason="needs compute capability 8.0+ (sparse tensor cores)")(fn)
+    fn = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(fn)
+    return pytest.mark.gpu(fn)
 
 
 @pytest.mark.parametrize("backend", ["cusparselt", "cutlass"])
-@_apply(_GPU_2_4)
+@needs_sparse_tensor_cores
 def test_swap_parity_on_gpu(backend):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 10)).to("cuda", torch.float16).eval()
-    for m in model:
-        if isinstance(m, nn.Linear):
-            prune_(m.weight.data, "2:4")
+    model = _prune_linears(nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 10))).to("cuda", torch.float16)
     sparse = copy.deepcopy(model)
     report = swap_semi_structured(sparse, backend)
     if backend == "cutlass" and torch.cuda.get_device_capability()[0] != 8:
@@ -200,14 +194,11 @@ def test_swap_parity_on_gpu(backend):
     assert (got - want).abs().max() <= 1e-3 + 1e-2 * want.abs().max()
 
 
-@_apply(_GPU_2_4)
+@needs_sparse_tensor_cores
 def test_swap_parity_on_gpu_exported_program():
     """The path a sparsecc program takes: exported, unlifted, cast and moved, then swapped."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256), nn.LayerNorm(256))
-    for m in model:
-        if isinstance(m, nn.Linear):
-            prune_(m.weight.data, "2:4")
+    model = _prune_linears(nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256), nn.LayerNorm(256)))
     gm = torch.export.export(model.eval(), (torch.randn(8, 4, 256),)).module().to("cuda", torch.float16)
     dense = copy.deepcopy(gm)
     report = swap_semi_structured(gm)
@@ -218,15 +209,12 @@ def test_swap_parity_on_gpu_exported_program():
     assert (got - want).abs().max() <= 1e-3 + 1e-2 * want.abs().max()
 
 
-@_apply(_GPU_2_4)
+@needs_sparse_tensor_cores
 def test_measured_selection_on_gpu():
     """Each decision carries its measured ratio, and only layers at or above the threshold run 2:4."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4096, 11008), nn.ReLU(), nn.Linear(11008, 4096), nn.Linear(4096, 128))
-    for m in model:
-        if isinstance(m, nn.Linear):
-            prune_(m.weight.data, "2:4")
-    model = model.to("cuda", torch.float16)
+    model = _prune_linears(model).to("cuda", torch.float16)
     dense = copy.deepcopy(model)
     report = swap_semi_structured(model, tokens=2048)
     for d in report.decisions:
