@@ -1,15 +1,19 @@
 """Quality after structured pruning, before and after a short distillation on bundled data.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/quality_structured.py [--models efficientnet-lite0,minilm] [--steps 150]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/quality_structured.py [--models efficientnet-lite0,minilm] [--steps N]
 
-- EfficientNet-Lite0: 30% of the expanded channels of every MBConv block and
-  of the head conv removed (L2 importance, kept counts rounded to multiples
-  of 8; the residual stream between blocks stays whole); the layers that lost
-  inputs repaired by least squares (``reconstruct=True``) and the BatchNorm
-  statistics re-estimated (`recalibrate_batchnorm`) on random crops of the
-  calibration photos, then distilled (KL on the logits) on them; scored by
-  top-1 / top-5 agreement with the dense model on the evaluation photos and
-  their crops (`sparsecc.evaluate`, task photo-agreement).
+- EfficientNet-Lite0: 30% of the expanded channels of the MBConv blocks
+  removed, ranked across blocks by ``bn_energy`` (the share of the projection
+  conv's normalised output each channel carries, predicted from the
+  BatchNorm before it: no data), kept counts rounded to multiples of 8, the
+  residual stream between blocks whole; the predicted mean and variance of
+  the removed channels folded into the BatchNorm after each projection
+  (``compensate``); then only the BatchNorm scales and shifts distilled (KL on
+  the logits) on random crops of the calibration photos. Scored by top-1 /
+  top-5 agreement with the dense model on the evaluation photos and their
+  crops (`sparsecc.evaluate`, task photo-agreement). ``--baseline`` adds the
+  previous recipe as a row: L2 per block, least-squares repair and BatchNorm
+  re-estimation on the calibration crops, every weight distilled.
 - MiniLM: 50% of the FFN neurons removed (L2 importance); each FFN output
   projection repaired by least squares on the calibration sentences; distilled (cosine +
   relative MSE on the last hidden state) on calibration sentences of
@@ -38,16 +42,22 @@ from sparsecc.structured import StructuredOptions, prune_structured
 
 SETUPS = {
     "efficientnet-lite0": dict(
+        options=StructuredOptions(ratio=0.3, units=("channel",), criterion="bn_energy", scope="global", round_to=8,
+                                  include=("out:*._expand_conv",), compensate=True),
+        task="photo-agreement", metrics=("top1_agreement", "top5_agreement", "kl_to_dense"),
+        batches=dict(n=96, batch_size=4), lr=3e-4, steps=100, train=("*_bn*",),
+    ),
+    "efficientnet-lite0-l2": dict(
         # the expanded (depthwise) channels of every MBConv block and the head: the residual stream stays whole
         options=StructuredOptions(ratio=0.3, units=("channel",), criterion="l2", round_to=8,
                                   include=("out:*._expand_conv", "out:_conv_head")),
         task="photo-agreement", metrics=("top1_agreement", "top5_agreement", "kl_to_dense"),
-        batches=dict(n=48, batch_size=2), lr=3e-4, reconstruct=True, recalibrate=True,
+        batches=dict(n=48, batch_size=2), lr=3e-4, steps=300, reconstruct=True, recalibrate=True,
     ),
     "minilm": dict(
         options=StructuredOptions(ratio=0.5, units=("channel",), criterion="l2"),
         task="lee-similarity", metrics=("cosine_to_dense", "spearman", "pearson"),
-        batches=dict(n=60, batch_size=8), lr=5e-5, reconstruct=True,
+        batches=dict(n=60, batch_size=8), lr=5e-5, steps=600, reconstruct=True,
     ),
 }
 
@@ -55,17 +65,22 @@ SETUPS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="efficientnet-lite0,minilm")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, help="distillation steps (default: per model: 100, 600)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run efficientnet-lite0-l2: the L2 / least-squares / all-weights recipe")
     ap.add_argument("--lr", type=float, help="distillation learning rate (default: per model)")
     args = ap.parse_args()
     torch.manual_seed(0)
     m = machine_info()
-    print(f"# machine: {m.get('cpu', '?')}, load avg {os.getloadavg()[0]:.2f}; {args.steps} distillation steps")
-    print("| model | removed | MACs ratio | params ratio | metric | dense | pruned (+ least squares) | + BN recalibrated | + distilled | distill time |")
+    print(f"# machine: {m.get('cpu', '?')}, load avg {os.getloadavg()[0]:.2f}")
+    names = args.models.split(",")
+    if args.baseline and "efficientnet-lite0" in names:
+        names.insert(names.index("efficientnet-lite0") + 1, "efficientnet-lite0-l2")
+    print("| model | removed | MACs ratio | params ratio | metric | dense | pruned (+ repair) | + BN recalibrated | + distilled | distill |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
-    for name in args.models.split(","):
+    for name in names:
         setup = SETUPS[name]
-        spec = get_model(name)
+        spec = get_model(name.removesuffix("-l2"))
         program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
         batches = calibration_inputs(spec, **setup["batches"])
         result = prune_structured(program, setup["options"], verify_inputs=[(spec.example_args, spec.example_kwargs)],
@@ -79,15 +94,18 @@ def main() -> None:
             student, _ = recalibrate_batchnorm(student, batches)
             recal = evaluate(student, setup["task"], model=spec, reference_raw=ref).metrics
         t0 = time.perf_counter()
-        trained = distill(student, program, batches, steps=args.steps, lr=args.lr or setup["lr"], task=spec.task)
+        steps = args.steps or setup["steps"]
+        trained = distill(student, program, batches, steps=steps, lr=args.lr or setup["lr"], task=spec.task,
+                          train=setup.get("train", ()))
         seconds = time.perf_counter() - t0
         after = evaluate(trained.program, setup["task"], model=spec, reference_raw=ref).metrics
         o = setup["options"]
-        removed = f"{o.ratio:.0%} of {'/'.join(o.units)} units ({o.criterion})"
+        removed = f"{o.ratio:.0%} of {'/'.join(o.units)} units ({o.criterion}, {o.scope})"
+        trained_what = "norms" if setup.get("train") else "all"
         for metric in setup["metrics"]:
             print(f"| {name} | {removed} | {summary['macs_ratio']:.3f} | {summary['params_ratio']:.3f} | {metric} "
                   f"| {dense.get(metric, float('nan')):.4f} | {before.get(metric, float('nan')):.4f} "
-                  f"| {recal.get(metric, float('nan')):.4f} | {after.get(metric, float('nan')):.4f} | {seconds:.0f} s |",
+                  f"| {recal.get(metric, float('nan')):.4f} | {after.get(metric, float('nan')):.4f} | {steps} steps ({trained_what}), {seconds:.0f} s |",
                   flush=True)
         print(f"<!-- {name}: distillation loss {trained.first_loss:.4f} -> {trained.last_loss:.4f} -->", flush=True)
 

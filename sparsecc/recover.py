@@ -27,6 +27,7 @@ al. 2020) repairs much of the damage before any training.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import itertools
 import math
 import time
@@ -127,6 +128,7 @@ def distill(
     temperature: float = 2.0,
     task: str = "",
     regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    train: Sequence[str] = (),
     progress: Callable[[int, int, float], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` for ``steps`` steps (cycling over ``batches``) to match ``teacher``.
@@ -134,7 +136,11 @@ def distill(
     ``batches`` are ``(args, kwargs)`` the programs take, e.g.
     `sparsecc.datasets.calibration_inputs`. Returns the trained program and
     the loss of every step; ``student`` itself is not changed. ``regularizer(module)``
-    adds a penalty to every step (see `mask_sparsity_regularizer`).
+    adds a penalty to every step (see `mask_sparsity_regularizer`). ``train``
+    (globs on parameter names) trains only the parameters it matches, the rest
+    stay frozen: with a few hundred images, training only the normalisation
+    scales and shifts (``["*bn*"]``, say) cannot memorise them the way training
+    every weight does.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -148,7 +154,16 @@ def distill(
         teacher_module = teacher.eval()
     # program.module() shares its parameters with the program: train a copy
     module = copy.deepcopy(student.module())
-    params = [p for p in module.parameters() if p.is_floating_point()]
+    named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    if train:
+        named_all = named
+        named = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in train)]
+        if not named:
+            raise ValueError(f"train={list(train)} matches none of the student's parameters "
+                             f"(e.g. {', '.join(n for n, _ in named_all[:3])})")
+        for _, p in named_all:
+            p.requires_grad_(False)
+    params = [p for _, p in named]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -7,13 +7,15 @@ Recipes select it with a ``structured:`` section::
       ratio: 0.5              # fraction of units removed (per group, or overall with scope: global)
       units: [channel, head]  # channel: conv channels / FFN neurons; head: attention heads,
                               # GQA groups, conv groups; strided: one index in every head
-      criterion: l2           # l1 | l2 | bn_scale | taylor | random
+      criterion: l2           # l1 | l2 | bn_scale | bn_energy | taylor | random
       scope: layer            # layer (every group loses `ratio`) | global (ranked across groups)
       round_to: 1             # keep channel counts at multiples of 8 / 16 / 32
       include: []             # only groups touching these weights (globs / re:; out:GLOB /
                               # in:GLOB: only groups slicing their output / input channels)
       protect: []             # groups touching these weights stay whole (same syntax)
       overrides: {}           # {"pattern": ratio}: first match wins
+      compensate: false       # fold the predicted mean / variance of removed channels into the
+                              # next BatchNorm or bias (from the BatchNorm before them; no data)
 
 The result is a physically smaller program (and its state dict) plus a
 report: per group what was kept or why it was left whole, MACs and
@@ -58,6 +60,7 @@ class StructuredOptions:
     include: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
     overrides: tuple[tuple[str, float], ...] = ()
+    compensate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -70,11 +73,13 @@ class StructuredOptions:
             d["protect"] = list(self.protect)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
+        if self.compensate:
+            d["compensate"] = True
         return d
 
 
-_KEYS = {"ratio", "units", "criterion", "scope", "round_to", "include", "protect", "overrides"}
-_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random")
+_KEYS = {"ratio", "units", "criterion", "scope", "round_to", "include", "protect", "overrides", "compensate"}
+_CRITERIA = ("l1", "l2", "bn_scale", "bn_energy", "taylor", "random")
 
 
 def parse_structured(value: Any, error: Callable[[str, Any, str], Exception], key: str = "structured") -> StructuredOptions:
@@ -82,7 +87,7 @@ def parse_structured(value: Any, error: Callable[[str, Any, str], Exception], ke
     if value is None or value is True:
         value = {}
     if not isinstance(value, dict):
-        raise error(key, value, "must be a mapping (ratio, units, criterion, scope, round_to, include, protect, overrides)")
+        raise error(key, value, "must be a mapping (" + ", ".join(sorted(_KEYS)) + ")")
     for k in value:
         if k not in _KEYS:
             raise error(f"{key}.{k}", value[k], f"is not a known key; known: {', '.join(sorted(_KEYS))}")
@@ -116,8 +121,11 @@ def parse_structured(value: Any, error: Callable[[str, Any, str], Exception], ke
     for pat, r in overrides.items():
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
             raise error(f"{key}.overrides.{pat}", r, "must be a number in [0, 1)")
+    compensate = value.get("compensate", False)
+    if not isinstance(compensate, bool):
+        raise error(f"{key}.compensate", compensate, "must be true or false")
     return StructuredOptions(float(ratio), tuple(units), criterion, scope, round_to, globs("include"),
-                             globs("protect"), tuple((str(k), float(v)) for k, v in overrides.items()))
+                             globs("protect"), tuple((str(k), float(v)) for k, v in overrides.items()), compensate)
 
 
 def count_params(program: ExportedProgram) -> int:
@@ -156,7 +164,8 @@ def compensate_removed_inputs(
     calibration: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
     *,
     damp: float = 0.01,
-) -> tuple[ExportedProgram, list[str]]:
+    min_rows_per_column: float = 4.0,
+) -> tuple[ExportedProgram, list[str], dict[str, str]]:
     """Least-squares repair of the layers that lost input channels.
 
     A linear or conv whose input channels ``R`` were removed keeps ``K``; its
@@ -165,8 +174,11 @@ def compensate_removed_inputs(
     weights that best reproduce the dense layer's output from the channels
     left, as ThiNet and He et al.'s channel pruning do and as SparseGPT does
     for single weights. Grouped and depthwise convs mix no channels and stay
-    as they are. ``small`` is ``dense`` shrunk with ``plan``; returns it with
-    the repaired weights, and their names.
+    as they are, and so does a layer with fewer than ``min_rows_per_column``
+    calibration rows per kept column (a classifier after global pooling sees
+    one row per image: its fit would follow the few calibration images, not the
+    data). ``small`` is ``dense`` shrunk with ``plan``; returns it with the
+    repaired weights, their names and, per layer left alone, why.
     """
     from sparsecc.passes.structured import axis_keep
 
@@ -187,15 +199,22 @@ def compensate_removed_inputs(
             if keep is not None and not keep.all():
                 keeps[m.target] = torch.from_numpy(keep)
     if not keeps:
-        return small, []
+        return small, [], {}
     stats = collect_stats(dense, CalibrationData(list(calibration)), list(keeps), needs=("hessian",))
     editor = ProgramEditor(small)
-    changed = []
+    changed: list[str] = []
+    notes: dict[str, str] = {}
     for fqn, keep in keeps.items():
         h = stats.get(fqn, {}).get("hessian")
         if h is None or h.dim() != 2:  # grouped / depthwise conv: one statistics set per group, no mixing
+            notes[fqn] = "grouped: mixes no channels"
             continue
         w = weights[fqn]
+        columns = int(keep.sum()) * (w.numel // (w.out_size * w.reduction_size))  # kept channels x kernel
+        rows = int(stats[fqn]["rows"])
+        if rows < min_rows_per_column * columns:
+            notes[fqn] = f"{rows} calibration rows for {columns} kept columns (< {min_rows_per_column:g} per column)"
+            continue
         full = dense.state_dict[fqn].detach()
         shape = [1] * full.dim()
         shape[w.reduction_axis] = -1
@@ -208,7 +227,7 @@ def compensate_removed_inputs(
         target_shape = tuple(small.state_dict[fqn].shape)
         editor.set_tensor(fqn, from_rows_view(new.to(full.dtype), target_shape, w.output_axis, w.reduction_axis))
         changed.append(fqn)
-    return editor.finish(), sorted(changed)
+    return (editor.finish() if changed else small), sorted(changed), notes
 
 
 def prune_structured(
@@ -218,6 +237,7 @@ def prune_structured(
     verify_inputs: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] = (),
     calibration: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
     reconstruct: bool = False,
+    compensate: bool | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StructuredResult:
     """Remove ``options.ratio`` of the channels / heads of ``program``; return the smaller program.
@@ -227,11 +247,15 @@ def prune_structured(
     `ShrinkMismatchError` says by how much. The ``taylor`` criterion needs
     ``calibration`` batches of ``(args, kwargs)``; so does ``reconstruct``,
     which then repairs the layers that lost input channels by least squares
-    (`compensate_removed_inputs`), after the check.
+    (`compensate_removed_inputs`), after the check. ``compensate`` (default:
+    ``options.compensate``) then folds the BatchNorm-predicted mean and
+    variance of the removed channels of the other layers into the next
+    BatchNorm or bias (`compensate_removed_means`; no data needed).
     """
     from sparsecc.passes.structured import (
         MaskChannelsPass,
         ShrinkChannelsPass,
+        compensate_removed_means,
         find_dependency_groups,
         plan_structured_pruning,
         taylor_gradients,
@@ -299,11 +323,19 @@ def prune_structured(
                 )
         timings["verify"] = time.perf_counter() - t0
     reconstructed: list[str] = []
+    repair_notes: dict[str, str] = {}
+    compensate_notes: dict[str, str] = {}
     if reconstruct:
         say("least-squares repair of the layers that lost inputs")
         t0 = time.perf_counter()
-        small, reconstructed = compensate_removed_inputs(program, small, plan, calibration)
+        small, reconstructed, repair_notes = compensate_removed_inputs(program, small, plan, calibration)
         timings["reconstruct"] = time.perf_counter() - t0
+    compensated: list[str] = []
+    if options.compensate if compensate is None else compensate:
+        say("fold the predicted means of removed channels into the next BatchNorm / bias")
+        t0 = time.perf_counter()
+        small, compensated, compensate_notes = compensate_removed_means(program, small, plan, skip=set(reconstructed))
+        timings["compensate"] = time.perf_counter() - t0
     macs0, macs1 = count_macs(program), count_macs(small)
     p0, p1 = count_params(program), count_params(small)
     pruned = [g for g in plan.analysis.groups if g.id in plan.kept]
@@ -322,6 +354,8 @@ def prune_structured(
         "groups": plan.to_dict()["groups"],
         "verification": {"rtol": SHRINK_RTOL, "cases": checks},
         "reconstructed": reconstructed,
+        "compensated": compensated,
+        "left_unrepaired": {**compensate_notes, **{k: v for k, v in repair_notes.items() if k not in compensated}},
         "timings_s": timings,
     }
     return StructuredResult(small, plan, report)

@@ -6,6 +6,7 @@
     masked = MaskChannelsPass(plan)(program).program    # same shapes, removed slices zero (the reference)
 """
 
+from .bn_prior import BnPrior, ChannelMoments, compensate_removed_means, input_moments
 from .dependency import DependencyAnalysis, DependencyGroup, GroupMember, UnitKind, find_dependency_groups
 from .mask_channels import MaskChannelsPass
 from .plan import CRITERIA, StructuredPlan, axis_keep, group_importance, plan_structured_pruning, taylor_gradients
@@ -23,6 +24,10 @@ __all__ = [
     "group_importance",
     "taylor_gradients",
     "axis_keep",
+    "BnPrior",
+    "ChannelMoments",
+    "input_moments",
+    "compensate_removed_means",
     "MaskChannelsPass",
     "ShrinkChannelsPass",
 ]

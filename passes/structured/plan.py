@@ -9,11 +9,13 @@ all of them:
 | ``l1`` / ``l2`` | sum of ``|w|`` / ``w²`` over the unit's slices of every weight in the group |
 | ``bn_scale`` | sum of ``|γ|`` of the BatchNorm / GroupNorm scales in the group (network slimming); groups without a norm fall back to ``l2`` |
 | ``taylor`` | sum of ``|w · dL/dw|`` over the unit's slices (gradients from calibration data, `taylor_gradients`) |
+| ``bn_energy`` | the share of its consumers' normalised output variance the unit carries, predicted from the BatchNorm before them (no data, `bn_prior`); groups without that prediction fall back to ``l2`` |
 | ``random`` | seeded noise |
 
 Ratios are per group (``scope="layer"``: every group loses the same
 fraction) or global (``scope="global"``: units are ranked across groups after
-normalising each group's scores by its mean). Kept counts of channel groups
+normalising each group's scores by its mean; ``bn_energy`` scores are
+already comparable across layers and are ranked as they are). Kept counts of channel groups
 can be rounded up to multiples of 8/16/32 for fast kernels.
 """
 
@@ -33,6 +35,7 @@ from torch.export import ExportedProgram
 
 from sparsecc.program import state_tensor
 
+from .bn_prior import BnPrior
 from .dependency import DependencyAnalysis, DependencyGroup, UnitKind, find_dependency_groups
 
 __all__ = [
@@ -45,8 +48,8 @@ __all__ = [
     "axis_keep",
 ]
 
-Criterion = Literal["l1", "l2", "bn_scale", "taylor", "random"]
-CRITERIA: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor", "random")
+Criterion = Literal["l1", "l2", "bn_scale", "bn_energy", "taylor", "random"]
+CRITERIA: tuple[str, ...] = ("l1", "l2", "bn_scale", "bn_energy", "taylor", "random")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class StructuredPlan:
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> sorted kept indices
     skipped: dict[int, str] = field(default_factory=dict)  # group id -> why it was left whole
     criterion: str = "l2"
+    fallback: dict[int, str] = field(default_factory=dict)  # group id -> the criterion used instead, and why
 
     def kept_by_atom(self) -> dict[int, np.ndarray]:
         return {self.analysis.groups[g].atom: k for g, k in self.kept.items()}
@@ -71,6 +75,8 @@ class StructuredPlan:
             row = g.to_dict()
             row.pop("members")
             row["members"] = len(g.members)
+            if g.id in self.fallback:
+                row["criterion"] = self.fallback[g.id]
             if g.id in self.kept:
                 row["kept"] = int(len(self.kept[g.id]))
             else:
@@ -123,13 +129,23 @@ def group_importance(
     criterion: str = "l2",
     *,
     gradients: dict[str, torch.Tensor] | None = None,
+    prior: BnPrior | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """One score per unit of ``group`` (higher keeps)."""
+    """One score per unit of ``group`` (higher keeps).
+
+    ``bn_energy`` returns ``l2`` scores for a group none of whose consumers
+    reads a BatchNorm-predicted activation; `plan_structured_pruning` records that.
+    """
     if criterion == "random":
         rng = np.random.default_rng(seed * 1_000_003 + zlib.crc32(group.name.encode()))
         return rng.random(group.size)
     members = [m for m in group.members if m.kind == "parameter"]
+    if criterion == "bn_energy":
+        energy = (prior or BnPrior(program)).scores(analysis, group)
+        if energy is not None:
+            return energy
+        criterion = "l2"
     if criterion == "bn_scale":
         norms = [m for m in members if m.role == "norm"]
         if norms:
@@ -268,16 +284,26 @@ def plan_structured_pruning(
                 r = float(value)
                 break
         chosen.append((g, r))
-    scores = {g.id: group_importance(program, analysis, g, criterion, gradients=gradients, seed=seed) for g, _ in chosen}
+    prior = BnPrior(program) if criterion == "bn_energy" else None
+    scores = {g.id: group_importance(program, analysis, g, criterion, gradients=gradients, prior=prior, seed=seed)
+              for g, _ in chosen}
+    comparable: dict[int, bool] = {}  # bn_energy scores rank across groups as they are
+    if prior is not None:
+        for g, _ in chosen:
+            comparable[g.id] = prior.scores(analysis, g) is not None
+            if not comparable[g.id]:
+                plan.fallback[g.id] = "l2 (no consumer reads a BatchNorm-predicted activation)"
     keep_counts: dict[int, int] = {}
     if scope == "layer":
         for g, r in chosen:
             keep_counts[g.id] = max(1, g.size - int(math.floor(r * g.size + 1e-9)))
     elif scope == "global":
         pool = []
+        raw = [scores[gid].mean() for gid, ok in comparable.items() if ok]
+        level = float(np.mean(raw)) if raw else 1.0  # fallback groups: mean-normalised, then on the energy scale
         for g, _ in chosen:
             s = scores[g.id]
-            norm = s / (s.mean() + 1e-12)
+            norm = s if comparable.get(g.id) else level * s / (s.mean() + 1e-12)
             pool.extend((v, g.id) for v in norm)
         pool.sort()
         budget = int(math.floor(ratio * len(pool)))

@@ -138,6 +138,7 @@ def test_fashion_mnist():
 
 def test_photos_are_real_rgb_and_disjoint():
     assert not set(ds.EVALUATION_PHOTOS) & set(ds.CALIBRATION_PHOTOS)
+    assert set(ds.PACKAGE_PHOTOS) <= set(ds.CALIBRATION_PHOTOS)
     for name in ds.photo_names():
         img = _need(ds.photo, name)
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 170

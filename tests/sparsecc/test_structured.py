@@ -120,6 +120,19 @@ def test_distill_recovers_a_pruned_program(cnn):
     assert len(distill(res.program, prog, batches, steps=2, loss="mse").losses) == 2
 
 
+def test_distill_trains_only_the_parameters_train_names(cnn):
+    m, x, prog = cnn
+    res = prune_structured(prog, {"ratio": 0.5})
+    batches = [((torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i)),), {}) for i in range(4)]
+    out = distill(res.program, m, batches, steps=20, lr=3e-3, loss="mse", train=["bn.*"])
+    before, after = res.program.state_dict, out.program.state_dict
+    changed = {k for k in before if isinstance(before[k], torch.nn.Parameter) and not torch.equal(before[k], after[k])}
+    assert changed == {"bn.weight", "bn.bias"}
+    assert out.last_loss < out.first_loss
+    with pytest.raises(ValueError, match=r"train=\['norm\*'\] matches none of the student's parameters"):
+        distill(res.program, m, batches, steps=1, train=["norm*"])
+
+
 def test_distillation_losses_and_bad_input():
     t = torch.randn(4, 10)
     assert distillation_loss(t, t, "kl") == pytest.approx(0.0, abs=1e-6)
