@@ -44,14 +44,14 @@ SETUPS = {
     "efficientnet-lite0": dict(
         options=StructuredOptions(ratio=0.3, units=("channel",), criterion="bn_energy", scope="global", round_to=8,
                                   include=("out:*._expand_conv",), compensate=True),
-        task="photo-agreement", metrics=("top1_agreement", "top5_agreement", "kl_to_dense"),
+        task="photo-agreement", metrics=("top1_agreement", "top1_agreement_sure", "top5_agreement", "kl_to_dense"),
         batches=dict(n=96, batch_size=4), lr=3e-4, steps=100, train=("*_bn*",),
     ),
     "efficientnet-lite0-l2": dict(
         # the expanded (depthwise) channels of every MBConv block and the head: the residual stream stays whole
         options=StructuredOptions(ratio=0.3, units=("channel",), criterion="l2", round_to=8,
                                   include=("out:*._expand_conv", "out:_conv_head")),
-        task="photo-agreement", metrics=("top1_agreement", "top5_agreement", "kl_to_dense"),
+        task="photo-agreement", metrics=("top1_agreement", "top1_agreement_sure", "top5_agreement", "kl_to_dense"),
         batches=dict(n=48, batch_size=2), lr=3e-4, steps=300, reconstruct=True, recalibrate=True,
     ),
     "minilm": dict(

@@ -82,6 +82,23 @@ def test_agreement_and_kl_on_crafted_logits():
     assert ev.mean_kl(got, ref) == pytest.approx(want, rel=1e-10)
 
 
+def test_photo_agreement_on_the_views_the_dense_model_is_sure_of():
+    pad = torch.zeros(3, 3)
+    ref = torch.cat([torch.tensor([[5.0, 0.0, 0.0],     # sure (p > 0.5)
+                                   [1.0, 0.9, 0.8],     # unsure: a near tie
+                                   [0.0, 0.0, 4.0]]), pad], 1)  # sure
+    got = torch.cat([torch.tensor([[4.0, 0.0, 0.0],     # agrees
+                                   [0.8, 0.9, 1.0],     # the tie swaps
+                                   [0.0, 4.0, 0.0]]), pad], 1)  # a real flip
+    metrics, details = ev._score_photos({"views": ["v"] * 3, "logits": got}, {"logits": ref}, None)
+    assert details["dense_sure_views"] == 2
+    assert metrics["top1_agreement"] == pytest.approx(1 / 3)
+    assert metrics["top1_agreement_sure"] == pytest.approx(1 / 2)
+    unsure = torch.zeros(3, 6)
+    metrics, details = ev._score_photos({"views": ["v"] * 3, "logits": got}, {"logits": unsure}, None)
+    assert details["dense_sure_views"] == 0 and "top1_agreement_sure" not in metrics
+
+
 def test_ridge_probe_matches_sklearn():
     sklearn = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(1)
@@ -249,6 +266,7 @@ def test_efficientnet_photos_and_probe(zoo):
     r = _need(ev.evaluate, program, "photo-agreement", model=spec)
     assert r.details["images"] == 8 * len(ds.EVALUATION_PHOTOS)
     assert r.metrics["top1_agreement"] == 1.0 and r.metrics["kl_to_dense"] < 1e-8
+    assert 0 < r.details["dense_sure_views"] < r.details["images"] and r.metrics["top1_agreement_sure"] == 1.0
     opts = ev.EvalOptions(probe_train=300, probe_test=200)
     probe = _need(ev.evaluate, program, "fashion-probe", model=spec, options=opts)
     assert probe.details["features"] == 1280
