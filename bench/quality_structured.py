@@ -22,6 +22,11 @@
   lee-similarity).
 
 Neither distillation sees the evaluation data. Prints one Markdown row per model.
+
+``--sweep`` instead prints, for EfficientNet-Lite0 without distillation, the
+ratio / scope trade-off of ``bn_energy`` with ``compensate`` (MACs against
+agreement) and, for scale, the dense model with its weights rounded per
+output channel to int8 and int6.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 import torch
 
@@ -69,10 +75,15 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true",
                     help="also run efficientnet-lite0-l2: the L2 / least-squares / all-weights recipe")
     ap.add_argument("--lr", type=float, help="distillation learning rate (default: per model)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="EfficientNet-Lite0 only: ratio / scope trade-off and int8 / int6 weight rounding, no distillation")
     args = ap.parse_args()
     torch.manual_seed(0)
     m = machine_info()
     print(f"# machine: {m.get('cpu', '?')}, load avg {os.getloadavg()[0]:.2f}")
+    if args.sweep:
+        sweep()
+        return
     names = args.models.split(",")
     if args.baseline and "efficientnet-lite0" in names:
         names.insert(names.index("efficientnet-lite0") + 1, "efficientnet-lite0-l2")
@@ -108,6 +119,50 @@ def main() -> None:
                   f"| {recal.get(metric, float('nan')):.4f} | {after.get(metric, float('nan')):.4f} | {steps} steps ({trained_what}), {seconds:.0f} s |",
                   flush=True)
         print(f"<!-- {name}: distillation loss {trained.first_loss:.4f} -> {trained.last_loss:.4f} -->", flush=True)
+
+
+def _rounded_weights(program: Any, bits: int) -> Any:
+    """``program`` with every conv / linear weight rounded to ``bits`` per output channel (symmetric)."""
+    from sparsecc.analyze import find_prunable_weights
+    from sparsecc.program import ProgramEditor
+
+    editor = ProgramEditor(program)
+    levels = 2 ** (bits - 1) - 1
+    for w in find_prunable_weights(program).weights:
+        t = program.state_dict[w.fqn].detach()
+        scale = t.abs().movedim(w.output_axis, 0).flatten(1).amax(1).clamp_min(1e-12) / levels
+        shape = [1] * t.dim()
+        shape[w.output_axis] = -1
+        editor.set_tensor(w.fqn, (t / scale.view(shape)).round() * scale.view(shape))
+    return editor.finish()
+
+
+def sweep() -> None:
+    spec = get_model("efficientnet-lite0")
+    program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+    ref = reference_outputs("photo-agreement", spec)
+    print("| EfficientNet-Lite0 | MACs ratio | top-1 agreement | top-1, sure views | top-5 | KL to dense |")
+    print("|---|---:|---:|---:|---:|---:|")
+
+    def row(label: str, prog: Any, macs: float) -> None:
+        r = evaluate(prog, "photo-agreement", model=spec, reference_raw=ref).metrics
+        print(f"| {label} | {macs:.3f} | {r['top1_agreement']:.3f} | {r.get('top1_agreement_sure', float('nan')):.3f} "
+              f"| {r['top5_agreement']:.3f} | {r['kl_to_dense']:.3f} |", flush=True)
+
+    for bits in (8, 6):
+        row(f"dense, weights rounded to int{bits} per output channel", _rounded_weights(program, bits), 1.0)
+    for ratio, scope in ((0.1, "global"), (0.3, "global"), (0.4, "global"), (0.5, "global"), (0.3, "layer")):
+        options = StructuredOptions(ratio=ratio, units=("channel",), criterion="bn_energy", scope=scope, round_to=8,
+                                    include=("out:*._expand_conv",), compensate=True)
+        result = prune_structured(program, options)
+        row(f"{ratio:.0%} of expanded channels, bn_energy, {scope}, compensated", result.program,
+            result.report["summary"]["macs_ratio"])
+    for compensate in (True, False):
+        options = StructuredOptions(ratio=0.3, units=("channel",), criterion="l2", round_to=8,
+                                    include=("out:*._expand_conv",), compensate=compensate)
+        result = prune_structured(program, options)
+        row(f"30% of expanded channels, l2, layer{', compensated' if compensate else ''}", result.program,
+            result.report["summary"]["macs_ratio"])
 
 
 if __name__ == "__main__":
