@@ -406,6 +406,16 @@ def _bundle_forward(bundle, backend: str, variant: str) -> _Forward | None:
 
     artifact = Artifact.from_dict(v.artifact, v.root)
     runner = get_backend(backend).load(artifact)
+    # an artifact may accept less than the program (ExecuTorch plans memory for its own bounds)
+    artifact_max = {d["name"]: int(d["max"]) for d in artifact.meta.get("dynamic_dims", [])}
+
+    def capped(r: tuple[int, int] | None, axis: int) -> tuple[int, int] | None:
+        d = first_shape[axis] if len(first_shape) > axis else None
+        if r is None or d not in artifact_max:
+            return r
+        return (r[0], artifact_max[d] if r[1] is None else min(r[1], artifact_max[d]))
+
+    batch_range, seq_range = capped(batch_range, 0), capped(seq_range, 1)
 
     def call(args, kwargs):
         return [torch.as_tensor(o) for o in runner(flatten(args, kwargs))]

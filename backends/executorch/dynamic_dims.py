@@ -26,6 +26,7 @@ __all__ = [
     "find_dynamic_dims",
     "apply_upper_bounds",
     "specialized_dims",
+    "narrow_to_lowered",
     "named_specs",
     "output_specs",
     "check_dims",
@@ -37,8 +38,9 @@ class DynamicDim:
     """One shape symbol of the user inputs and the sizes the artifact accepts.
 
     ``bound_from`` says where ``max`` came from: ``"program"`` (the exported
-    Dim range), ``"options"`` (``extra["dim_max"]``) or ``"example"`` (no
-    bound anywhere: the example input's size). ``min`` is the exported
+    Dim range), ``"options"`` (``extra["dim_max"]``), ``"example"`` (no
+    bound anywhere: the example input's size) or ``"lowering"`` (ExecuTorch's
+    re-tracing narrowed the range; see `narrow_to_lowered`). ``min`` is the exported
     range's lower bound, informational only (torch.export raises 1 to 2 for
     its own reasons; ExecuTorch runs size 1 fine).
     """
@@ -163,6 +165,29 @@ def apply_upper_bounds(program: ExportedProgram, dims: Mapping[str, DynamicDim])
         program.range_constraints[sym] = bounded
         if shape_env is not None and sym in shape_env.var_to_range:
             shape_env.var_to_range[sym] = bounded
+
+
+def narrow_to_lowered(dims: Mapping[str, DynamicDim], lowered: ExportedProgram) -> dict[str, DynamicDim]:
+    """``dims`` with each ``max`` lowered to the edge program's bound where lowering narrowed it.
+
+    ExecuTorch plans memory for the edge program's bounds, which its re-tracing
+    can narrow below the exported ones (a MNIST net's batch [1, 64] became
+    [2, 15] after a ``torch.export`` save / load round trip). The artifact must
+    state what the ``.pte`` accepts, and the runner must check against that.
+    """
+    ranges = {str(k): v for k, v in lowered.range_constraints.items()}
+    out = dict(dims)
+    for sym, dim in dims.items():
+        vr = ranges.get(sym)
+        upper = _finite(vr.upper) if vr is not None else None
+        if upper is not None and upper < dim.max:
+            warnings.warn(
+                f"ExecuTorch lowering narrowed dynamic dim {dim.name} from <= {dim.max} to <= {upper}; "
+                f"the .pte accepts {dim.name} <= {upper}",
+                stacklevel=2,
+            )
+            out[sym] = DynamicDim(dim.symbol, dim.name, dim.min, upper, "lowering", dim.uses)
+    return out
 
 
 def specialized_dims(before: ExportedProgram, after: ExportedProgram) -> dict[str, int]:

@@ -24,7 +24,7 @@ from torch.export import ExportedProgram
 from sparsecc.backends.base import LoweringError, LowerOptions
 
 from . import _deps
-from .dynamic_dims import DynamicDim, apply_upper_bounds, find_dynamic_dims, specialized_dims
+from .dynamic_dims import DynamicDim, apply_upper_bounds, find_dynamic_dims, narrow_to_lowered, specialized_dims
 from .rejections import capture_rejections
 from .split_to_slices import split_to_slices
 
@@ -122,6 +122,7 @@ def lower_to_edge(program: ExportedProgram, options: LowerOptions | None = None)
             raise lowering_error("to_edge_transform_and_lower", e, program) from e
     timings["to_edge_and_delegate"] = time.perf_counter() - t0
 
+    dims = narrow_to_lowered(dims, manager.exported_program())
     specialized = specialized_dims(program, manager.exported_program())
     if specialized:
         pinned = ", ".join(f"{dims[s].name}={v}" for s, v in specialized.items() if s in dims)

@@ -61,3 +61,21 @@ def test_check_dims_bounds_and_consistency():
         check_dims(dims, specs, [torch.randn(9, 4), torch.randn(9, 4)])
     with pytest.raises(InputMismatchError, match=r"batch is 3 at a\[0\] but 4 at b\[0\]"):
         check_dims(dims, specs, [torch.randn(3, 4), torch.randn(4, 4)])
+
+
+def test_artifact_bounds_follow_a_range_the_lowering_narrowed():
+    import sympy
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    from sparsecc.backends.executorch.dynamic_dims import DynamicDim, narrow_to_lowered
+
+    dims = {"s0": DynamicDim("s0", "batch", 1, 64, "program", ("x[0]",)),
+            "s1": DynamicDim("s1", "seq", 1, 128, "options", ("x[1]",))}
+
+    class Lowered:  # what narrow_to_lowered reads of an edge program
+        range_constraints = {sympy.Symbol("s0"): ValueRanges(2, 15), sympy.Symbol("s1"): ValueRanges(2, 512)}
+
+    with pytest.warns(UserWarning, match="narrowed dynamic dim batch from <= 64 to <= 15"):
+        got = narrow_to_lowered(dims, Lowered())
+    assert got["s0"] == DynamicDim("s0", "batch", 1, 15, "lowering", ("x[0]",))
+    assert got["s1"] == dims["s1"]  # a wider range does not raise the bound
