@@ -616,6 +616,9 @@ def _collect_photos(fwd: _Forward, spec, opts: EvalOptions, progress) -> dict[st
     return {"logits": torch.cat(logits), "views": labels}
 
 
+_SURE = 0.5  # the dense model's top-1 probability above which a view counts as sure
+
+
 def _score_photos(raw, ref, opts):
     details = {"images": len(raw["views"]), "photos": len(raw["views"]) // 8, "views_per_photo": 8}
     if ref is None:
@@ -630,9 +633,6 @@ def _score_photos(raw, ref, opts):
     if bool(sure.any()):
         metrics["top1_agreement_sure"] = top_k_agreement(lg[sure], rl[sure], 1)
     return metrics, details
-
-
-_SURE = 0.5
 
 
 # Fashion-MNIST probe

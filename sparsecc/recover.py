@@ -155,15 +155,12 @@ def distill(
     # program.module() shares its parameters with the program: train a copy
     module = copy.deepcopy(student.module())
     named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
-    if train:
-        named_all = named
-        named = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in train)]
-        if not named:
-            raise ValueError(f"train={list(train)} matches none of the student's parameters "
-                             f"(e.g. {', '.join(n for n, _ in named_all[:3])})")
-        for _, p in named_all:
-            p.requires_grad_(False)
-    params = [p for _, p in named]
+    params = [p for n, p in named if not train or any(fnmatch.fnmatchcase(n, pat) for pat in train)]
+    if not params:
+        raise ValueError(f"train={list(train)} matches none of the student's parameters "
+                         f"(e.g. {', '.join(n for n, _ in named[:3])})")
+    for _, p in named:
+        p.requires_grad_(False)  # frozen unless selected
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -180,24 +180,17 @@ def compensate_removed_inputs(
     data). ``small`` is ``dense`` shrunk with ``plan``; returns it with the
     repaired weights, their names and, per layer left alone, why.
     """
-    from sparsecc.passes.structured import axis_keep
-
     from .analyze import find_prunable_weights
     from .calibrate import CalibrationData, collect_stats
     from .masks import from_rows_view, rows_view
     from .program import ProgramEditor
 
-    kept = plan.kept_by_atom()
     weights = find_prunable_weights(dense).by_fqn()
     keeps: dict[str, torch.Tensor] = {}
-    for gid in plan.kept:
-        for m in plan.analysis.groups[gid].members:
-            w = weights.get(m.target)
-            if m.role != "in" or w is None or w.role == "embedding" or m.axis != w.reduction_axis:
-                continue
-            keep = axis_keep(plan.analysis, m.target, m.axis, kept)
-            if keep is not None and not keep.all():
-                keeps[m.target] = torch.from_numpy(keep)
+    for target, (axis, keep) in plan.narrowed_inputs().items():
+        w = weights.get(target)
+        if w is not None and w.role != "embedding" and axis == w.reduction_axis:
+            keeps[target] = torch.from_numpy(keep)
     if not keeps:
         return small, [], {}
     stats = collect_stats(dense, CalibrationData(list(calibration)), list(keeps), needs=("hessian",))

@@ -36,10 +36,9 @@ import numpy as np
 import torch
 import torch.fx
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
 
 from sparsecc.analyze import find_prunable_weights, weight_uses
-from sparsecc.program import ProgramEditor, state_tensor
+from sparsecc.program import ProgramEditor, placeholders_by_target, state_tensor
 
 from .dependency import DependencyAnalysis, DependencyGroup, _opname
 
@@ -66,15 +65,18 @@ class ChannelMoments:
     norm: str  # the BatchNorm node
 
 
-def _norm_params(program: ExportedProgram, node: torch.fx.Node) -> tuple[torch.Tensor | None, ...]:
-    """(γ, β, running_mean, running_var, eps) of a BatchNorm node; tensors by placeholder."""
-    names = {s.arg.name: s.target for s in program.graph_signature.input_specs
-             if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)}
+def _lifted(program: ExportedProgram) -> dict[torch.fx.Node, str]:
+    """Placeholder node -> the FQN of the parameter / buffer / constant it lifts."""
+    return {node: target for target, node in placeholders_by_target(program).items()}
+
+
+def _norm_params(program: ExportedProgram, lifted: dict[torch.fx.Node, str],
+                 node: torch.fx.Node) -> tuple[torch.Tensor | None, ...]:
+    """(γ, β, running_mean, running_var, eps) of a BatchNorm node; None for an argument that is not a lifted tensor."""
 
     def tensor(arg: Any) -> torch.Tensor | None:
-        if isinstance(arg, torch.fx.Node) and arg.name in names:
-            return state_tensor(program, names[arg.name]).detach().float()
-        return None
+        target = lifted.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return None if target is None else state_tensor(program, target).detach().float()
 
     a = node.args
     eps = a[7] if _opname(node.target) == "batch_norm" else a[6]
@@ -94,11 +96,13 @@ def _norm_node(node: Any) -> torch.fx.Node | None:
     return None
 
 
-def input_moments(program: ExportedProgram, activation: Any) -> ChannelMoments | None:
+def input_moments(program: ExportedProgram, activation: Any,
+                  lifted: dict[torch.fx.Node, str] | None = None) -> ChannelMoments | None:
     """Predicted per-channel (axis 1) mean and variance of ``activation`` (a node), or None.
 
     Walks back through elementwise ops to a BatchNorm; None when another op
     comes first or the norm's running statistics are not lifted tensors.
+    ``lifted`` (placeholder -> FQN) saves rebuilding that map on every call.
     """
     chain: list[torch.fx.Node] = []
     node = activation
@@ -113,7 +117,7 @@ def input_moments(program: ExportedProgram, activation: Any) -> ChannelMoments |
             return None
         chain.append(node)
         node = node.args[0]
-    gamma, beta, mean, var, _ = _norm_params(program, norm)
+    gamma, beta, mean, var, _ = _norm_params(program, _lifted(program) if lifted is None else lifted, norm)
     if mean is None or var is None:
         return None
     channels = mean.numel()
@@ -145,6 +149,7 @@ class _Consumer:
     use: torch.fx.Node
     weight: torch.Tensor  # as stored: [out, in, kernel...] (conv) or [out, in] (linear)
     moments: ChannelMoments
+    norm: torch.fx.Node | None  # the BatchNorm reading the op's output, if any
     out_scale: torch.Tensor  # [out]: 1 / the output's variance before the next norm's affine
 
 
@@ -160,6 +165,7 @@ class BnPrior:
         self.program = program
         self.weights = find_prunable_weights(program).by_fqn()
         self.nodes = {n.name: n for n in program.graph.nodes}
+        self.lifted = _lifted(program)
         self._cache: dict[str, list[_Consumer]] = {}
 
     def consumers(self, fqn: str, axis: int) -> list[_Consumer]:
@@ -179,16 +185,16 @@ class BnPrior:
             val = act.meta.get("val") if isinstance(act, torch.fx.Node) else None
             if val is None or (w.role == "linear" and val.dim() != 2):  # linear: [batch, C] only (axis 1 = channels)
                 continue
-            moments = input_moments(self.program, act)
+            moments = input_moments(self.program, act, self.lifted)
             if moments is None or moments.mean.numel() != weight.shape[1]:
                 continue
             norm = _output_norm(use)
             if norm is not None:
-                gamma, _, _, rvar, eps = _norm_params(self.program, norm)
+                gamma, _, _, rvar, eps = _norm_params(self.program, self.lifted, norm)
                 scale = (gamma.square() if gamma is not None else torch.ones_like(rvar)) / (rvar + eps)
             else:  # no norm: relative to the output's predicted variance
                 scale = 1.0 / (_per_input(weight.square()) @ moments.var).clamp_min(1e-12)
-            out.append(_Consumer(fqn, use, weight, moments, scale.float()))
+            out.append(_Consumer(fqn, use, weight, moments, norm, scale.float()))
         return out
 
     def scores(self, analysis: DependencyAnalysis, group: DependencyGroup) -> np.ndarray | None:
@@ -231,15 +237,7 @@ def compensate_removed_means(
     from .plan import axis_keep
 
     kept = plan.kept_by_atom()
-    names = {s.arg.name: s.target for s in dense.graph_signature.input_specs
-             if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)}
-    layers: dict[str, np.ndarray] = {}
-    for gid in plan.kept:
-        for m in plan.analysis.groups[gid].members:
-            if m.role == "in" and m.kind == "parameter" and m.target not in skip and m.target not in layers:
-                keep = axis_keep(plan.analysis, m.target, m.axis, kept)
-                if keep is not None and not keep.all():
-                    layers[m.target] = keep
+    layers = {t: keep for t, (_, keep) in plan.narrowed_inputs().items() if t not in skip}
     editor = ProgramEditor(small)
     new: dict[str, torch.Tensor] = {}
     notes: dict[str, str] = {}
@@ -252,6 +250,7 @@ def compensate_removed_means(
         return np.ones(size, bool) if k is None else k
 
     prior = BnPrior(dense)
+    lifted = prior.lifted
     for fqn, keep in layers.items():
         consumers = prior.consumers(fqn, 1)
         if not consumers:
@@ -262,9 +261,9 @@ def compensate_removed_means(
             w = c.weight[:, drop]
             shift = _per_input(w) @ c.moments.mean[drop]  # [out]
             lost_var = _per_input(w.square()) @ c.moments.var[drop]
-            norm = _output_norm(c.use)
-            if norm is not None and isinstance(norm.args[3], torch.fx.Node) and norm.args[3].name in names:
-                rm, rv = names[norm.args[3].name], names[norm.args[4].name]
+            norm = c.norm
+            if norm is not None and norm.args[3] in lifted and norm.args[4] in lifted:
+                rm, rv = lifted[norm.args[3]], lifted[norm.args[4]]
                 k = torch.from_numpy(out_keep(rm, shift.numel()))
                 mean = current(rm)
                 new[rm] = mean - shift[k].to(mean.dtype)
@@ -272,8 +271,8 @@ def compensate_removed_means(
                 new[rv] = torch.maximum(var - lost_var[k].to(var.dtype), min_var_fraction * var)
                 continue
             bias = c.use.args[2] if len(c.use.args) > 2 else None
-            if isinstance(bias, torch.fx.Node) and bias.name in names:
-                b = names[bias.name]
+            if isinstance(bias, torch.fx.Node) and bias in lifted:
+                b = lifted[bias]
                 k = torch.from_numpy(out_keep(b, shift.numel()))
                 value = current(b)
                 new[b] = value + shift[k].to(value.dtype)

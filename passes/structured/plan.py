@@ -65,6 +65,19 @@ class StructuredPlan:
     def kept_by_atom(self) -> dict[int, np.ndarray]:
         return {self.analysis.groups[g].atom: k for g, k in self.kept.items()}
 
+    def narrowed_inputs(self) -> dict[str, tuple[int, np.ndarray]]:
+        """Per parameter that loses channels on an input (``in``) axis: that axis and its keep mask."""
+        kept = self.kept_by_atom()
+        out: dict[str, tuple[int, np.ndarray]] = {}
+        for gid in self.kept:
+            for m in self.analysis.groups[gid].members:
+                if m.role != "in" or m.kind != "parameter" or m.target in out:
+                    continue
+                keep = axis_keep(self.analysis, m.target, m.axis, kept)
+                if keep is not None and not keep.all():
+                    out[m.target] = (m.axis, keep)
+        return out
+
     @property
     def removed_units(self) -> int:
         return sum(self.analysis.groups[g].size - len(k) for g, k in self.kept.items())
@@ -129,7 +142,6 @@ def group_importance(
     criterion: str = "l2",
     *,
     gradients: dict[str, torch.Tensor] | None = None,
-    prior: BnPrior | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """One score per unit of ``group`` (higher keeps).
@@ -142,7 +154,7 @@ def group_importance(
         return rng.random(group.size)
     members = [m for m in group.members if m.kind == "parameter"]
     if criterion == "bn_energy":
-        energy = (prior or BnPrior(program)).scores(analysis, group)
+        energy = BnPrior(program).scores(analysis, group)
         if energy is not None:
             return energy
         criterion = "l2"
@@ -284,26 +296,30 @@ def plan_structured_pruning(
                 r = float(value)
                 break
         chosen.append((g, r))
-    prior = BnPrior(program) if criterion == "bn_energy" else None
-    scores = {g.id: group_importance(program, analysis, g, criterion, gradients=gradients, prior=prior, seed=seed)
-              for g, _ in chosen}
+    scores: dict[int, np.ndarray] = {}
     comparable: dict[int, bool] = {}  # bn_energy scores rank across groups as they are
-    if prior is not None:
-        for g, _ in chosen:
-            comparable[g.id] = prior.scores(analysis, g) is not None
-            if not comparable[g.id]:
-                plan.fallback[g.id] = "l2 (no consumer reads a BatchNorm-predicted activation)"
+    prior = BnPrior(program) if criterion == "bn_energy" else None  # one lookup cache for every group
+    for g, _ in chosen:
+        energy = prior.scores(analysis, g) if prior is not None else None
+        comparable[g.id] = energy is not None
+        if energy is not None:
+            scores[g.id] = energy
+            continue
+        if prior is not None:
+            plan.fallback[g.id] = "l2 (no consumer reads a BatchNorm-predicted activation)"
+        scores[g.id] = group_importance(program, analysis, g, "l2" if prior is not None else criterion,
+                                        gradients=gradients, seed=seed)
     keep_counts: dict[int, int] = {}
     if scope == "layer":
         for g, r in chosen:
             keep_counts[g.id] = max(1, g.size - int(math.floor(r * g.size + 1e-9)))
     elif scope == "global":
         pool = []
-        raw = [scores[gid].mean() for gid, ok in comparable.items() if ok]
+        raw = [scores[gid].mean() for gid, ok in comparable.items() if ok]  # none unless bn_energy
         level = float(np.mean(raw)) if raw else 1.0  # fallback groups: mean-normalised, then on the energy scale
         for g, _ in chosen:
             s = scores[g.id]
-            norm = s if comparable.get(g.id) else level * s / (s.mean() + 1e-12)
+            norm = s if comparable[g.id] else level * s / (s.mean() + 1e-12)
             pool.extend((v, g.id) for v in norm)
         pool.sort()
         budget = int(math.floor(ratio * len(pool)))
