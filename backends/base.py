@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.ir import MaskSpec
+from sparsecc.core.ir import MaskSpec
+from sparsecc.errors import DependencyError, SparseccError, UsageError
 
 __all__ = [
     "Support",
@@ -184,7 +185,7 @@ class Runner(abc.ABC):
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(DependencyError, ImportError):
     def __init__(self, backend: str, module: str, extra: str):
         super().__init__(
             f"the {backend} backend needs the Python package '{module}', which is not installed: "
@@ -193,11 +194,11 @@ class MissingDependencyError(ImportError):
         self.backend, self.module, self.extra = backend, module, extra
 
 
-class InputMismatchError(ValueError):
+class InputMismatchError(UsageError, ValueError):
     pass
 
 
-class LoweringError(RuntimeError):
+class LoweringError(SparseccError, RuntimeError):
     """Lowering failed; the message names the node and op at fault when known."""
 
 

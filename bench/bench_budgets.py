@@ -18,13 +18,13 @@ import os
 import time
 
 from sparsecc import capture
-from sparsecc.analyze import find_prunable_weights
-from sparsecc.budgets import allocate, block_of, needs_calibration, needs_stats, parse_budget
-from sparsecc.calibrate import CalibrationData, collect_stats
-from sparsecc.datasets import calibration_inputs
-from sparsecc.machine import machine_info
+from sparsecc.core.analyze import find_prunable_weights
+from sparsecc.plan.budgets import allocate, block_of, needs_calibration, needs_stats, parse_budget
+from sparsecc.plan.calibrate import CalibrationData, collect_stats
+from sparsecc.data.datasets import calibration_inputs
+from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
-from sparsecc.recipe import load_recipe, plan_masks
+from sparsecc.plan.recipe import load_recipe, plan_masks
 
 
 def main() -> None:

@@ -19,11 +19,12 @@ import time
 import torch
 
 from sparsecc import capture, find_prunable_weights, load_recipe
-from sparsecc.machine import machine_info
+from sparsecc.core.machine import machine_info
 from sparsecc.models import REFERENCE_MODELS, get_model
-from sparsecc.pass_infra import PassManager, TimingInstrument
-from sparsecc.passes import ComputeMasksPass, FoldMasksPass, InsertMasksPass, VerifySparsityPass
-from sparsecc.recipe import plan_masks
+from sparsecc.core.pass_infra import PassManager, TimingInstrument
+from sparsecc.passes import ComputeMasksPass, FoldMasksPass, InsertMasksPass
+from sparsecc.verify.verify_sparsity import VerifySparsityPass
+from sparsecc.plan.recipe import plan_masks
 
 STAGES = ("ComputeMasksPass", "InsertMasksPass", "FoldMasksPass", "VerifySparsityPass")
 

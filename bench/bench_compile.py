@@ -15,8 +15,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from sparsecc.compile import compile
-from sparsecc.machine import machine_info
+from sparsecc.flows.compile import compile
+from sparsecc.core.machine import machine_info
 from sparsecc.models import REFERENCE_MODELS, get_model
 
 

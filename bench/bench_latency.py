@@ -26,7 +26,7 @@ from sparsecc.benchmarking.format import dims_text, machine_line, ms, ratio_text
 
 
 def _compile(model: str, recipe: str, out: Path, targets: list[str]) -> Path:
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
     from sparsecc.models import get_model
 
     compile(get_model(model), recipe, out, targets=targets, dense_reference=True)

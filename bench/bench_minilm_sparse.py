@@ -49,7 +49,7 @@ def main() -> None:
     spec = dataclasses.replace(spec, example_args=ex_args, example_kwargs=ex_kwargs)
     recipe = {"pattern": args.pattern, "sparsity": args.sparsity, "layers": {"exclude": ["pooler*"]}}
     if not args.reuse:
-        from sparsecc.compile import compile
+        from sparsecc.flows.compile import compile
 
         compile(spec, recipe, out, targets=["torch-sparse", "onnx"], force=True,
                 progress=lambda m: print(f"  compile: {m}", flush=True))
@@ -89,8 +89,8 @@ def main() -> None:
 
     if args.quality:
         from sparsecc.backends.torch_sparse import load_sparse_program
-        from sparsecc.evaluate import evaluate, reference_outputs
-        from sparsecc.program import load_program
+        from sparsecc.quality.evaluate import evaluate, reference_outputs
+        from sparsecc.core.program import load_program
 
         ref = reference_outputs("lee-similarity", spec)
         dense = evaluate(load_program(out / "dense" / "program.pt2"), "lee-similarity", model=spec, reference_raw=ref)

@@ -29,11 +29,11 @@ import time
 import torch
 
 from sparsecc import capture, sparsify
-from sparsecc.calibrate import CalibrationData
-from sparsecc.criteria import needs_calibration
-from sparsecc.datasets import calibration_inputs
-from sparsecc.evaluate import EvalOptions, evaluate, reference_outputs
-from sparsecc.machine import machine_info
+from sparsecc.plan.calibrate import CalibrationData
+from sparsecc.plan.criteria import needs_calibration
+from sparsecc.data.datasets import calibration_inputs
+from sparsecc.quality.evaluate import EvalOptions, evaluate, reference_outputs
+from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
 
 # model -> (task, metrics to show, calibration seq_len default)

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from sparsecc import capture
-from sparsecc.compile import compile
-from sparsecc.machine import machine_info
+from sparsecc.flows.compile import compile
+from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
 
 

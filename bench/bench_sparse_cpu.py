@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from sparsecc import kernels
-from sparsecc.ir import SparsityPattern
-from sparsecc.kernel_select import time_interleaved
-from sparsecc.machine import machine_info
-from sparsecc.masks import compute_mask
-from sparsecc.ort_session import onnxruntime_module, session_options
+from sparsecc.core.ir import SparsityPattern
+from sparsecc.backends.torch_sparse.kernel_select import time_interleaved
+from sparsecc.core.machine import machine_info
+from sparsecc.plan.masks import compute_mask
+from sparsecc.core.ort_session import onnxruntime_module, session_options
 
 
 def ort_matmul(weight: torch.Tensor, threads: int):

@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--bundles", default="", help="existing structured bundles (comma-separated) instead of compiling")
     ap.add_argument("--json", help="also write the bench result to this file")
     args = ap.parse_args()
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     backends = args.backends.split(",")
     load_start = os.getloadavg()[0]

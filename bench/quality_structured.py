@@ -39,12 +39,12 @@ from typing import Any
 import torch
 
 from sparsecc import capture
-from sparsecc.datasets import calibration_inputs
-from sparsecc.evaluate import evaluate, reference_outputs
-from sparsecc.machine import machine_info
+from sparsecc.data.datasets import calibration_inputs
+from sparsecc.quality.evaluate import evaluate, reference_outputs
+from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
-from sparsecc.recover import distill, recalibrate_batchnorm
-from sparsecc.structured import StructuredOptions, prune_structured
+from sparsecc.recovery.distill import distill, recalibrate_batchnorm
+from sparsecc.flows.structured import StructuredOptions, prune_structured
 
 SETUPS = {
     "efficientnet-lite0": dict(
@@ -123,8 +123,8 @@ def main() -> None:
 
 def _rounded_weights(program: Any, bits: int) -> Any:
     """``program`` with every conv / linear weight rounded to ``bits`` per output channel (symmetric)."""
-    from sparsecc.analyze import find_prunable_weights
-    from sparsecc.program import ProgramEditor
+    from sparsecc.core.analyze import find_prunable_weights
+    from sparsecc.core.program import ProgramEditor
 
     editor = ProgramEditor(program)
     levels = 2 ** (bits - 1) - 1

@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.analyze import find_prunable_weights
-from sparsecc.criteria import CriterionContext, choose_mask, criterion_info
-from sparsecc.ir import MaskSpec, get_node_info, set_node_info
-from sparsecc.masks import sparsity_of
-from sparsecc.pass_infra import PassBase, PassResult
-from sparsecc.program import ProgramEditor
+from sparsecc.core.analyze import find_prunable_weights
+from sparsecc.plan.criteria import CriterionContext, choose_mask, criterion_info
+from sparsecc.core.ir import MaskSpec, get_node_info, set_node_info
+from sparsecc.plan.masks import sparsity_of
+from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.program import ProgramEditor
 
 __all__ = ["ComputeMasksPass"]
 

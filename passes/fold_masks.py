@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch.export import ExportedProgram
 
-from sparsecc.ir import get_node_info, set_node_info
-from sparsecc.pass_infra import PassBase, PassResult
-from sparsecc.program import ProgramEditor
+from sparsecc.core.ir import get_node_info, set_node_info
+from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.program import ProgramEditor
 
 __all__ = ["FoldMasksPass"]
 

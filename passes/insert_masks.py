@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.ir import get_node_info, set_node_info
-from sparsecc.pass_infra import PassBase, PassResult
-from sparsecc.program import ProgramEditor
+from sparsecc.core.ir import get_node_info, set_node_info
+from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.program import ProgramEditor
 
 __all__ = ["InsertMasksPass", "mask_target"]
 

@@ -11,38 +11,36 @@ bundle) start fast and keep torch out of the measured process.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _NAMES = {
-    "capture": "capture",
-    "CaptureError": "capture",
-    "sparsify": "api",
-    "SparsifyResult": "api",
-    "NoPrunableLayersError": "api",
-    "mask_specs": "api",
-    "find_prunable_weights": "analyze",
-    "Analysis": "analyze",
-    "PrunableWeight": "analyze",
-    "SparsityPattern": "ir",
-    "MaskSpec": "ir",
-    "Recipe": "recipe",
-    "RecipeError": "recipe",
-    "load_recipe": "recipe",
-    "SparsityReport": "report",
-    "PassBase": "pass_infra",
-    "PassManager": "pass_infra",
-    "PassResult": "pass_infra",
-    "PassError": "pass_infra",
-    "save_program": "program",
-    "load_program": "program",
+    "capture": "core.capture",
+    "CaptureError": "core.capture",
+    "sparsify": "flows.sparsify",
+    "SparsifyResult": "flows.sparsify",
+    "NoPrunableLayersError": "flows.sparsify",
+    "mask_specs": "flows.sparsify",
+    "find_prunable_weights": "core.analyze",
+    "Analysis": "core.analyze",
+    "PrunableWeight": "core.analyze",
+    "SparsityPattern": "core.ir",
+    "MaskSpec": "core.ir",
+    "Recipe": "plan.recipe",
+    "RecipeError": "plan.recipe",
+    "load_recipe": "plan.recipe",
+    "SparsityReport": "flows.report",
+    "PassBase": "core.pass_infra",
+    "PassManager": "core.pass_infra",
+    "PassResult": "core.pass_infra",
+    "PassError": "core.pass_infra",
+    "save_program": "core.program",
+    "load_program": "core.program",
     "bench": "benchmarking.api",
-    "CalibrationData": "calibrate",
-    "calibration_for": "calibrate",
+    "CalibrationData": "plan.calibrate",
+    "calibration_for": "plan.calibrate",
 }
 
 __all__ = list(_NAMES)
@@ -59,20 +57,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps a public function whose name is also a submodule (``capture``) bound to the function.
-
-    Importing ``sparsecc.capture`` binds the submodule on the package; the eager
-    ``from .capture import capture`` this replaces used to rebind the function.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _NAMES.get(name) == name:
-            self.__dict__.pop(name, None)  # resolve through __getattr__ to the function
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -42,8 +42,8 @@ def _fail(e: BaseException) -> "typer.Exit":
 
 
 def _capture(ref: str):
-    from sparsecc.capture import capture
-    from sparsecc.modelref import resolve_model
+    from sparsecc.core.capture import capture
+    from sparsecc.models.resolve import resolve_model
 
     with console.status(f"loading {ref}"):
         spec = resolve_model(ref)
@@ -83,8 +83,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """List the prunable layers of MODEL with shape, params and FLOPs per call."""
-    from sparsecc.analyze import find_prunable_weights
-    from sparsecc.report import inspect_table
+    from sparsecc.core.analyze import find_prunable_weights
+    from sparsecc.flows.report import inspect_table
 
     try:
         spec, program = _capture(model)
@@ -118,12 +118,12 @@ def sparsify(
     """
     import yaml
 
-    from sparsecc.api import recipe_needs_calibration
-    from sparsecc.api import sparsify as run_sparsify
-    from sparsecc.bundle import staged_output
-    from sparsecc.calibrate import calibration_for
-    from sparsecc.program import save_program
-    from sparsecc.recipe import load_recipe
+    from sparsecc.flows.sparsify import recipe_needs_calibration
+    from sparsecc.flows.sparsify import sparsify as run_sparsify
+    from sparsecc.bundle.staging import staged_output
+    from sparsecc.plan.calibrate import calibration_for
+    from sparsecc.core.program import save_program
+    from sparsecc.plan.recipe import load_recipe
 
     try:
         rec = load_recipe(recipe)
@@ -198,9 +198,9 @@ def compile_cmd(
     inside each artifact, and parity against the PyTorch program. Nothing is
     written unless every check passes.
     """
-    from sparsecc.compile import compile as run_compile
-    from sparsecc.modelref import resolve_model
-    from sparsecc.report import bundle_summary
+    from sparsecc.flows.compile import compile as run_compile
+    from sparsecc.models.resolve import resolve_model
+    from sparsecc.flows.report import bundle_summary
 
     targets = ["onnx", "executorch"] if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
     try:
@@ -302,7 +302,7 @@ def bench_cmd(
 
 def _bench_tensorrt(bundles: list[Path], backends: list[str], seed: int, out_json: Path, md: Optional[Path]) -> None:
     """`bench --backend tensorrt`: the per-layer report from engine build outputs, and their dense/sparse timings."""
-    from sparsecc.backends.tensorrt.device_bench import tensorrt_bench, tensorrt_markdown
+    from sparsecc.benchmarking.tensorrt_device import tensorrt_bench, tensorrt_markdown
 
     if backends != ["tensorrt"]:
         raise ValueError("--backend tensorrt reads engines built on the device; run it alone, not with "
@@ -362,12 +362,12 @@ def sensitivity_cmd(
     which gives more sparsity to the layers whose loss rises least. It costs
     one loss evaluation over the calibration batches per layer and level.
     """
-    from sparsecc.analyze import find_prunable_weights
-    from sparsecc.budgets import parse_budget, sensitivity_sweep
-    from sparsecc.calibrate import CalibrationData, collect_stats
-    from sparsecc.criteria import needs_calibration
-    from sparsecc.datasets import calibration_inputs
-    from sparsecc.recipe import RecipeError, load_recipe, plan_masks
+    from sparsecc.core.analyze import find_prunable_weights
+    from sparsecc.plan.budgets import parse_budget, sensitivity_sweep
+    from sparsecc.plan.calibrate import CalibrationData, collect_stats
+    from sparsecc.plan.criteria import needs_calibration
+    from sparsecc.data.datasets import calibration_inputs
+    from sparsecc.plan.recipe import RecipeError, load_recipe, plan_masks
 
     try:
         try:
@@ -428,7 +428,7 @@ def _step_progress() -> Iterator:
 
 def _eval_options(window: int, stride: Optional[int], limit: Optional[int], batch_size: Optional[int] = None,
                   seed: int = 0):
-    from sparsecc.evaluate import EvalOptions
+    from sparsecc.quality.evaluate import EvalOptions
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -470,7 +470,7 @@ def eval_cmd(
     each sparse one against the dense one of the same backend. The protocols
     are in the README (Evaluation) and in sparsecc/evaluate.py.
     """
-    from sparsecc.evaluate import default_tasks, evaluate, evaluate_bundle, results_table
+    from sparsecc.quality.evaluate import default_tasks, evaluate, evaluate_bundle, results_table
 
     try:
         opts = _eval_options(window, stride, limit, batch_size, seed)
@@ -482,8 +482,8 @@ def eval_cmd(
         results = []
         with _step_progress() as progress:
             if is_bundle:
-                from sparsecc.benchmarking.bundle import Bundle
-                from sparsecc.modelref import resolve_model
+                from sparsecc.bundle.reader import Bundle
+                from sparsecc.models.resolve import resolve_model
 
                 with console.status(f"loading {model or Bundle(target).model}"):
                     spec = resolve_model(model or Bundle(target).model)
@@ -492,7 +492,7 @@ def eval_cmd(
                 for t in tasks:
                     results += evaluate_bundle(target, t, backends=backends, model=spec, options=opts, progress=progress)
             else:
-                from sparsecc.sweep import sparsify_with_calibration
+                from sparsecc.flows.sweep import sparsify_with_calibration
 
                 spec, program = _capture(target)
                 tasks = default_tasks(spec) if task == "auto" else [t.strip() for t in task.split(",") if t.strip()]
@@ -554,7 +554,7 @@ def sweep_cmd(
     each curve: the largest sparsity whose quality stays within --tolerance of
     dense before the first point that drops further.
     """
-    from sparsecc.sweep import sweep, write_sweep
+    from sparsecc.flows.sweep import sweep, write_sweep
 
     try:
         if out_dir.exists() and not force:
@@ -563,7 +563,7 @@ def sweep_cmd(
         pats = [p.strip() for p in patterns.split(",") if p.strip()]
         levels = _float_list(sparsities, "--sparsities")
         with console.status(f"loading {model}"):
-            from sparsecc.modelref import resolve_model
+            from sparsecc.models.resolve import resolve_model
 
             spec = resolve_model(model)
         with _step_progress() as progress:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch.export import ExportedProgram
 
-from .pass_infra import PassBase
+from sparsecc.core.pass_infra import PassBase
 
 __all__ = ["normalized_ops", "export_module", "check_golden", "assert_close_tree", "prune_"]
 
@@ -84,8 +84,8 @@ def prune_(
     For tests that hand a backend an already-sparse model, as after mask
     folding. ``output_axis`` defaults to the other of axes 0 and 1.
     """
-    from .ir import SparsityPattern
-    from .masks import compute_mask
+    from sparsecc.core.ir import SparsityPattern
+    from sparsecc.plan.masks import compute_mask
 
     if output_axis is None:
         output_axis = 1 if reduction_axis == 0 else 0

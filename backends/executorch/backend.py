@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from torch.export import ExportedProgram
 
-from sparsecc.analyze import find_prunable_weights
+from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.backends.base import (
     Artifact,
     Backend,
@@ -40,8 +40,8 @@ from sparsecc.backends.base import (
     Runner,
     user_input_specs,
 )
-from sparsecc.ir import MaskSpec
-from sparsecc.program import state_tensor
+from sparsecc.core.ir import MaskSpec
+from sparsecc.core.program import state_tensor
 
 from . import _deps
 from .checks import layer_checks

@@ -25,7 +25,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from sparsecc.analyze import PrunableWeight
+from sparsecc.core.analyze import PrunableWeight
 
 from . import _deps
 

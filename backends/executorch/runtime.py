@@ -21,11 +21,12 @@ from sparsecc.backends.base import Runner, TensorSpec, check_inputs
 
 from . import _deps
 from .dynamic_dims import DynamicDim, check_dims
+from sparsecc.errors import SparseccError
 
 __all__ = ["ExecuTorchRunner", "ThreadCountError", "set_threads_once", "thread_count"]
 
 
-class ThreadCountError(RuntimeError):
+class ThreadCountError(SparseccError, RuntimeError):
     """The thread pool was already sized (or in use) with another thread count."""
 
 

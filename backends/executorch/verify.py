@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from sparsecc.backends.base import PatternCheck
-from sparsecc.ir import MaskSpec
-from sparsecc.masks import pattern_violation, sparsity_of
+from sparsecc.core.ir import MaskSpec
+from sparsecc.plan.masks import pattern_violation, sparsity_of
 
 from .pte import PteReader
 

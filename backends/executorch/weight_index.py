@@ -29,7 +29,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from sparsecc.analyze import PrunableWeight
+from sparsecc.core.analyze import PrunableWeight
 
 from .delegation import XNNPACK_ID, lowered_modules, op_name
 from .pte import PteReader

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.analyze import PrunableWeight, find_prunable_weights
+from sparsecc.core.analyze import PrunableWeight, find_prunable_weights
 from sparsecc.backends.base import (
     Artifact,
     Backend,
@@ -42,8 +42,8 @@ from sparsecc.backends.base import (
     TensorSpec,
     user_input_specs,
 )
-from sparsecc.ir import MaskSpec, get_node_info
-from sparsecc.program import state_tensor
+from sparsecc.core.ir import MaskSpec, get_node_info
+from sparsecc.core.program import state_tensor
 
 from . import _deps
 from .checks import check_program

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from torch.export import ExportedProgram
 
-from sparsecc.analyze import PrunableWeight, find_prunable_weights
+from sparsecc.core.analyze import PrunableWeight, find_prunable_weights
 from sparsecc.backends.base import LayerCheck, Support
-from sparsecc.ir import get_node_info
-from sparsecc.program import state_tensor
+from sparsecc.core.ir import get_node_info
+from sparsecc.core.program import state_tensor
 
 from .verify_nm import nm_violation
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from sparsecc.analyze import as_matrix
+from sparsecc.core.analyze import as_matrix
 from sparsecc.backends.base import PatternCheck
-from sparsecc.ir import MaskSpec
+from sparsecc.core.ir import MaskSpec
 
 from .graph_index import GraphIndex
 from .verify_nm import check_nm, nm_violation

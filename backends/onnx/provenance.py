@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sparsecc.analyze import PrunableWeight
+from sparsecc.core.analyze import PrunableWeight
 
 from .graph_index import GraphIndex, attribute
 

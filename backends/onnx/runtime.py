@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sparsecc.backends.base import Runner, TensorSpec, check_inputs
-from sparsecc.ort_session import session_options
+from sparsecc.core.ort_session import session_options
 
 from . import _deps
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from torch.export import ExportedProgram
 
 from sparsecc.backends.base import Artifact, Backend, LayerCheck, LowerOptions, LoweringError, PatternCheck, Runner
-from sparsecc.ir import MaskSpec
+from sparsecc.core.ir import MaskSpec
 
 from . import _deps
 from .bundle import EXPECTED_FILE, TensorRTBundleBackend, check_fp16_patterns, write_expected

@@ -39,7 +39,7 @@ from sparsecc.backends.base import (
     PatternCheck,
     Runner,
 )
-from sparsecc.ir import MaskSpec
+from sparsecc.core.ir import MaskSpec
 
 from . import _deps
 from .fp16 import IO_DTYPES
@@ -78,7 +78,7 @@ def golden_outputs(program: ExportedProgram, flat_inputs: Sequence[torch.Tensor]
 
 
 def _versions() -> dict[str, str]:
-    from sparsecc.machine import library_versions
+    from sparsecc.core.machine import library_versions
 
     return library_versions(("sparsecc", "torch", "onnx", "onnxruntime", "numpy"))
 

@@ -27,6 +27,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from sparsecc.errors import SparseccError
 
 __all__ = ["EngineLayer", "EngineInfo", "parse_engine_info", "load_engine_info", "onnx_nodes_in_metadata",
            "InspectorFormatError"]
@@ -35,7 +36,7 @@ _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _PROFILE = re.compile(r"\s*\[profile (\d+)\]")
 
 
-class InspectorFormatError(ValueError):
+class InspectorFormatError(SparseccError, ValueError):
     pass
 
 

@@ -30,7 +30,7 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc import kernels
-from sparsecc.analyze import find_prunable_weights
+from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.backends.base import (
     Artifact,
     Backend,
@@ -44,8 +44,8 @@ from sparsecc.backends.base import (
     user_input_specs,
     user_output_names,
 )
-from sparsecc.ir import MaskSpec
-from sparsecc.kernel_select import (
+from sparsecc.core.ir import MaskSpec
+from sparsecc.backends.torch_sparse.kernel_select import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_SPARSITY,
     KernelChoice,
@@ -54,9 +54,9 @@ from sparsecc.kernel_select import (
     fixed_kernels,
     select_kernels,
 )
-from sparsecc.masks import check_pattern
-from sparsecc.passes.rewrite_sparse_kernels import RewriteSparseKernelsPass, compressed_targets
-from sparsecc.program import load_program, save_program, state_tensor
+from sparsecc.plan.masks import check_pattern
+from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import RewriteSparseKernelsPass, compressed_targets
+from sparsecc.core.program import load_program, save_program, state_tensor
 
 __all__ = ["TorchSparseBackend", "TorchSparseRunner", "load_sparse_program", "MODEL_FILE", "KERNELS_FILE"]
 

@@ -37,8 +37,8 @@ import torch
 import torch.fx
 from torch.export import ExportedProgram
 
-from sparsecc.analyze import find_prunable_weights, weight_uses
-from sparsecc.program import ProgramEditor, placeholders_by_target, state_tensor
+from sparsecc.core.analyze import find_prunable_weights, weight_uses
+from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor
 
 from .dependency import DependencyAnalysis, DependencyGroup, _opname
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.pass_infra import PassBase, PassResult
-from sparsecc.program import ProgramEditor
+from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.program import ProgramEditor
 
 from .plan import StructuredPlan, axis_keep
 

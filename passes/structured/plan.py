@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.program import state_tensor
+from sparsecc.core.program import state_tensor
 
 from .bn_prior import BnPrior
 from .dependency import DependencyAnalysis, DependencyGroup, UnitKind, find_dependency_groups

@@ -9,8 +9,8 @@ import torch
 import torch.fx
 from torch.export import ExportedProgram
 
-from sparsecc.pass_infra import PassBase, PassResult
-from sparsecc.program import ProgramEditor
+from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.program import ProgramEditor
 
 from .dependency import _opname
 from .plan import StructuredPlan, axis_keep

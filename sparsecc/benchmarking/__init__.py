@@ -19,7 +19,7 @@ from typing import Any
 _NAMES = {
     "bench": "api",
     "BenchResult": "result",
-    "BenchError": "errors",
+    "BenchError": "sparsecc.errors",
     "SCHEMA": "schema",
     "SCHEMA_ID": "schema",
     "validate": "schema",
@@ -39,6 +39,6 @@ def __getattr__(name: str) -> Any:
     module = _NAMES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module if "." in module else f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -6,8 +6,8 @@ import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .bundle import BACKENDS, Bundle
-from .errors import BenchError
+from sparsecc.bundle.reader import BACKENDS, Bundle
+from sparsecc.errors import BenchError
 from .host import host_info, load_average
 from .inputs import resolve_dims
 from .result import BenchResult

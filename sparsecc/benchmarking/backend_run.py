@@ -11,8 +11,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .bundle import DENSE, SPARSE, Bundle
-from .errors import BenchError
+from sparsecc.bundle.reader import DENSE, SPARSE, Bundle
+from sparsecc.errors import BenchError
 from .inputs import build_inputs
 from .layers import coverage, layer_table
 from .measure import time_interleaved

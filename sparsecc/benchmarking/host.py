@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-from sparsecc.machine import cpu_info, library_versions
+from sparsecc.core.machine import cpu_info, library_versions
 
 __all__ = ["host_info", "load_average"]
 

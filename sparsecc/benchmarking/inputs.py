@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BenchError
+from sparsecc.errors import BenchError
 
 __all__ = ["resolve_dims", "build_inputs", "BATCH_DIM"]
 

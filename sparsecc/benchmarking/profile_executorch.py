@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Variant
+from sparsecc.bundle.reader import Variant
 
 __all__ = ["profile_executorch"]
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Variant
+from sparsecc.bundle.reader import Variant
 from .onnx_layers import LayerMap
 from .runners import load_variant
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Variant
+from sparsecc.bundle.reader import Variant
 from .runners import load_variant
 
 __all__ = ["profile_torch"]

@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sparsecc.ort_session import session_options
+from sparsecc.core.ort_session import session_options
 
-from .bundle import Variant
-from .errors import BenchError
+from sparsecc.bundle.reader import Variant
+from sparsecc.errors import BenchError
 
 __all__ = ["Loaded", "load_variant"]
 
@@ -61,7 +61,7 @@ def _load_onnx(v: Variant, threads: int | None, profile_prefix: str | None = Non
 def _load_torch(v: Variant, threads: int | None) -> Loaded:
     import torch
 
-    from sparsecc.program import load_program
+    from sparsecc.core.program import load_program
 
     if threads is not None:
         torch.set_num_threads(int(threads))

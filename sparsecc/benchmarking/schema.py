@@ -37,6 +37,7 @@ All times are milliseconds unless the name says otherwise (``_s``).
 from __future__ import annotations
 
 from typing import Any
+from sparsecc.errors import SparseccError
 
 __all__ = ["SCHEMA", "SCHEMA_ID", "SchemaError", "validate"]
 
@@ -124,7 +125,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(SparseccError, ValueError):
     """A result does not match `SCHEMA`; the message gives the JSON path at fault."""
 
 

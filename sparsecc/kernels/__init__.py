@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from sparsecc.errors import DependencyError
 
 __all__ = [
     "KERNELS",
@@ -49,7 +50,7 @@ _SOURCE_DIR = Path(__file__).resolve().parent
 _EXT_NAME = "sparsecc_cpu_kernels"
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(DependencyError, RuntimeError):
     """The C++ kernels could not be compiled or loaded."""
 
 

@@ -6,15 +6,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparsecc import MaskSpec, SparsityPattern, find_prunable_weights
-from sparsecc.pass_infra import PassError, PreconditionError
+from sparsecc.core.pass_infra import PassError, PreconditionError
 from sparsecc.passes import (
     ComputeMasksPass,
     FoldMasksPass,
     InsertMasksPass,
-    SparsityVerificationError,
-    VerifySparsityPass,
 )
-from sparsecc.program import ProgramEditor
+from sparsecc.verify.verify_sparsity import SparsityVerificationError, VerifySparsityPass
+from sparsecc.core.program import ProgramEditor
 from sparsecc.testing import check_golden, export_module, normalized_ops
 
 NM24 = SparsityPattern.n_m(2, 4)

@@ -13,7 +13,7 @@ pytest.importorskip("executorch")
 
 from sparsecc.backends.base import Artifact, LowerOptions  # noqa: E402
 from sparsecc.backends.executorch.pte import PteReader  # noqa: E402
-from sparsecc.ir import MaskSpec, SparsityPattern  # noqa: E402
+from sparsecc.core.ir import MaskSpec, SparsityPattern  # noqa: E402
 
 NM = SparsityPattern.n_m(2, 4)
 UNSTRUCTURED = SparsityPattern.unstructured()

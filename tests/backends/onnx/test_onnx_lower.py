@@ -15,7 +15,7 @@ from sparsecc.backends.base import Artifact, LowerOptions, Support, get_backend 
 from sparsecc.backends.onnx import OnnxBackend  # noqa: E402
 from sparsecc.backends.onnx.checks import DENSE_REASON  # noqa: E402
 from sparsecc.backends.onnx.export import dim_names  # noqa: E402
-from sparsecc.ir import MaskSpec, SparsityPattern, set_node_info  # noqa: E402
+from sparsecc.core.ir import MaskSpec, SparsityPattern, set_node_info  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5  # fp32 across runtimes
 

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from sparsecc.ir import MaskSpec, SparsityPattern  # noqa: E402
+from sparsecc.core.ir import MaskSpec, SparsityPattern  # noqa: E402
 
 NM = SparsityPattern.n_m(2, 4)
 

@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sparsecc.analyze import PrunableWeight  # noqa: E402
+from sparsecc.core.analyze import PrunableWeight  # noqa: E402
 from sparsecc.backends.onnx.provenance import find_provenance, layout_of  # noqa: E402
 
 

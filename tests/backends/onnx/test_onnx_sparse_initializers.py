@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from sparsecc.backends.base import LowerOptions  # noqa: E402
 from sparsecc.backends.onnx.graph_index import densify  # noqa: E402
 from sparsecc.backends.onnx.sparse_initializers import sparse_nbytes, to_sparse_initializers  # noqa: E402
-from sparsecc.ir import MaskSpec, SparsityPattern  # noqa: E402
+from sparsecc.core.ir import MaskSpec, SparsityPattern  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def resnet_expected() -> dict:
 @pytest.fixture(scope="session")
 def resnet_bundle(tmp_path_factory: pytest.TempPathFactory, zoo) -> Path:
     """The zoo resnet, 2:4 by recipes/2of4.yaml, compiled to --target tensorrt-bundle once."""
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     spec, program = zoo("resnet")
     out = tmp_path_factory.mktemp("trt") / "resnet"

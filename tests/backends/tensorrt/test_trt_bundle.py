@@ -160,7 +160,7 @@ def test_bench_reads_the_device_build(device_run, tmp_path):
 
 
 def test_bench_without_a_device_build_says_what_to_do(resnet_bundle, tmp_path):
-    from sparsecc.backends.tensorrt.device_bench import TensorRTBenchError, tensorrt_bench
+    from sparsecc.benchmarking.tensorrt_device import TensorRTBenchError, tensorrt_bench
 
     with pytest.raises(TensorRTBenchError, match="run build.sh on the device first"):
         tensorrt_bench(resnet_bundle)
@@ -193,7 +193,7 @@ def test_lowering_without_example_inputs_says_what_is_missing(zoo, tmp_path):
 
 
 def test_trtexec_times_drop_the_warm_up(tmp_path):
-    from sparsecc.backends.tensorrt.device_bench import load_profile, load_times
+    from sparsecc.benchmarking.tensorrt_device import load_profile, load_times
 
     trace = [{"startComputeMs": t, "computeMs": c, "latencyMs": c + 0.1} for t, c in ((10.0, 9.0), (150.0, 8.0),
                                                                                       (210.0, 1.0), (220.0, 2.0))]

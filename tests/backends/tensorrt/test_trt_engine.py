@@ -35,7 +35,7 @@ def test_missing_tensorrt_is_one_clear_line(zoo, tmp_path):
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
                     reason="needs the tensorrt Python package (TensorRT 10 or 11) and a CUDA GPU (Ampere+ for 2:4)")
 def test_engines_report_and_parity(zoo, tmp_path):
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     spec, program = zoo("resnet")
     result = compile(spec, ROOT / "recipes" / "2of4.yaml", tmp_path / "b", targets=["tensorrt"], program=program,

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.mark.slow
 def test_minilm_tensorrt_bundle(zoo, tmp_path):
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     spec, program = zoo("minilm")
     out = tmp_path / "minilm"

@@ -10,7 +10,7 @@ import torch
 import sparsecc
 from sparsecc.backends import InputMismatchError, LowerOptions, Support, get_backend
 from sparsecc.backends.torch_sparse import KERNELS_FILE, load_sparse_program
-from sparsecc.ir import MaskSpec, SparsityPattern
+from sparsecc.core.ir import MaskSpec, SparsityPattern
 from sparsecc.testing import normalized_ops
 
 RECIPE = {"pattern": "8x8", "sparsity": 0.9, "layers": {"min_params": 1}}
@@ -20,7 +20,7 @@ RECIPE = {"pattern": "8x8", "sparsity": 0.9, "layers": {"min_params": 1}}
 def folded(zoo):
     spec, program = zoo("mlp")
     result = sparsecc.sparsify(program, RECIPE, fold=True)
-    return spec, result.program, list(sparsecc.api.mask_specs(result.program).values())
+    return spec, result.program, list(sparsecc.mask_specs(result.program).values())
 
 
 def test_lower_fixed_kernels_writes_a_loadable_program(folded, tmp_path):
@@ -74,7 +74,7 @@ def test_check_before_lowering_says_which_layers_are_candidates(zoo):
 
 def test_compile_and_bench_side_by_side_with_onnx_runtime(zoo, tmp_path):
     from sparsecc.benchmarking import bench, to_markdown, validate
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     spec, program = zoo("mlp")
     out = tmp_path / "bundle"
@@ -110,7 +110,7 @@ class KeywordInputs(torch.nn.Module):
 
 
 def test_runner_takes_keyword_inputs_flat(tmp_path):
-    from sparsecc.compile import compile
+    from sparsecc.flows.compile import compile
 
     x, mask = torch.randn(3, 32), torch.ones(3, 1)
     result = compile(KeywordInputs(), RECIPE, tmp_path / "b", example_kwargs={"input_ids": x, "attention_mask": mask},

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsecc.pass_infra import PreconditionError
+from sparsecc.core.pass_infra import PreconditionError
 from sparsecc.passes.structured import (
     MaskChannelsPass,
     ShrinkChannelsPass,

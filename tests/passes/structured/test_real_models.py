@@ -11,7 +11,7 @@ from sparsecc.passes.structured import (
     find_dependency_groups,
     plan_structured_pruning,
 )
-from sparsecc.program import ProgramEditor
+from sparsecc.core.program import ProgramEditor
 
 pytestmark = pytest.mark.slow
 RTOL = 1e-5

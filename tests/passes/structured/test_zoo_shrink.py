@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsecc.analyze import find_prunable_weights
+from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.models import REFERENCE_MODELS
 from sparsecc.passes.structured import (
     MaskChannelsPass,

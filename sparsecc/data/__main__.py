@@ -1,0 +1,5 @@
+import sys
+
+from sparsecc.data.datasets import main
+
+sys.exit(main())

@@ -1,0 +1,438 @@
+"""Compile: capture -> sparsify -> lower -> verify, into a deployment bundle.
+
+A bundle is a folder::
+
+    BUNDLE/
+      manifest.json        versions, machine, recipe, inputs (with dynamic dims),
+                           per-layer sparsity, per-target check / pattern / parity
+      README.md            how to load and run each artifact
+      recipe.yaml
+      program.pt2          the sparse torch.export program (sparsecc.load_program)
+      inputs/example.npz   the example inputs, for parity checks on the target
+      onnx/model.onnx      per target, what its backend wrote
+      executorch/model.pte (+ model.pte.zst)
+
+Every compile re-checks each weight's pattern inside each artifact (in the
+artifact's own layout) and compares each artifact's outputs with the sparse
+PyTorch program, on the example inputs and on fresh inputs of other allowed
+shapes; a mismatch beyond tolerance fails the compile and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch.export import ExportedProgram
+
+from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
+from sparsecc.plan.calibrate import CalibrationData, calibration_for
+from sparsecc.bundle.staging import staged_output
+from sparsecc.core.capture import capture, dynamic_axis_names
+from sparsecc.core.machine import machine_info
+from sparsecc.core.program import save_program
+from sparsecc.plan.recipe import Recipe, load_recipe
+from sparsecc.errors import SparseccError, VerificationError
+
+__all__ = ["CompileError", "ParityError", "CompileResult", "TargetResult", "compile", "PARITY_RTOL", "PARITY_ATOL"]
+
+# Across runtimes, fp32 (DESIGN.md): 1e-4 relative to each output's largest magnitude;
+# the absolute part covers outputs that are all near zero.
+PARITY_RTOL = 1e-4
+PARITY_ATOL = 1e-5
+
+Progress = Callable[[str], None]
+
+
+class CompileError(SparseccError, RuntimeError):
+    pass
+
+
+class ParityError(CompileError, VerificationError):
+    pass
+
+
+@dataclass
+class TargetResult:
+    target: str
+    artifact: Any
+    checks: list[Any]
+    patterns: list[Any]
+    parity: list[dict[str, Any]]
+    timings: dict[str, float]
+    # A backend of another precision (the FP16 tensorrt-bundle) sets its own parity tolerance.
+    rtol: float = PARITY_RTOL
+    atol: float = PARITY_ATOL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact.to_dict(),
+            "check": [c.to_dict() for c in self.checks],
+            "pattern_verification": {
+                "ok": all(p.ok for p in self.patterns),
+                "layers": [p.to_dict() for p in self.patterns],
+            },
+            "parity": {
+                "ok": all(p["ok"] for p in self.parity),
+                "rtol": self.rtol,
+                "atol": self.atol,
+                "cases": self.parity,
+            },
+            "timings_s": self.timings,
+        }
+
+
+@dataclass
+class CompileResult:
+    bundle: Path
+    program: ExportedProgram
+    report: Any
+    targets: dict[str, TargetResult] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    dense_targets: dict[str, TargetResult] = field(default_factory=dict)
+
+
+def _flat_inputs(program: ExportedProgram, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """User inputs in the order the artifacts take them (the program's flat signature)."""
+    flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
+    # torch.export orders kwargs by the in_spec; re-flatten through it to match.
+    spec = program.call_spec.in_spec
+    if spec is not None:
+        ordered_kwargs = {k: kwargs[k] for k in spec.child(1).context} if kwargs else {}
+        flat, _ = torch.utils._pytree.tree_flatten((args, ordered_kwargs))
+    return [t for t in flat if isinstance(t, torch.Tensor)]
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
+             rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL) -> dict[str, Any]:
+    case: dict[str, Any] = {"inputs": label, "outputs": []}
+    ok = len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        g = torch.as_tensor(g).to(w.dtype).reshape(w.shape) if g.numel() == w.numel() else torch.as_tensor(g)
+        if g.shape != w.shape:
+            case["outputs"].append({"index": i, "ok": False, "reason": f"shape {list(g.shape)} != {list(w.shape)}"})
+            ok = False
+            continue
+        if not w.is_floating_point():
+            same = bool(torch.equal(g, w))
+            case["outputs"].append({"index": i, "ok": same, "max_abs_err": 0.0 if same else None})
+            ok &= same
+            continue
+        # Relative to the output's scale, not element by element: two runtimes'
+        # fp32 kernels differ by rounding that scales with the activations, so
+        # an element that happens to sit near zero (one logit of 49k) would fail
+        # any per-element relative bound while the tensor agrees to 1e-5.
+        err = (g.double() - w.double()).abs()
+        max_err = float(err.max()) if err.numel() else 0.0
+        scale = float(w.double().abs().max()) if w.numel() else 0.0
+        this_ok = max_err <= atol + rtol * scale
+        case["outputs"].append({"index": i, "ok": this_ok, "max_abs_err": max_err,
+                                "rel_err": max_err / scale if scale else 0.0, "scale": scale})
+        ok &= this_ok
+    case["ok"] = ok
+    return case
+
+
+def _input_sets(spec_inputs: Any, make_inputs: Any) -> list[tuple[str, tuple, dict]]:
+    args, kwargs = spec_inputs
+    sets = [("example", args, kwargs)]
+    if make_inputs is not None:
+        for b, s in ((3, 5), (1, 9)):
+            try:
+                a2, k2 = make_inputs(b, s)
+            except Exception:  # a model with fixed shapes has no other allowed shape
+                continue
+            sets.append((f"random batch={b} seq={s}", a2, k2))
+    return sets
+
+
+def compile(
+    model: torch.nn.Module | Any,
+    recipe: Recipe | dict | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    example_args: tuple = (),
+    example_kwargs: dict | None = None,
+    dynamic_shapes: Any = None,
+    targets: Sequence[str] = ("onnx", "executorch"),
+    force: bool = False,
+    sparse_initializers: bool | None = None,
+    make_inputs: Callable | None = None,
+    model_name: str = "",
+    progress: Progress | None = None,
+    mask_progress: Callable[[int, int, str], None] | None = None,
+    program: ExportedProgram | None = None,
+    dense_reference: bool = True,
+    calibration: CalibrationData | None = None,
+) -> CompileResult:
+    """Compile a model (or a `sparsecc.models.ModelSpec`) into a verified bundle.
+
+    ``recipe=None`` compiles the dense model. ``program``, when given, is the
+    model already captured with these inputs (capture is then skipped). ``sparse_initializers`` (ONNX)
+    defaults to on when the recipe prunes 67% or more (where COO storage gets
+    smaller than dense). Returns what the manifest says, plus the program.
+    """
+    from sparsecc.backends import LowerOptions, get_backend
+
+    say = progress or (lambda msg: None)
+    spec = None
+    if hasattr(model, "model") and hasattr(model, "example_args"):  # a ModelSpec
+        spec = model
+        model, example_args, example_kwargs = spec.model, spec.example_args, spec.example_kwargs
+        dynamic_shapes = dynamic_shapes if dynamic_shapes is not None else spec.dynamic_shapes
+        make_inputs = make_inputs or spec.make_inputs
+        model_name = model_name or spec.name
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} exists; pass --force (force=True) to replace it")
+    backends = [get_backend(t) for t in targets]  # unknown targets fail before any work
+    rec = load_recipe(recipe) if recipe is not None else None
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if program is None:
+        say("capture")
+        program = capture(model, example_args, example_kwargs, dynamic_shapes)
+    timings["capture"] = time.perf_counter() - t0
+    axis_names = dynamic_axis_names(program, model, example_args, example_kwargs, dynamic_shapes)
+    symbols = _symbol_names(program, axis_names)
+
+    t0 = time.perf_counter()
+    report = None
+    structured_report = None
+    dense_program = program
+    if rec is not None:
+        if calibration is None and recipe_needs_calibration(rec):
+            if spec is None:
+                raise ValueError(f"criterion {rec.criterion!r} needs calibration data: pass calibration=... "
+                                 "or a zoo ModelSpec, whose loader provides it")
+            say("calibration data")
+            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+        if rec.structured is not None:
+            # Channel / head removal: a physically smaller program, checked against the masked one.
+            from sparsecc.flows.structured import prune_structured
+
+            say("structured pruning")
+            verify_sets = [(a, k or {}) for _l, a, k in _input_sets((example_args, example_kwargs or {}), make_inputs)]
+            structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
+            program, structured_report = structured_result.program, structured_result.report
+        else:
+            say("sparsify")
+            result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
+                              calibration=calibration)
+            program, report = result.program, result.report
+    timings["sparsify"] = time.perf_counter() - t0
+    specs = list(mask_specs(program).values())
+    if sparse_initializers is None:
+        sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
+
+    input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs)
+    options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={
+        "dynamic_axes": axis_names, "model_name": model_name,
+        # golden data for targets that ship it (tensorrt-bundle)
+        "example_inputs": input_sets[0][3], "example_outputs": input_sets[0][4]})
+
+    target_results: dict[str, TargetResult] = {}
+    dense_results: dict[str, TargetResult] = {}
+    with staged_output(out_dir, force) as tmp:
+        save_program(program, tmp / "program.pt2")
+        (tmp / "inputs").mkdir()
+        np.savez(tmp / "inputs" / "example.npz", *[t.numpy() for t in input_sets[0][3]])
+        if rec is not None:
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        for backend in backends:
+            tr = _lower_target(backend, program, tmp / backend.name, options, specs, input_sets, symbols, say)
+            target_results[backend.name] = tr
+            timings[backend.name] = sum(v for k, v in tr.timings.items() if "." not in k)
+        if dense_reference and rec is not None:
+            # The unpruned model, lowered the same way, so `sparsecc bench` can run
+            # dense and sparse side by side from the bundle alone.
+            dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs)
+            (tmp / "dense").mkdir()
+            save_program(dense_program, tmp / "dense" / "program.pt2")
+            dense_options = LowerOptions(sparse_initializers=False, extra={
+                "dynamic_axes": axis_names, "model_name": model_name,
+                "example_inputs": dense_sets[0][3], "example_outputs": dense_sets[0][4]})
+            for backend in backends:
+                say(f"dense reference: {backend.name}")
+                dense_results[backend.name] = _lower_target(
+                    backend, dense_program, tmp / "dense" / backend.name, dense_options, [], dense_sets, symbols,
+                    lambda msg: None,
+                )
+            timings["dense_reference"] = sum(
+                v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
+
+        manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
+        if structured_report is not None:
+            manifest["structured"] = structured_report
+        if dense_results:
+            manifest["dense_reference"] = {
+                "program": "dense/program.pt2",
+                "targets": {k: {"folder": f"dense/{k}", **v.to_dict()} for k, v in dense_results.items()},
+            }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        (tmp / "README.md").write_text(_bundle_readme(model_name, manifest))
+    for tr in target_results.values():
+        tr.artifact.root = out_dir / tr.target
+    for tr in dense_results.values():
+        tr.artifact.root = out_dir / "dense" / tr.target
+    return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results)
+
+
+def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any) -> list[tuple]:
+    """(label, args, kwargs, flat inputs, flat outputs of ``program``) per input set."""
+    with torch.no_grad():
+        module = program.module()
+        return [
+            (label, a, k, _flat_inputs(program, a, k or {}), _flat_outputs(module(*a, **(k or {}))))
+            for label, a, k in _input_sets(example, make_inputs)
+        ]
+
+
+def _lower_target(backend, program, folder: Path, options, specs, input_sets, symbols, say) -> TargetResult:
+    """Check, lower, verify the pattern in the artifact, and check parity, for one target."""
+    tt: dict[str, float] = {}
+    say(f"{backend.name}: lower")
+    t0 = time.perf_counter()
+    artifact = backend.lower(program, folder, options)
+    artifact.inputs = [_rename_dims(t, symbols) for t in artifact.inputs]
+    artifact.outputs = [_rename_dims(t, symbols) for t in artifact.outputs]
+    tt["lower"] = time.perf_counter() - t0
+    tt.update({f"lower.{k}": v for k, v in artifact.meta.get("timings_s", {}).items()})
+    checks = backend.check_artifact(program, artifact)
+    say(f"{backend.name}: verify pattern")
+    t0 = time.perf_counter()
+    patterns = backend.verify_pattern(artifact, specs)
+    tt["verify_pattern"] = time.perf_counter() - t0
+    broken = [p for p in patterns if not p.ok]
+    if broken:
+        lines = "; ".join(f"{p.fqn} in {p.location}: {p.reason}" for p in broken[:5])
+        raise CompileError(f"{backend.name}: sparsity pattern broken in the artifact: {lines}")
+    say(f"{backend.name}: parity")
+    rtol = getattr(backend, "parity_rtol", PARITY_RTOL)
+    atol = getattr(backend, "parity_atol", PARITY_ATOL)
+    t0 = time.perf_counter()
+    runner = backend.load(artifact)
+    parity = []
+    for label, _a, _k, flat_in, want in input_sets:
+        try:
+            got = runner(flat_in)
+        except Exception as e:
+            if label == "example":
+                raise
+            # Another shape the target cannot run (an ExecuTorch upper bound, say) is
+            # recorded as skipped, not passed off as checked.
+            parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        parity.append(_compare(got, want, label, rtol, atol))
+    tt["parity"] = time.perf_counter() - t0
+    bad = [c for c in parity if not c["ok"]]
+    if bad:
+        worst = max((o for c in bad for o in c["outputs"] if not o["ok"]), key=lambda o: o.get("max_abs_err") or 0.0)
+        raise ParityError(
+            f"{backend.name}: outputs differ from the PyTorch program beyond "
+            f"rtol={rtol}, atol={atol} on {bad[0]['inputs']} inputs: output {worst['index']} "
+            f"max abs err {worst.get('max_abs_err')}, relative to the output's scale {worst.get('rel_err')}"
+        )
+    return TargetResult(backend.name, artifact, checks, patterns, parity, tt, rtol, atol)
+
+
+def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]]) -> dict[str, str]:
+    """torch.export's shape symbols (``s77``) to the user's Dim names (``batch``)."""
+    by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out = {}
+    for inp, axes in axis_names.items():
+        val = by_name[inp].meta.get("val")
+        for axis, name in axes.items():
+            d = val.shape[axis]
+            if isinstance(d, torch.SymInt):
+                out[str(d.node.expr)] = name
+    return out
+
+
+def _rename_dims(t: Any, symbols: dict[str, str]) -> Any:
+    from sparsecc.backends import TensorSpec
+
+    return TensorSpec(t.name, tuple(symbols.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
+
+
+def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> dict[str, Any]:
+    from sparsecc.backends import user_input_specs, user_output_names
+
+    sym = _symbol_names(program, axis_names)
+    inputs = [s.to_dict() for s in user_input_specs(program)]
+    for i in inputs:
+        i["shape"] = [sym.get(d, d) if isinstance(d, str) else d for d in i["shape"]]
+    return {
+        "format": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": name,
+        "machine": machine_info(),
+        "recipe": rec.to_dict() if rec is not None else None,
+        "inputs": inputs,
+        "outputs": user_output_names(program),
+        "dynamic_dims": {sym.get(str(k), str(k)): [int(v.lower), None if not v.upper.is_finite else int(v.upper)]
+                         for k, v in program.range_constraints.items()},
+        "parity_inputs": [label for label, *_ in input_sets],
+        "sparsity": report.to_dict() if report is not None else None,
+        "targets": {k: v.to_dict() for k, v in targets.items()},
+        "timings_s": timings,
+    }
+
+
+def _bundle_readme(name: str, m: dict[str, Any]) -> str:
+    lines = [f"# sparsecc bundle: {name or 'model'}", ""]
+    s = m.get("sparsity")
+    if s:
+        sm = s["summary"]
+        lines += [f"Recipe: `{m['recipe']['pattern']}`; {sm['sparse_layers']}/{sm['prunable_layers']} layers sparse, "
+                  f"{sm['overall_sparsity']:.1%} of prunable weights are zero.", ""]
+    ins = ", ".join(f"`{i['name']}` {i['dtype']}{i['shape']}" for i in m["inputs"])
+    lines += [f"Inputs (in this order): {ins}. Named dims are dynamic; `manifest.json` has their ranges.", ""]
+    lines += ["## Artifacts", ""]
+    for t, d in m["targets"].items():
+        files = ", ".join(f"`{t}/{f}`" for f in d["artifact"]["files"].values())
+        lines += [f"- **{t}**: {files}; pattern verified in the artifact: {d['pattern_verification']['ok']}; "
+                  f"parity with the PyTorch program: {d['parity']['ok']}"]
+    lines += ["", "## Run", "", "```python"]
+    if "onnx" in m["targets"]:
+        lines += ["import numpy as np, onnxruntime as ort",
+                  "sess = ort.InferenceSession('onnx/model.onnx', providers=['CPUExecutionProvider'])",
+                  "x = np.load('inputs/example.npz')",
+                  "feeds = {i.name: x[f'arr_{n}'] for n, i in enumerate(sess.get_inputs())}",
+                  "outputs = sess.run(None, feeds)", ""]
+    if "executorch" in m["targets"]:
+        lines += ["import numpy as np, torch",
+                  "from executorch.runtime import Runtime",
+                  "method = Runtime.get().load_program('executorch/model.pte').load_method('forward')",
+                  "x = np.load('inputs/example.npz')",
+                  "outputs = method.execute([torch.from_numpy(x[k]) for k in sorted(x.files, key=lambda k: int(k[4:]))])", ""]
+    if "torch-sparse" in m["targets"]:
+        lines += ["from sparsecc.backends.torch_sparse import load_sparse_program  # builds the CPU kernels once",
+                  "module = load_sparse_program('torch-sparse/program.pt2').module()  # per layer: torch-sparse/kernels.json",
+                  ""]
+    lines += ["import sparsecc",
+              "program = sparsecc.load_program('program.pt2')  # the sparse PyTorch program",
+              "```", "",
+              ]
+    if "tensorrt-bundle" in m["targets"]:
+        lines += ["## TensorRT on the device", "",
+                  "Copy this folder to the device (TensorRT 10 or 11, trtexec on PATH) and run "
+                  "`tensorrt-bundle/build.sh` (`--help` for options). It builds a sparse and a dense FP16 engine, "
+                  "checks their outputs against `golden.npz`, and leaves the logs, layer info and timings in "
+                  "`tensorrt-bundle/build/`. Then `sparsecc bench . --backend tensorrt --out trt.json` says, per "
+                  "layer, whether it ran 2:4 sparse and why not.", ""]
+    return "\n".join(lines)

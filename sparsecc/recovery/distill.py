@@ -1,0 +1,256 @@
+"""Recovery after pruning: a short knowledge-distillation run on the captured program.
+
+The student is the pruned program (``program.module()`` is an ordinary,
+trainable ``nn.Module``); the teacher is the dense model or program. Each
+step runs both on one batch and moves the student's outputs towards the
+teacher's:
+
+- ``kl``: KL(teacher || student) of the softmax at ``temperature`` (classifier
+  and language-model logits), scaled by T²;
+- ``cosine``: 1 - cosine similarity along the last axis plus the mean squared
+  error relative to the teacher's mean square (hidden states, embeddings);
+- ``auto``: ``kl`` for 2-D outputs with more than 100 classes or for
+  ``causal-lm`` tasks, else ``cosine``.
+
+Only the student's parameters change; normalisation statistics (BatchNorm
+running means) stay as they are, since the program was captured in eval mode.
+The result is a new `ExportedProgram` with the same graph and the trained
+weights: it lowers to every backend like the program it came from.
+
+`recalibrate_batchnorm` comes first for convolutional networks: removing
+channels changes what every later BatchNorm sees, while its running mean and
+variance still describe the dense network's activations. Re-estimating them
+on a few calibration batches (no gradients; "adaptive BN" of EagleEye, Li et
+al. 2020) repairs much of the damage before any training.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.export import ExportedProgram
+
+from sparsecc.core.program import ProgramEditor
+
+__all__ = ["DistillResult", "distill", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
+
+
+@dataclass
+class DistillResult:
+    program: ExportedProgram
+    losses: list[float] = field(default_factory=list)  # one per step
+    seconds: float = 0.0
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0] if self.losses else math.nan
+
+    @property
+    def last_loss(self) -> float:
+        """Mean of the last 10% of steps (one step is noisy)."""
+        if not self.losses:
+            return math.nan
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return sum(tail) / len(tail)
+
+
+def _float_leaves(out: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0) -> torch.Tensor:
+    """The loss between one student output and the teacher's (see the module docstring)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
+    if kind == "kl":
+        t = temperature
+        return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                        reduction="batchmean") * t * t
+    if kind == "cosine":
+        cos = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
+        return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+    if kind == "mse":
+        return (student - teacher).pow(2).mean()
+    raise ValueError(f"unknown distillation loss {kind!r}; use kl, cosine, mse or auto")
+
+
+def mask_sparsity_regularizer(plan: Any, strength: float = 1e-4) -> Callable[[torch.nn.Module], torch.Tensor]:
+    """MaskSparsity's pruning-aware push: an L1 penalty on the BatchNorm / GroupNorm scales of
+    only the channels ``plan`` will remove (the kept channels train freely).
+
+    Use it with `distill` on the *unpruned* program (``regularizer=...``), then shrink with
+    the same plan: the channels removed have already been driven towards zero.
+    """
+    from sparsecc.passes.structured import axis_keep
+
+    kept = plan.kept_by_atom()
+    targets: dict[str, torch.Tensor] = {}
+    for gid in plan.kept:
+        for m in plan.analysis.groups[gid].members:
+            if m.role == "norm":
+                keep = axis_keep(plan.analysis, m.target, m.axis, kept)
+                if keep is not None and not keep.all():
+                    targets[m.target] = torch.from_numpy(~keep)
+    if not targets:
+        raise ValueError("the plan removes no channel that has a BatchNorm / GroupNorm scale")
+
+    def penalty(module: torch.nn.Module) -> torch.Tensor:
+        params = dict(module.named_parameters())
+        return strength * sum(params[t][drop].abs().sum() for t, drop in targets.items())
+
+    penalty.targets = targets  # type: ignore[attr-defined]
+    return penalty
+
+
+def _auto_kind(out: torch.Tensor, task: str) -> str:
+    if task == "causal-lm" or (out.dim() == 2 and out.shape[-1] > 100):
+        return "kl"
+    return "cosine"
+
+
+def distill(
+    student: ExportedProgram,
+    teacher: torch.nn.Module | ExportedProgram,
+    batches: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] | Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    steps: int = 100,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    loss: str = "auto",
+    temperature: float = 2.0,
+    task: str = "",
+    regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    train: Sequence[str] = (),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> DistillResult:
+    """Train ``student`` for ``steps`` steps (cycling over ``batches``) to match ``teacher``.
+
+    ``batches`` are ``(args, kwargs)`` the programs take, e.g.
+    `sparsecc.datasets.calibration_inputs`. Returns the trained program and
+    the loss of every step; ``student`` itself is not changed. ``regularizer(module)``
+    adds a penalty to every step (see `mask_sparsity_regularizer`). ``train``
+    (globs on parameter names) trains only the parameters it matches, the rest
+    stay frozen: with a few hundred images, training only the normalisation
+    scales and shifts (``["*bn*"]``, say) cannot memorise them the way training
+    every weight does.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("distill needs at least one batch")
+    t0 = time.perf_counter()
+    if isinstance(teacher, ExportedProgram):
+        teacher_module = teacher.module()  # captured in eval mode already
+    else:
+        teacher_module = teacher.eval()
+    # program.module() shares its parameters with the program: train a copy
+    module = copy.deepcopy(student.module())
+    named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    params = [p for n, p in named if not train or any(fnmatch.fnmatchcase(n, pat) for pat in train)]
+    if not params:
+        raise ValueError(f"train={list(train)} matches none of the student's parameters "
+                         f"(e.g. {', '.join(n for n, _ in named[:3])})")
+    for _, p in named:
+        p.requires_grad_(False)  # frozen unless selected
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # teacher outputs once per batch: the teacher never changes
+    with torch.no_grad():
+        targets = [_float_leaves(teacher_module(*a, **k)) for a, k in batches]
+    losses: list[float] = []
+    for step, i in zip(range(steps), itertools.cycle(range(len(batches)))):
+        args, kwargs = batches[i]
+        outs = _float_leaves(module(*args, **kwargs))
+        total = torch.zeros(())
+        for s, t in zip(outs, targets[i], strict=True):
+            total = total + distillation_loss(s, t, _auto_kind(t, task) if loss == "auto" else loss, temperature)
+        if regularizer is not None:
+            total = total + regularizer(module)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        losses.append(float(total.detach()))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+    # the trained weights back into a program with the student's graph
+    trained = dict(module.state_dict(keep_vars=False))
+    editor = ProgramEditor(student)
+    for target in list(editor.state_dict):
+        if target in trained and isinstance(editor.state_dict[target], torch.nn.Parameter):
+            editor.set_tensor(target, trained[target].detach().clone())
+    # tied parameters stay one tensor
+    by_id: dict[int, list[str]] = {}
+    for target, t in student.state_dict.items():
+        by_id.setdefault(id(t), []).append(target)
+    for names in by_id.values():
+        for other in names[1:]:
+            editor.state_dict[other] = editor.state_dict[names[0]]
+    return DistillResult(editor.finish(), losses, time.perf_counter() - t0)
+
+
+_BATCH_NORMS = (torch.ops.aten._native_batch_norm_legit_no_training.default, torch.ops.aten.batch_norm.default)
+
+
+def recalibrate_batchnorm(
+    program: ExportedProgram,
+    batches: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[ExportedProgram, list[str]]:
+    """Running mean and variance of every BatchNorm re-estimated on ``batches``, in graph order.
+
+    Each BatchNorm's statistics are measured on the outputs of the layers before
+    it, which already use their re-estimated statistics (one pass over the graph).
+    Returns the new program and the buffers that changed. Raises ValueError for a
+    program without BatchNorm or without batches.
+    """
+    from sparsecc.plan.calibrate import _GraphRunner
+
+    batches = list(batches)
+    if not batches:
+        raise ValueError("recalibrate_batchnorm needs at least one batch")
+    runner = _GraphRunner(program)
+    norms = [(i, n) for i, n in enumerate(runner.nodes) if n.op == "call_function" and n.target in _BATCH_NORMS]
+    if not norms:
+        raise ValueError("the program has no BatchNorm (aten._native_batch_norm_legit_no_training) to recalibrate")
+    buffer_of = {name: target for target, name in runner.param_node.items()}
+    new: dict[str, torch.Tensor] = {}
+    start = 0
+    with torch.no_grad():
+        envs = [runner.initial_env(b, {}) for b in batches]
+        for k, (i, node) in enumerate(norms):
+            if progress is not None:
+                progress(k, len(norms), node.name)
+            for env in envs:
+                runner.run(env, start, i)
+            total = squares = 0
+            count = 0
+            for env in envs:
+                x = env[node.args[0]].double()
+                dims = [d for d in range(x.dim()) if d != 1]  # all but the channel axis
+                total, squares = total + x.sum(dims), squares + x.square().sum(dims)
+                count += x.numel() // x.shape[1]
+            mean = total / count
+            var = (squares / count - mean.square()).clamp_min(0) * (count / max(count - 1, 1))  # unbiased, as torch keeps it
+            for arg, value in ((node.args[3], mean), (node.args[4], var)):
+                value = value.to(envs[0][arg].dtype)
+                for env in envs:
+                    env[arg] = value
+                new[buffer_of[arg.name]] = value
+            start = i  # the norm itself runs next, with its new statistics
+    if progress is not None:
+        progress(len(norms), len(norms), "")
+    editor = ProgramEditor(program)
+    for target, value in new.items():
+        editor.set_tensor(target, value)
+    return editor.finish(), sorted(new)
