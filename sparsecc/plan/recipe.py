@@ -49,7 +49,9 @@ from sparsecc.plan.budgets import Budget, parse_budget
 from sparsecc.plan.criteria import CRITERIA
 from sparsecc.core.ir import MaskSpec, SparsityPattern
 from sparsecc.plan.masks import incompatibility
+from sparsecc.plan.recovery_options import RecoveryOptions, parse_recovery, recovery_to_dicts
 from sparsecc.flows.structured import StructuredOptions, parse_structured
+from sparsecc.plan.quantize_options import QuantizeOptions, parse_quantize
 from sparsecc.errors import UsageError
 
 __all__ = [
@@ -111,6 +113,8 @@ class Recipe:
     criterion_options: tuple[tuple[str, Any], ...] = ()
     budget: Budget = Budget()
     structured: StructuredOptions | None = None  # channel / head removal (sparsecc.structured)
+    quantize: QuantizeOptions | None = None  # int8 weights kept on the pattern (plan.quantize_options)
+    recovery: tuple[RecoveryOptions, ...] = ()  # what runs after pruning (sparsecc.plan.recovery_options)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -136,6 +140,10 @@ class Recipe:
             d["budget"] = self.budget.to_dict()
         if self.structured is not None:
             d["structured"] = self.structured.to_dict()
+        if self.quantize is not None:
+            d["quantize"] = self.quantize.to_dict()
+        if self.recovery:
+            d["recovery"] = recovery_to_dicts(self.recovery)
         if self.overrides:
             d["overrides"] = [
                 {k: v for k, v in {
@@ -168,7 +176,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 _TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides", "calibration",
-             "criterion_options", "budget", "structured"}
+             "criterion_options", "budget", "structured", "recovery"}
 _CALIBRATION_KEYS = {"samples", "seq_len", "sequential"}
 # criterion option -> (type, check, message)
 _CRITERION_OPTIONS = {
@@ -315,7 +323,8 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
             raise RecipeError(f"criterion_options.{k}", v, msg)
     return Recipe(pattern, sparsity, criterion, layers, incompatible, tuple(overrides), calibration,
                   tuple(sorted(opts.items())), budget=parse_budget(d.get("budget", "uniform"), "budget"),
-                  structured=parse_structured(d["structured"], RecipeError) if "structured" in d else None)
+                  structured=parse_structured(d["structured"], RecipeError) if "structured" in d else None,
+                  recovery=parse_recovery(d.get("recovery")))
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:

@@ -23,16 +23,13 @@ Shared helpers:
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
-import json
 import os
 import random
 import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,6 +39,7 @@ from torch.export import ExportedProgram
 from sparsecc.core.ir import get_node_info
 from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor
 from sparsecc.errors import SparseccError, UsageError, VerificationError
+from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # parsed with the recipe, below this layer
 
 __all__ = [
     "Batch",
@@ -67,53 +65,11 @@ __all__ = [
 
 Batch = tuple[tuple, dict]  # (args, kwargs), one call of the model, as CalibrationData.batches
 
-METHODS = ("reconstruct", "distill", "learned-mask", "sr-ste")
-LOSSES = ("auto", "kl", "cosine", "mse")
+METHODS = KNOWN_METHODS
 
 
 class RecoveryError(SparseccError, RuntimeError):
     """A recovery run failed: the message names the method, the step or the weight at fault."""
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    method: str  # "reconstruct" | "distill" | "learned-mask" | "sr-ste"
-    steps: int = 200
-    lr: float = 1e-4
-    batch_size: int = 8
-    seq_len: int | None = None
-    data: str = "calibration"  # which training data (see sparsecc.data); never evaluation data
-    samples: int = 64
-    loss: str = "auto"  # auto | kl | cosine | mse
-    temperature: float = 2.0
-    seed: int = 0
-    checkpoint_dir: str | None = None  # resume from here if it holds a checkpoint
-    checkpoint_every: int = 50
-    extra: Mapping[str, Any] = field(default_factory=dict)  # method-specific keys
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "samples", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "steps" else 1):
-                raise UsageError(f"recovery option {name!r} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise UsageError(f"recovery option 'lr' must be a positive number, got {self.lr!r}")
-        if self.loss not in LOSSES:
-            raise UsageError(f"recovery option 'loss' must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
-            raise UsageError(f"recovery option 'seq_len' must be a positive integer, got {self.seq_len!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["extra"] = dict(self.extra)
-        return d
-
-    def fingerprint(self) -> str:
-        """What must match for a checkpoint to resume (everything but where checkpoints go and how often)."""
-        d = self.to_dict()
-        d.pop("checkpoint_dir")
-        d.pop("checkpoint_every")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""The teacher's outputs and the student-vs-teacher loss every recovery method reports.
+
+``loss_before`` / ``loss_after`` of a `RecoveryResult` are this loss on the
+training batches, so methods compare on one scale: KL at the options'
+temperature for logits, cosine + relative MSE for hidden states and
+embeddings (see `sparsecc.recovery.distill.distillation_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.export import ExportedProgram
+
+from sparsecc.recovery.base import Batch, RecoveryOptions
+
+__all__ = ["float_leaves", "teacher_outputs", "loss_kind", "output_loss", "batch_loss"]
+
+_LOGIT_TASKS = ("causal-lm", "image-classification", "classification", "lm")
+
+
+def float_leaves(out: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _module(model: Any) -> torch.nn.Module:
+    return model.module() if isinstance(model, ExportedProgram) else model.eval()
+
+
+def teacher_outputs(teacher: Any, batches: Sequence[Batch]) -> list[list[torch.Tensor]]:
+    """The teacher's floating-point outputs on every batch (computed once: the teacher never changes)."""
+    module = _module(teacher)
+    with torch.no_grad():
+        return [[t.detach() for t in float_leaves(module(*a, **k))] for a, k in batches]
+
+
+def loss_kind(target: torch.Tensor, options: RecoveryOptions) -> str:
+    """``options.loss``, or for ``auto``: KL for logits (an LM / classifier task, or 2-D outputs over
+    more than 100 classes), cosine for everything else (hidden states, embeddings)."""
+    if options.loss != "auto":
+        return options.loss
+    task = str(options.extra.get("task", ""))
+    if task in _LOGIT_TASKS or (target.dim() == 2 and target.shape[-1] > 100):
+        return "kl"
+    return "cosine"
+
+
+def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptions) -> torch.Tensor:
+    """Sum over output tensors of the distillation loss between student ``outputs`` and ``targets``."""
+    from sparsecc.recovery.distill import distillation_loss
+
+    total = torch.zeros(())
+    leaves = float_leaves(outputs)
+    if len(leaves) != len(targets):
+        raise ValueError(f"the student returns {len(leaves)} floating outputs, the teacher {len(targets)}")
+    for s, t in zip(leaves, targets):
+        total = total + distillation_loss(s, t, loss_kind(t, options), options.temperature)
+    return total
+
+
+def output_loss(program: Any, targets: list[list[torch.Tensor]], batches: Sequence[Batch],
+                options: RecoveryOptions) -> float:
+    """Mean `batch_loss` of ``program`` over ``batches`` (no gradients)."""
+    module = _module(program)
+    with torch.no_grad():
+        losses = [float(batch_loss(module(*a, **k), t, options)) for (a, k), t in zip(batches, targets)]
+    return sum(losses) / len(losses)
