@@ -3,10 +3,12 @@
 from .compute_masks import ComputeMasksPass
 from .fold_masks import FoldMasksPass
 from .insert_masks import InsertMasksPass, mask_target
+from .quantize_weights import QuantizeWeightsPass
 
 __all__ = [
     "ComputeMasksPass",
     "InsertMasksPass",
     "FoldMasksPass",
     "mask_target",
+    "QuantizeWeightsPass",
 ]

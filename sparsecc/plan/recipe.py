@@ -23,6 +23,9 @@ A recipe is a YAML file (or a dict) like::
     budget: uniform           # how `sparsity` is spread over layers (sparsecc.budgets):
                               # uniform | global | erk | owl | ecoflap | sensitivity,
                               # or {method: owl, lambda: 0.08, max_sparsity: 0.9, ...}
+    quantize:                 # int8 weights on the pattern (sparsecc.plan.quantize_options)
+      weights: int8
+      activations: dynamic    # dynamic | static
     overrides:                # first match wins; any key above, or `skip: true`
       - match: "encoder.layer.0.*"
         sparsity: 0.3
@@ -50,7 +53,7 @@ from sparsecc.plan.criteria import CRITERIA
 from sparsecc.core.ir import MaskSpec, SparsityPattern
 from sparsecc.plan.masks import incompatibility
 from sparsecc.plan.recovery_options import RecoveryOptions, parse_recovery, recovery_to_dicts
-from sparsecc.flows.structured import StructuredOptions, parse_structured
+from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 from sparsecc.plan.quantize_options import QuantizeOptions, parse_quantize
 from sparsecc.errors import UsageError
 
@@ -176,7 +179,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 _TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides", "calibration",
-             "criterion_options", "budget", "structured", "recovery"}
+             "criterion_options", "budget", "structured", "recovery", "quantize"}
 _CALIBRATION_KEYS = {"samples", "seq_len", "sequential"}
 # criterion option -> (type, check, message)
 _CRITERION_OPTIONS = {
@@ -324,7 +327,8 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     return Recipe(pattern, sparsity, criterion, layers, incompatible, tuple(overrides), calibration,
                   tuple(sorted(opts.items())), budget=parse_budget(d.get("budget", "uniform"), "budget"),
                   structured=parse_structured(d["structured"], RecipeError) if "structured" in d else None,
-                  recovery=parse_recovery(d.get("recovery")))
+                  recovery=parse_recovery(d.get("recovery")),
+                  quantize=parse_quantize(d["quantize"], RecipeError) if d.get("quantize") is not None else None)
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:
