@@ -31,7 +31,7 @@ import torch
 
 from sparsecc import kernels
 from sparsecc.core.ir import SparsityPattern
-from sparsecc.backends.torch_sparse.kernel_select import time_interleaved
+from sparsecc.core.timing import time_interleaved
 from sparsecc.core.machine import machine_info
 from sparsecc.plan.masks import compute_mask
 from sparsecc.core.ort_session import onnxruntime_module, session_options
@@ -116,7 +116,8 @@ def main() -> None:
                         if not args.no_torch:
                             variants["torch"] = lambda: kernels.sparse_linear(x, cw, kernel="torch_" + own)
                         with torch.inference_mode():
-                            med = time_interleaved(variants, args.rounds, args.sample_ms / 1e3)
+                            med = time_interleaved(variants, rounds=args.rounds,
+                                                   sample_s=args.sample_ms / 1e3).medians()
                         load = os.getloadavg()[0]
                         row = {"weight": f"{out_f}x{in_f}", "pattern": str(pattern), "sparsity": sparsity,
                                "tokens": tokens, "threads": threads, "ort_ms": med["ort"] * 1e3,

@@ -44,7 +44,8 @@ from sparsecc.quality.evaluate import evaluate, reference_outputs
 from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
 from sparsecc.recovery.distill import distill, recalibrate_batchnorm
-from sparsecc.flows.structured import StructuredOptions, prune_structured
+from sparsecc.flows.structured import prune_structured
+from sparsecc.plan.structured_options import StructuredOptions
 
 SETUPS = {
     "efficientnet-lite0": dict(

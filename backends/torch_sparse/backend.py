@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc import kernels
+import sparsecc.kernels as kernels
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.backends.base import (
     Artifact,

@@ -19,8 +19,6 @@ user who knows the answer).
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -28,10 +26,11 @@ import torch
 import torch.fx
 from torch.export import ExportedProgram
 
-from sparsecc import kernels
+import sparsecc.kernels as kernels
 from sparsecc.core.analyze import concrete, find_prunable_weights
 from sparsecc.core.ir import get_node_info
 from sparsecc.core.program import placeholders_by_target, state_tensor
+from sparsecc.core.timing import time_interleaved
 
 __all__ = [
     "KernelLayer",
@@ -40,7 +39,6 @@ __all__ = [
     "find_kernel_layers",
     "select_kernels",
     "fixed_kernels",
-    "time_interleaved",
     "DEFAULT_MARGIN",
     "DEFAULT_MIN_SPARSITY",
 ]
@@ -281,28 +279,6 @@ def weight_matrix(program: ExportedProgram, layer: KernelLayer) -> torch.Tensor:
 # -- measuring ---------------------------------------------------------------------
 
 
-def time_interleaved(variants: dict[str, Callable[[], Any]], rounds: int = 7,
-                     sample_s: float = 0.002) -> dict[str, float]:
-    """Median seconds per call of each variant: rounds of A B C ... (order alternating), each
-    sample as many calls as fill about ``sample_s``."""
-    reps = {}
-    for k, f in variants.items():
-        f()  # warm up: first-call allocations, lazy initialisation
-        t0 = time.perf_counter()
-        f()
-        reps[k] = max(1, int(sample_s / max(time.perf_counter() - t0, 1e-7)))
-    samples: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
-    for i in range(rounds):
-        for k in names if i % 2 == 0 else names[::-1]:
-            f, n = variants[k], reps[k]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            samples[k].append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def _sparsity(w: torch.Tensor) -> float:
     return 1.0 - int(torch.count_nonzero(w)) / max(1, w.numel())
 
@@ -331,7 +307,7 @@ def _measure(program: ExportedProgram, layer: KernelLayer, w: torch.Tensor, *, b
         if include_torch:
             variants["torch_" + name] = _run(layer, x, cw, bias, "torch_" + own)
     with torch.inference_mode():
-        return time_interleaved(variants, rounds, sample_s)
+        return time_interleaved(variants, rounds=rounds, sample_s=sample_s).medians()
 
 
 def _parse(name: str) -> tuple[str, int]:

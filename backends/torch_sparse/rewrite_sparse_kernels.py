@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc import kernels
+import sparsecc.kernels as kernels
 from sparsecc.backends.torch_sparse.kernel_select import KernelChoice, KernelLayer, find_kernel_layers, weight_matrix
 from sparsecc.core.pass_infra import PassBase, PassResult
 from sparsecc.core.program import ProgramEditor

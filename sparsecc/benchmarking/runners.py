@@ -93,7 +93,7 @@ def _load_with_backend(backend: str, v: Variant, threads: int | None) -> Loaded:
 
 
 def _load_torch_sparse(v: Variant, threads: int | None) -> Loaded:
-    from sparsecc import kernels
+    import sparsecc.kernels as kernels
 
     kernels.load()  # build/load the sparse kernels outside the model's load time
     return _load_with_backend("torch-sparse", v, threads)

@@ -37,6 +37,7 @@ from sparsecc.core.ir import MaskSpec, get_node_info, set_node_info
 
 __all__ = [
     "ProgramEditor",
+    "tensor_leaves",
     "placeholders_by_target",
     "input_spec_of",
     "state_tensor",
@@ -48,6 +49,11 @@ __all__ = [
 
 PROGRAM_META_FILE = "sparsecc.json"
 _STATE_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+
+
+def tensor_leaves(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (tuple, dict, ModelOutput...) in pytree order."""
+    return [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def placeholders_by_target(program: ExportedProgram) -> dict[str, torch.fx.Node]:

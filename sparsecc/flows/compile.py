@@ -38,7 +38,7 @@ from sparsecc.plan.calibrate import CalibrationData, calibration_for
 from sparsecc.bundle.staging import staged_output
 from sparsecc.core.capture import capture, dynamic_axis_names
 from sparsecc.core.machine import machine_info
-from sparsecc.core.program import save_program
+from sparsecc.core.program import save_program, tensor_leaves
 from sparsecc.plan.recipe import Recipe, load_recipe
 from sparsecc.errors import SparseccError, VerificationError
 
@@ -110,10 +110,6 @@ def _flat_inputs(program: ExportedProgram, args: tuple, kwargs: dict) -> list[to
         ordered_kwargs = {k: kwargs[k] for k in spec.child(1).context} if kwargs else {}
         flat, _ = torch.utils._pytree.tree_flatten((args, ordered_kwargs))
     return [t for t in flat if isinstance(t, torch.Tensor)]
-
-
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
@@ -235,6 +231,16 @@ def compile(
                               calibration=calibration)
             program, report = result.program, result.report
     timings["sparsify"] = time.perf_counter() - t0
+    recovery_run = None
+    if rec is not None and rec.recovery:
+        from sparsecc.flows.recover import recover
+
+        t0 = time.perf_counter()
+        given = None if spec is not None else (calibration.batches if calibration is not None
+                                               else [(tuple(example_args), dict(example_kwargs or {}))])
+        recovery_run = recover(program, dense_program, rec.recovery, spec=spec, batches=given, progress=say)
+        program = recovery_run.program
+        timings["recovery"] = time.perf_counter() - t0
     specs = list(mask_specs(program).values())
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
@@ -278,6 +284,8 @@ def compile(
         manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
         if structured_report is not None:
             manifest["structured"] = structured_report
+        if recovery_run is not None:
+            manifest["recovery"] = recovery_run.records
         if dense_results:
             manifest["dense_reference"] = {
                 "program": "dense/program.pt2",
@@ -297,7 +305,7 @@ def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: An
     with torch.no_grad():
         module = program.module()
         return [
-            (label, a, k, _flat_inputs(program, a, k or {}), _flat_outputs(module(*a, **(k or {}))))
+            (label, a, k, _flat_inputs(program, a, k or {}), tensor_leaves(module(*a, **(k or {}))))
             for label, a, k in _input_sets(example, make_inputs)
         ]
 

@@ -31,12 +31,24 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch.export import ExportedProgram
+
+from sparsecc.core.analyze import find_prunable_weights
+from sparsecc.core.program import ProgramEditor, tensor_leaves
 from sparsecc.errors import VerificationError
+from sparsecc.passes.structured import (
+    MaskChannelsPass,
+    ShrinkChannelsPass,
+    compensate_removed_means,
+    find_dependency_groups,
+    plan_structured_pruning,
+    taylor_gradients,
+)
+from sparsecc.plan.calibrate import CalibrationData, collect_stats
+from sparsecc.plan.masks import from_rows_view, rows_view
+from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 
 __all__ = [
-    "StructuredOptions",
     "StructuredResult",
-    "parse_structured",
     "prune_structured",
     "compensate_removed_inputs",
     "count_macs",
@@ -49,84 +61,6 @@ SHRINK_RTOL = 1e-5  # fp32, an exact transform (DESIGN.md)
 
 class ShrinkMismatchError(VerificationError, RuntimeError):
     """The shrunk program does not compute what the channel-masked one does."""
-
-
-@dataclass(frozen=True)
-class StructuredOptions:
-    ratio: float = 0.5
-    units: tuple[str, ...] = ("channel", "head")
-    criterion: str = "l2"
-    scope: str = "layer"
-    round_to: int = 1
-    include: tuple[str, ...] = ()
-    protect: tuple[str, ...] = ()
-    overrides: tuple[tuple[str, float], ...] = ()
-    compensate: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "ratio": self.ratio, "units": list(self.units), "criterion": self.criterion,
-            "scope": self.scope, "round_to": self.round_to,
-        }
-        if self.include:
-            d["include"] = list(self.include)
-        if self.protect:
-            d["protect"] = list(self.protect)
-        if self.overrides:
-            d["overrides"] = dict(self.overrides)
-        if self.compensate:
-            d["compensate"] = True
-        return d
-
-
-_KEYS = {"ratio", "units", "criterion", "scope", "round_to", "include", "protect", "overrides", "compensate"}
-_CRITERIA = ("l1", "l2", "bn_scale", "bn_energy", "taylor", "random")
-
-
-def parse_structured(value: Any, error: Callable[[str, Any, str], Exception], key: str = "structured") -> StructuredOptions:
-    """Check a recipe's ``structured:`` mapping; ``error(key, value, message)`` builds the exception."""
-    if value is None or value is True:
-        value = {}
-    if not isinstance(value, dict):
-        raise error(key, value, "must be a mapping (" + ", ".join(sorted(_KEYS)) + ")")
-    for k in value:
-        if k not in _KEYS:
-            raise error(f"{key}.{k}", value[k], f"is not a known key; known: {', '.join(sorted(_KEYS))}")
-    ratio = value.get("ratio", 0.5)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise error(f"{key}.ratio", ratio, "must be a number in [0, 1)")
-    units = value.get("units", ["channel", "head"])
-    units = [units] if isinstance(units, str) else units
-    if not isinstance(units, list) or not units or any(u not in ("channel", "head", "strided") for u in units):
-        raise error(f"{key}.units", units, "must be a list of channel, head, strided")
-    criterion = value.get("criterion", "l2")
-    if criterion not in _CRITERIA:
-        raise error(f"{key}.criterion", criterion, f"is not a structured criterion; known: {', '.join(_CRITERIA)}")
-    scope = value.get("scope", "layer")
-    if scope not in ("layer", "global"):
-        raise error(f"{key}.scope", scope, "must be 'layer' or 'global'")
-    round_to = value.get("round_to", 1)
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise error(f"{key}.round_to", round_to, "must be a positive integer (8, 16, 32 suit fast kernels)")
-
-    def globs(k: str) -> tuple[str, ...]:
-        v = value.get(k, [])
-        v = [v] if isinstance(v, str) else v
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise error(f"{key}.{k}", v, "must be a string or a list of strings")
-        return tuple(v)
-
-    overrides = value.get("overrides", {}) or {}
-    if not isinstance(overrides, dict):
-        raise error(f"{key}.overrides", overrides, "must be a mapping of pattern to ratio")
-    for pat, r in overrides.items():
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
-            raise error(f"{key}.overrides.{pat}", r, "must be a number in [0, 1)")
-    compensate = value.get("compensate", False)
-    if not isinstance(compensate, bool):
-        raise error(f"{key}.compensate", compensate, "must be true or false")
-    return StructuredOptions(float(ratio), tuple(units), criterion, scope, round_to, globs("include"),
-                             globs("protect"), tuple((str(k), float(v)) for k, v in overrides.items()), compensate)
 
 
 def count_params(program: ExportedProgram) -> int:
@@ -142,8 +76,6 @@ def count_params(program: ExportedProgram) -> int:
 
 def count_macs(program: ExportedProgram) -> int:
     """Multiply-accumulates of the weight ops (linear, conv, matmul with a parameter) at the example shapes."""
-    from sparsecc.core.analyze import find_prunable_weights
-
     return find_prunable_weights(program).total_flops // 2
 
 
@@ -181,11 +113,6 @@ def compensate_removed_inputs(
     data). ``small`` is ``dense`` shrunk with ``plan``; returns it with the
     repaired weights, their names and, per layer left alone, why.
     """
-    from sparsecc.core.analyze import find_prunable_weights
-    from sparsecc.plan.calibrate import CalibrationData, collect_stats
-    from sparsecc.plan.masks import from_rows_view, rows_view
-    from sparsecc.core.program import ProgramEditor
-
     weights = find_prunable_weights(dense).by_fqn()
     keeps: dict[str, torch.Tensor] = {}
     for target, (axis, keep) in plan.narrowed_inputs().items():
@@ -246,15 +173,6 @@ def prune_structured(
     variance of the removed channels of the other layers into the next
     BatchNorm or bias (`compensate_removed_means`; no data needed).
     """
-    from sparsecc.passes.structured import (
-        MaskChannelsPass,
-        ShrinkChannelsPass,
-        compensate_removed_means,
-        find_dependency_groups,
-        plan_structured_pruning,
-        taylor_gradients,
-    )
-
     if options is None:
         options = StructuredOptions()
     elif isinstance(options, dict):
@@ -294,7 +212,7 @@ def prune_structured(
         for i, (args, kwargs) in enumerate(verify_inputs):
             try:
                 with torch.no_grad():
-                    want = [t for t in torch.utils._pytree.tree_leaves(mm(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+                    want = tensor_leaves(mm(*args, **kwargs))
             except Exception as e:
                 if i == 0:
                     raise
@@ -302,7 +220,7 @@ def prune_structured(
                 checks.append({"inputs": i, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:120]}"})
                 continue
             with torch.no_grad():
-                got = [t for t in torch.utils._pytree.tree_leaves(ms(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+                got = tensor_leaves(ms(*args, **kwargs))
             worst = 0.0
             for g, w in zip(got, want, strict=True):
                 if g.shape != w.shape:

@@ -34,9 +34,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sparsecc.quality.evaluate import TASKS, EvalError, EvalOptions, default_tasks, evaluate, reference_outputs
+from sparsecc.bundle.staging import staged_output
+from sparsecc.core.capture import capture
+from sparsecc.core.ir import SparsityPattern
+from sparsecc.core.machine import cpu_info
+from sparsecc.flows.sparsify import sparsify
+from sparsecc.plan import criteria as criteria_module
+from sparsecc.plan.calibrate import calibration_for
+from sparsecc.plan.criteria import get_criterion
+from sparsecc.plan.recipe import RecipeError, load_recipe
+from sparsecc.quality.evaluate import (
+    TASKS,
+    EvalError,
+    EvalOptions,
+    _spec,
+    default_tasks,
+    evaluate,
+    reference_outputs,
+)
 
-__all__ = ["SweepPoint", "SweepResult", "sweep", "write_sweep", "sparsify_with_calibration", "calibration_for",
+__all__ = ["SweepPoint", "SweepResult", "sweep", "write_sweep", "sparsify_with_calibration",
            "quality_drop", "essential_sparsity"]
 
 Progress = Callable[[str, int, int], None]
@@ -172,9 +189,7 @@ def essential_sparsity(points: Sequence[SweepPoint], tolerance: float) -> dict[s
 
 
 def _needs_calibration(criterion: str) -> bool:
-    from sparsecc.plan import criteria
-
-    check = getattr(criteria, "needs_calibration", None)
+    check = getattr(criteria_module, "needs_calibration", None)
     return bool(check(criterion)) if check is not None else False
 
 
@@ -186,30 +201,15 @@ def sparsify_with_calibration(program: Any, spec: Any, recipe: Any, *, fold: boo
     The batches are ``calibration_inputs(spec, recipe.calibration.samples,
     recipe.calibration.seq_len)``; pass ``calibration`` to reuse data built before.
     """
-    from sparsecc.flows.sparsify import sparsify
-    from sparsecc.plan.recipe import load_recipe
-
     rec = load_recipe(recipe)
     criteria = {rec.criterion, *(o.criterion for o in rec.overrides if o.criterion)}
     if calibration is None and any(_needs_calibration(c) for c in criteria):
-        calibration = calibration_for(spec, rec)
+        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
     kwargs = {"calibration": calibration} if calibration is not None else {}
     return sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name, **kwargs)
 
 
-def calibration_for(spec: Any, rec: Any) -> Any:
-    from sparsecc.plan.calibrate import CalibrationData
-    from sparsecc.data.datasets import calibration_inputs
-
-    cal = getattr(rec, "calibration", None)
-    samples = getattr(cal, "samples", None) or 64
-    seq_len = getattr(cal, "seq_len", None)
-    return CalibrationData(batches=calibration_inputs(spec, samples, seq_len))
-
-
 def _grid(patterns: Sequence[str], sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
-    from sparsecc.core.ir import SparsityPattern
-
     out = []
     for pat in patterns:
         fixed = SparsityPattern.parse(pat).fixed_sparsity
@@ -226,18 +226,12 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
           options: EvalOptions | None = None, calibration_samples: int | None = None,
           progress: Progress | None = None, say: Callable[[str], None] | None = None) -> SweepResult:
     """Evaluate ``model`` (zoo name, file reference or ModelSpec) dense and at every grid point."""
-    from sparsecc.core.capture import capture
-    from sparsecc.quality.evaluate import _spec
-    from sparsecc.plan.recipe import RecipeError, load_recipe
-
     say = say or (lambda msg: None)
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     for s in sparsities:
         if not 0 < s < 1:
             raise ValueError(f"sparsities must be in (0, 1), got {s}")
-    from sparsecc.plan.criteria import get_criterion
-
     for c in criteria:
         get_criterion(c)  # unknown names fail before any work
     spec = _spec(model)
@@ -271,7 +265,7 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
             rec_obj = load_recipe(rec)
             if _needs_calibration(crit) and calibration is None:
                 say("building calibration data")
-                calibration = calibration_for(spec, rec_obj)
+                calibration = calibration_for(spec, rec_obj.calibration.samples, rec_obj.calibration.seq_len)
             result = sparsify_with_calibration(program, spec, rec_obj, calibration=calibration)
         except (RecipeError, ValueError, RuntimeError) as e:
             points.append(SweepPoint(crit, pat, s if s is not None else float("nan"), float("nan"), {},
@@ -288,8 +282,6 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
                                  quality_drop(q, dense[t.primary], t.higher_is_better), prune_s,
                                  time.perf_counter() - t0))
         say(f"  {t.primary} = {_fmt(q)} (dense {_fmt(dense[t.primary])}), pruned in {prune_s:.1f}s")
-    from sparsecc.core.machine import cpu_info
-
     machine = {"cpu": f"{cpu_info()[0]} ({os.cpu_count()} cores)", "load": round(os.getloadavg()[0], 2)}
     return SweepResult(spec.name, task, t.primary, t.higher_is_better, dense, points, tolerance, base,
                        machine, asdict(opts))
@@ -303,8 +295,6 @@ def _sub(progress: Progress | None, prefix: str) -> Progress | None:
 
 def write_sweep(result: SweepResult, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write sweep.json, sweep.md and sweep.png into ``out_dir`` (atomically)."""
-    from sparsecc.bundle.staging import staged_output
-
     out_dir = Path(out_dir)
     with staged_output(out_dir, force) as tmp:
         (tmp / "sweep.json").write_text(json.dumps(_finite(result.to_dict()), indent=2, default=str))

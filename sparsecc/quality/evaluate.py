@@ -59,6 +59,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sparsecc.core.program import tensor_leaves
 from sparsecc.errors import SparseccError
 
 __all__ = [
@@ -276,10 +277,6 @@ def _rows(args: tuple, kwargs: dict, i: int, j: int, b: int) -> tuple[tuple, dic
     return tuple(take(t) for t in args), {k: take(v) for k, v in kwargs.items()}
 
 
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
 def _program_ranges(program) -> tuple[tuple[int, int | None] | None, tuple[int, int | None] | None]:
     """Batch range (dim 0 of the first user input) and token-sequence range (its dim 1) of a program."""
     vals = [n.meta.get("val") for n in program.graph.nodes
@@ -329,14 +326,14 @@ def _torch_forward(model: Any, name: str = "torch") -> _Forward:
         batch, seq = _program_ranges(model)
         module = model.module()
         feat_module = _last_linear_input_module(module)
-        feat = (lambda a, k: _flat_outputs(feat_module(*a, **k))[0]) if feat_module is not None else None
+        feat = (lambda a, k: tensor_leaves(feat_module(*a, **k))[0]) if feat_module is not None else None
     else:
         module = model.eval() if isinstance(model, torch.nn.Module) else model
         feat = _hooked_features(module) if isinstance(module, torch.nn.Module) else None
 
     def call(args, kwargs):
         with torch.inference_mode():
-            return _flat_outputs(module(*args, **kwargs))
+            return tensor_leaves(module(*args, **kwargs))
 
     def features(args, kwargs):
         with torch.inference_mode():

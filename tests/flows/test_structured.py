@@ -14,11 +14,11 @@ from sparsecc.plan.recipe import RecipeError, load_recipe
 from sparsecc.recovery.distill import distill, distillation_loss, mask_sparsity_regularizer, recalibrate_batchnorm
 from sparsecc.flows.structured import (
     ShrinkMismatchError,
-    StructuredOptions,
     count_macs,
     count_params,
     prune_structured,
 )
+from sparsecc.plan.structured_options import StructuredOptions
 from sparsecc.testing import export_module
 
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsecc.passes.structured import BnPrior, find_dependency_groups, plan_structured_pruning
-from sparsecc.flows.structured import StructuredOptions, prune_structured
+from sparsecc.flows.structured import prune_structured
+from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 from sparsecc.testing import export_module
 
 
@@ -172,8 +173,6 @@ def test_least_squares_repair_skips_layers_with_too_few_calibration_rows():
 
 
 def test_recipe_compensate_must_be_a_bool():
-    from sparsecc.flows.structured import parse_structured
-
     def error(k, v, msg):
         return ValueError(f"{k}: {v!r} {msg}")
 
