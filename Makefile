@@ -7,13 +7,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsecc-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast bench clean help data
+.PHONY: demo test test-fast bench clean help data lint-imports architecture
 
 help:
 	@echo "make demo   - set up .venv and run sparsecc on a bundled model"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - run the benchmark scripts in bench/"
 	@echo "make data   - fetch the evaluation data (Lee corpus, MNIST digits, Fashion-MNIST)"
+	@echo "make lint-imports - check the layer contracts (pyproject.toml [tool.importlinter])"
+	@echo "make architecture - redraw the package graph in docs/architecture.png"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +54,20 @@ data: $(STAMP)
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
 	$(PY) -m sparsecc.data fetch
 
-test: $(STAMP) data
+# The import contracts (docs/architecture.md). grimp walks the package's folder, so it
+# runs on a tree of links laid out as installed: sparsecc/passes -> passes/ and so on.
+IMPORT_TREE := build/import-tree
+lint-imports: $(STAMP)
+	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/sparsecc
+	ln -s $(CURDIR)/sparsecc/* $(IMPORT_TREE)/sparsecc/
+	for d in passes backends models; do ln -s $(CURDIR)/$$d $(IMPORT_TREE)/sparsecc/$$d; done
+	cd $(IMPORT_TREE) && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
+
+# The package graph of docs/architecture.md, drawn from the same import graph (grimp) with matplotlib.
+architecture: $(STAMP)
+	$(PY) docs/architecture_graph.py docs/architecture.png
+
+test: $(STAMP) data lint-imports
 	$(PYTEST)
 
 test-fast: $(STAMP) data
