@@ -9,7 +9,10 @@ rebuilt only when the source changes) and registers:
   ``x[..., K] -> [..., N]``, the product with a ``[N, K]`` weight;
 - ``torch.ops.sparsecc.sparse_conv1x1(x, crow, col, values, bias, out_channels, kernel)``:
   a 1x1 convolution (stride 1, no padding, one group) over ``x[B, Cin, H, W]``;
-- ``torch.ops.sparsecc.kernel_isa(request)``: the instruction set in use.
+- ``torch.ops.sparsecc.kernel_isa(request)``: the instruction set in use;
+- ``torch.ops.sparsecc.int8_linear(...)``: int8 sparse weight x int8
+  activations (``int8_spmm.cpp`` + ``int8_body.h``; see `sparsecc.kernels.int8`),
+  and ``int8_isa(request)``, the instruction set an int8 call runs with.
 
 ``kernel`` is ``"csr"`` or ``"bsr"`` (sparsecc's kernels: AVX-512, AVX2+FMA
 or portable code, picked from the CPU at load) or ``"torch_csr"`` /
@@ -31,6 +34,8 @@ from pathlib import Path
 
 import torch
 from sparsecc.errors import DependencyError
+from sparsecc.kernels.int8 import (INT8_BLOCKS, Int8Weight, compress_int8, dense_int8_linear, int8_linear,
+                                   quantize_per_channel)
 
 __all__ = [
     "KERNELS",
@@ -42,6 +47,13 @@ __all__ = [
     "isa",
     "sparse_linear",
     "sparse_conv1x1",
+    "int8_isa",
+    "INT8_BLOCKS",
+    "Int8Weight",
+    "quantize_per_channel",
+    "compress_int8",
+    "int8_linear",
+    "dense_int8_linear",
 ]
 
 KERNELS = ("csr", "bsr", "torch_csr", "torch_bsr")
@@ -125,7 +137,7 @@ def load() -> None:
 
     if shutil.which("ninja") is None:  # the ninja wheel installs beside this Python, maybe not on PATH
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    sources = [str(_SOURCE_DIR / "spmm.cpp")]
+    sources = [str(_SOURCE_DIR / "spmm.cpp"), str(_SOURCE_DIR / "int8_spmm.cpp")]
     try:
         built = any(Path(cpp_extension._get_build_directory(_EXT_NAME, verbose=False)).glob("*.so"))
     except Exception:  # a private helper of torch's: only decides whether to announce the build
@@ -164,6 +176,10 @@ def _register_fakes() -> None:
         torch._check(x.dim() == 4, lambda: f"sparse_conv1x1 needs a 4-D input, got {x.dim()}-D")
         return x.new_empty((x.shape[0], out_channels, x.shape[2], x.shape[3]))
 
+    @torch.library.register_fake("sparsecc::int8_linear")
+    def _(x, crow_indices, col_indices, values, wscale, row_sums, bias, out_features, act_scale, isa):
+        return x.new_empty((*x.shape[:-1], out_features))
+
     load._fakes = True  # type: ignore[attr-defined]
 
 
@@ -187,3 +203,9 @@ def sparse_conv1x1(x: torch.Tensor, w: CompressedWeight, bias: torch.Tensor | No
     load()
     kernel = kernel or ("csr" if w.block == 1 else "bsr")
     return torch.ops.sparsecc.sparse_conv1x1(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[0], kernel)
+
+
+def int8_isa(request: str = "") -> str:
+    """The instruction set an int8 call with ``isa=request`` runs (``""``: follows `isa`, narrowed to the CPU)."""
+    load()
+    return torch.ops.sparsecc.int8_isa(request)

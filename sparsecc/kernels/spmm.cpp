@@ -91,6 +91,8 @@ static const Isa* best_isa() {
 
 static const Isa* g_isa = best_isa();
 
+std::string current_isa() { return g_isa->name; }  // the int8 kernels follow this choice
+
 static std::string kernel_isa(const std::string& request) {
   if (!request.empty()) {
     const Isa* found = nullptr;

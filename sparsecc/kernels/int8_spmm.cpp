@@ -1,0 +1,290 @@
+// sparsecc int8 CPU kernels: int8 sparse weight (square-block BSR, or 1x4 row
+// groups for unstructured sparsity) x int8 activations, int32 accumulation,
+// fused dequantize + bias, registered as
+//
+//   sparsecc::int8_linear(x[..., K] f32, crow, col, values[nb, br, bc] i8, wscale[N] f32, row_sums[N] i32,
+//                         bias?, out_features, act_scale, isa) -> [..., N] f32
+//
+// The activations are quantized inside the op, symmetric int8 per row (token):
+// s_x = max|x[t]| / 127 (1 for an all-zero row), or act_scale for every row
+// when act_scale > 0 (static); q = clamp(round(x / s_x), -127, 127). Then
+// y[t, n] = float(sum_k q_x[t, k] q_w[n, k]) * (s_x[t] * wscale[n]) + bias[n].
+//
+// isa: "avx512" (AVX-512 VNNI vpdpbusd, u8 x s8: activations shifted by +128,
+// 128 * row_sums[n] subtracted), "avx2" (vpmaddwd on int16-widened values: no
+// saturation, unlike vpmaddubsw), "portable", or "" for the instruction set
+// the fp32 kernels use (sparsecc::kernel_isa), narrowed to what this CPU has.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace sparsecc {
+
+std::string current_isa();  // spmm.cpp
+
+namespace int8k {
+
+struct QJob {
+  const uint8_t* panel8;   // VNNI: [K/4][P][4] u8, x + 128
+  const int16_t* panel16;  // AVX2 / portable: [K/2][P][2] int16
+  int64_t P;               // tokens per panel row, a multiple of VW
+  const float* sx;         // activation scale per token of this tile
+  float* y;                // Y(t, n) at y[t * ldy + n]
+  int64_t ldy, t0, nt;
+  const int32_t* crow;
+  const int32_t* col;
+  const int8_t* val;
+  const float* wscale;
+  const int32_t* row_sums;  // subtracted x128 when the panel is shifted (VNNI)
+  const float* bias;        // may be null
+  int64_t br;
+};
+
+// Dequantize R rows x width tokens of int32 sums into Y. Not inlined, and
+// compiled for the baseline ISA, so every path rounds the same way.
+__attribute__((noinline)) static void write_rows(const QJob& j, const int32_t* buf, int R, int width, int64_t n0,
+                                                 int64_t tb) {
+  const int64_t m = std::min<int64_t>(width, j.nt - tb);
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = n0 + r;
+    const int32_t shift = j.panel8 ? 128 * j.row_sums[n] : 0;
+    const float ws = j.wscale[n];
+    const float b = j.bias ? j.bias[n] : 0.f;
+    for (int64_t t = 0; t < m; ++t) {
+      const float s = j.sx[tb + t] * ws;
+      j.y[(j.t0 + tb + t) * j.ldy + n] = static_cast<float>(buf[r * width + t] - shift) * s + b;
+    }
+  }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+namespace vnni {
+#define VW 16
+#define NV8 2
+typedef __m512i vi;
+typedef __m512i vx;
+static inline vi vi_zero() { return _mm512_setzero_si512(); }
+static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
+  return _mm512_loadu_si512(j.panel8 + (k4 * j.P + t) * 4);
+}
+static inline vi dot4(vi acc, vx x, int32_t w) { return _mm512_dpbusd_epi32(acc, x, _mm512_set1_epi32(w)); }
+static inline void vi_store(int32_t* p, vi a) { _mm512_storeu_si512(p, a); }
+#include "int8_body.h"
+#undef NV8
+#undef VW
+}  // namespace vnni
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#define VW 8
+#define NV8 1
+typedef __m256i vi;
+struct vx {
+  __m256i lo, hi;  // columns (0, 1) and (2, 3) of the group, as int16 pairs per token
+};
+static inline vi vi_zero() { return _mm256_setzero_si256(); }
+static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
+  const int16_t* p = j.panel16 + ((2 * k4) * j.P + t) * 2;
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j.P * 2))};
+}
+static inline int32_t pair16(int32_t w, int h) {  // two int8 weights -> two int16 in one int32
+  const int8_t a = static_cast<int8_t>(w >> (16 * h)), b = static_cast<int8_t>(w >> (16 * h + 8));
+  return static_cast<int32_t>(static_cast<uint16_t>(a) | (static_cast<uint32_t>(static_cast<uint16_t>(b)) << 16));
+}
+static inline vi dot4(vi acc, vx x, int32_t w) {
+  acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x.lo, _mm256_set1_epi32(pair16(w, 0))));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(x.hi, _mm256_set1_epi32(pair16(w, 1))));
+}
+static inline void vi_store(int32_t* p, vi a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
+#include "int8_body.h"
+#undef NV8
+#undef VW
+}  // namespace avx2
+#pragma GCC pop_options
+
+namespace portable {
+#define VW 8
+#define NV8 1
+struct vi {
+  int32_t v[VW];
+};
+struct vx {
+  const int16_t* p0;  // columns (0, 1) of the group for VW tokens, then (2, 3) P * 2 further on
+  int64_t stride;
+};
+static inline vi vi_zero() { return vi{}; }
+static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
+  return {j.panel16 + ((2 * k4) * j.P + t) * 2, j.P * 2};
+}
+static inline vi dot4(vi acc, vx x, int32_t w) {
+  int8_t wb[4];
+  std::memcpy(wb, &w, 4);
+  const int16_t* p1 = x.p0 + x.stride;
+  for (int l = 0; l < VW; ++l)
+    acc.v[l] += x.p0[2 * l] * wb[0] + x.p0[2 * l + 1] * wb[1] + p1[2 * l] * wb[2] + p1[2 * l + 1] * wb[3];
+  return acc;
+}
+static inline void vi_store(int32_t* p, vi a) { std::memcpy(p, a.v, sizeof(a.v)); }
+#include "int8_body.h"
+#undef NV8
+#undef VW
+}  // namespace portable
+
+using RowsFn = void (*)(const QJob&, int64_t, int64_t);
+
+static bool cpu_has(const std::string& name) {
+  __builtin_cpu_init();
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  if (name == "avx2") return __builtin_cpu_supports("avx2");
+  return name == "portable";
+}
+
+// The ISA of one call: the request, else the fp32 kernels' choice narrowed to what the CPU has.
+static std::string resolve_isa(const std::string& request) {
+  if (!request.empty()) {
+    TORCH_CHECK(request == "avx512" || request == "avx2" || request == "portable",
+                "sparsecc::int8_linear: unknown instruction set '", request, "' (avx512, avx2, portable)");
+    TORCH_CHECK(cpu_has(request), "sparsecc::int8_linear: this CPU cannot run '", request,
+                "'", request == "avx512" ? " (needs AVX-512 VNNI and BW)" : "");
+    return request;
+  }
+  std::string isa = current_isa();
+  if (isa == "avx512" && !cpu_has("avx512")) isa = "avx2";
+  if (isa == "avx2" && !cpu_has("avx2")) isa = "portable";
+  return isa;
+}
+
+// Tokens per tile: the int8 panel (1 byte per value with VNNI, 2 otherwise) stays in L2.
+static int64_t tile_tokens(int64_t K, int64_t vw, int64_t bytes) {
+  int64_t t = 128;
+  while (t > vw && K * t * bytes > (256 << 10)) t /= 2;
+  return std::max<int64_t>(t, vw);
+}
+
+// Quantize tokens [t0, t0 + nt) into the panel; padding tokens read as zero.
+static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, float act_scale, float* sx,
+                 uint8_t* p8, int16_t* p16) {
+  at::parallel_for(0, nt, 16, [&](int64_t a, int64_t b) {
+    for (int64_t t = a; t < b; ++t) {
+      const float* xr = x + (t0 + t) * K;
+      float s = act_scale;
+      if (s <= 0.f) {
+        float amax = 0.f;
+        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+        s = amax > 0.f ? amax / 127.f : 1.f;
+      }
+      sx[t] = s;
+      for (int64_t k = 0; k < K; ++k) {
+        const float q = std::min(127.f, std::max(-127.f, std::nearbyint(xr[k] / s)));
+        if (p8) p8[((k / 4) * P + t) * 4 + k % 4] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
+        else p16[((k / 2) * P + t) * 2 + k % 2] = static_cast<int16_t>(q);
+      }
+    }
+  });
+  for (int64_t t = nt; t < P; ++t) {
+    sx[t] = 1.f;
+    for (int64_t k = 0; k < K; ++k) {
+      if (p8) p8[((k / 4) * P + t) * 4 + k % 4] = 128;
+      else p16[((k / 2) * P + t) * 2 + k % 2] = 0;
+    }
+  }
+}
+
+static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale,
+                const std::string& isa) {
+  const bool use_vnni = isa == "avx512";
+  const int64_t vw = use_vnni ? 16 : 8;
+  const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
+  const int64_t TT = std::min(tile_tokens(K, vw, use_vnni ? 1 : 2), (T + vw - 1) / vw * vw);
+  at::Tensor panel = at::empty({K * TT * (use_vnni ? 1 : 2)}, at::kByte);
+  at::Tensor scales = at::empty({TT}, at::kFloat);
+  const int64_t blocks = N / base.br;
+  for (int64_t t0 = 0; t0 < T; t0 += TT) {
+    const int64_t nt = std::min(TT, T - t0);
+    const int64_t P = (nt + vw - 1) / vw * vw;
+    QJob j = base;
+    j.panel8 = use_vnni ? panel.data_ptr<uint8_t>() : nullptr;
+    j.panel16 = use_vnni ? nullptr : reinterpret_cast<const int16_t*>(panel.data_ptr<uint8_t>());
+    j.P = P;
+    j.sx = scales.data_ptr<float>();
+    j.y = y;
+    j.t0 = t0;
+    j.nt = nt;
+    pack(x, K, t0, nt, P, act_scale, scales.data_ptr<float>(), use_vnni ? panel.data_ptr<uint8_t>() : nullptr,
+         use_vnni ? nullptr : reinterpret_cast<int16_t*>(panel.data_ptr<uint8_t>()));
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { fn(j, b0, b1); });
+  }
+}
+
+static at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                              const at::Tensor& values, const at::Tensor& wscale, const at::Tensor& row_sums,
+                              const c10::optional<at::Tensor>& bias, int64_t n_out, double act_scale,
+                              const std::string& isa_request) {
+  const char* op = "sparsecc::int8_linear";
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1, op, ": input must be float32 with at least one dim, got ",
+              x.scalar_type(), " ", x.sizes());
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(crow.scalar_type() == at::kInt && col.scalar_type() == at::kInt, op,
+              ": crow_indices and col_indices must be int32, got ", crow.scalar_type(), " and ", col.scalar_type());
+  TORCH_CHECK(values.scalar_type() == at::kChar && values.dim() == 3, op, ": values must be int8 [nnz_blocks, br, bc], got ",
+              values.scalar_type(), " ", values.sizes());
+  const int64_t br = values.size(1), bc = values.size(2);
+  TORCH_CHECK((br == 1 && bc == 4) || (br == bc && (br == 4 || br == 8 || br == 16)), op, ": blocks ", br, "x", bc,
+              " have no kernel (1x4, 4x4, 8x8, 16x16)");
+  TORCH_CHECK(n_out % br == 0 && K % bc == 0, op, ": block ", br, "x", bc, " does not divide the weight [", n_out, ", ",
+              K, "]");
+  TORCH_CHECK(crow.is_contiguous() && col.is_contiguous() && values.is_contiguous() && wscale.is_contiguous() &&
+                  row_sums.is_contiguous(), op, ": weight tensors must be contiguous");
+  TORCH_CHECK(crow.dim() == 1 && crow.numel() == n_out / br + 1, op, ": crow_indices has ", crow.numel(),
+              " entries, expected ", n_out / br + 1);
+  TORCH_CHECK(col.numel() == values.size(0), op, ": ", col.numel(), " column indices for ", values.size(0), " blocks");
+  TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == n_out, op, ": wscale must be float32 [", n_out,
+              "], got ", wscale.scalar_type(), " ", wscale.sizes());
+  TORCH_CHECK(row_sums.scalar_type() == at::kInt && row_sums.numel() == n_out, op, ": row_sums must be int32 [", n_out,
+              "], got ", row_sums.scalar_type(), " ", row_sums.sizes());
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n_out, op, ": bias must be float32 [", n_out,
+                "], got ", bias->scalar_type(), " ", bias->sizes());
+  TORCH_CHECK(std::isfinite(act_scale) && act_scale >= 0, op, ": act_scale must be >= 0 (0: dynamic), got ", act_scale);
+  const std::string isa = resolve_isa(isa_request);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = n_out;
+  at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const int64_t T = x2.size(0);
+  at::Tensor y = at::empty({T, n_out}, x.options());
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  QJob base{nullptr, nullptr, 0, nullptr, nullptr, n_out, 0, 0, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+            values.data_ptr<int8_t>(), wscale.data_ptr<float>(), row_sums.data_ptr<int32_t>(),
+            bias.has_value() ? b.data_ptr<float>() : nullptr, br};
+  if (T > 0 && n_out > 0) run(x2.data_ptr<float>(), y.data_ptr<float>(), T, K, n_out, base,
+                              static_cast<float>(act_scale), isa);
+  return y.reshape(out_shape);
+}
+
+static std::string int8_isa(const std::string& request) { return resolve_isa(request); }
+
+}  // namespace int8k
+}  // namespace sparsecc
+
+TORCH_LIBRARY_FRAGMENT(sparsecc, m) {
+  m.def("int8_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor wscale, "
+        "Tensor row_sums, Tensor? bias, int out_features, float act_scale, str isa) -> Tensor");
+  m.def("int8_isa(str request) -> str", &sparsecc::int8k::int8_isa);
+}
+
+TORCH_LIBRARY_IMPL(sparsecc, CPU, m) { m.impl("int8_linear", &sparsecc::int8k::int8_linear); }
