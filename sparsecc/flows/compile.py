@@ -231,6 +231,16 @@ def compile(
                               calibration=calibration)
             program, report = result.program, result.report
     timings["sparsify"] = time.perf_counter() - t0
+    recovery_run = None
+    if rec is not None and rec.recovery:
+        from sparsecc.flows.recover import recover
+
+        t0 = time.perf_counter()
+        given = None if spec is not None else (calibration.batches if calibration is not None
+                                               else [(tuple(example_args), dict(example_kwargs or {}))])
+        recovery_run = recover(program, dense_program, rec.recovery, spec=spec, batches=given, progress=say)
+        program = recovery_run.program
+        timings["recovery"] = time.perf_counter() - t0
     specs = list(mask_specs(program).values())
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
@@ -274,6 +284,8 @@ def compile(
         manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
         if structured_report is not None:
             manifest["structured"] = structured_report
+        if recovery_run is not None:
+            manifest["recovery"] = recovery_run.records
         if dense_results:
             manifest["dense_reference"] = {
                 "program": "dense/program.pt2",

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from sparsecc.errors import UsageError
 
-__all__ = ["RecoveryOptions", "RECOVERY_KEYS", "KNOWN_METHODS", "parse_recovery", "recovery_to_dicts"]
+__all__ = ["RecoveryOptions", "RecoveryRecipeError", "RECOVERY_KEYS", "KNOWN_METHODS", "parse_recovery", "recovery_to_dicts"]
 
 KNOWN_METHODS = ("reconstruct", "distill", "learned-mask", "sr-ste")
 LOSSES = ("auto", "kl", "cosine", "mse")
@@ -109,10 +109,16 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _error(key: str, value: Any, message: str) -> Exception:
-    from sparsecc.plan.recipe import RecipeError  # recipe imports this module
+class RecoveryRecipeError(UsageError, ValueError):
+    """A ``recovery:`` entry is invalid; worded like `RecipeError` (``key`` is the dotted path)."""
 
-    return RecipeError(key, value, message)
+    def __init__(self, key: str, value: Any, message: str):
+        super().__init__(f"recipe key '{key}': {value!r} {message}")
+        self.key, self.value = key, value
+
+
+def _error(key: str, value: Any, message: str) -> Exception:
+    return RecoveryRecipeError(key, value, message)
 
 
 def _one(entry: Any, where: str) -> RecoveryOptions:

@@ -35,12 +35,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.export import ExportedProgram
 
 from sparsecc.core.program import ProgramEditor
+from sparsecc.recovery.base import (
+    RecoveryError,
+    RecoveryResult,
+    TrainingLoop,
+    apply_masks_,
+    assert_zeros_kept,
+    batch_tokens,
+    mask_gradients_,
+    masks_of,
+    program_with_weights,
+    register_method,
+    trainable_copy,
+)
+from sparsecc.recovery.outputs import batch_loss, distillation_loss, output_loss, teacher_outputs
 
-__all__ = ["DistillResult", "distill", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
+__all__ = ["DistillResult", "distill", "distill_fixed_masks", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
 
 
 @dataclass
@@ -64,22 +77,6 @@ class DistillResult:
 
 def _float_leaves(out: Any) -> list[torch.Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0) -> torch.Tensor:
-    """The loss between one student output and the teacher's (see the module docstring)."""
-    if student.shape != teacher.shape:
-        raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
-    if kind == "kl":
-        t = temperature
-        return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                        reduction="batchmean") * t * t
-    if kind == "cosine":
-        cos = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
-        return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
-    if kind == "mse":
-        return (student - teacher).pow(2).mean()
-    raise ValueError(f"unknown distillation loss {kind!r}; use kl, cosine, mse or auto")
 
 
 def mask_sparsity_regularizer(plan: Any, strength: float = 1e-4) -> Callable[[torch.nn.Module], torch.Tensor]:
@@ -254,3 +251,66 @@ def recalibrate_batchnorm(
     for target, value in new.items():
         editor.set_tensor(target, value)
     return editor.finish(), sorted(new)
+
+
+# -- the `distill` recovery method: fixed masks, checkpoints, resume ------------------------------
+
+
+@register_method("distill")
+def distill_fixed_masks(program, teacher, batches, options, progress=None):
+    """End-to-end distillation of the sparse ``program`` towards ``teacher`` with its masks fixed.
+
+    Every step masks the gradients of pruned entries (no optimizer state builds
+    up there) and re-zeros them after the update, so masked weights stay exactly
+    zero; `assert_zeros_kept` checks the result. Works for unstructured, N:M, block
+    and channel masks alike, and for structured (shrunk) programs, which have no
+    mask: every weight trains. ``extra``: ``weight_decay`` (0), ``train`` (globs of
+    parameters to train; default all), ``grad_clip`` (1.0; 0 turns it off).
+    """
+    t0 = time.perf_counter()
+    batches = list(batches)
+    if not batches:
+        raise RecoveryError("distill needs at least one training batch")
+    if teacher is None:
+        raise RecoveryError("distill needs a teacher (the dense program)")
+    masks = masks_of(program)
+    targets = teacher_outputs(teacher, batches)
+    loss_before = output_loss(program, targets, batches, options)
+    module = trainable_copy(program)
+    train = tuple(options.extra.get("train", ()))
+    named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    params = [p for n, p in named if not train or any(fnmatch.fnmatchcase(n, pat) for pat in train)]
+    if not params:
+        raise RecoveryError(f"distill: options.train={list(train)} matches no parameter "
+                            f"(e.g. {', '.join(n for n, _ in named[:3])})")
+    for _, p in named:
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    apply_masks_(module, masks)  # an unfolded program's stored weights may hold nonzeros under the mask
+    opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=float(options.extra.get("weight_decay", 0.0)))
+    clip = float(options.extra.get("grad_clip", 1.0))
+
+    def step(i: int, b: int) -> tuple[float, int]:
+        args, kwargs = batches[b]
+        loss = batch_loss(module(*args, **kwargs), targets[b], options)
+        if not torch.isfinite(loss):
+            raise RecoveryError(f"distill: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        mask_gradients_(module, masks)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        apply_masks_(module, masks)  # weight decay and Adam's moments must not revive a pruned entry
+        return float(loss.detach()), batch_tokens(batches[b])
+
+    loop = TrainingLoop(options, module, opt, len(batches), name="distill", progress=progress)
+    history = loop.run(step)
+    result = program_with_weights(program, module.state_dict())
+    assert_zeros_kept(result, masks)
+    loss_after = output_loss(result, targets, batches, options)
+    return RecoveryResult(result, "distill", loop.step, loss_before, loss_after, time.perf_counter() - t0,
+                          loop.tokens, history, {"resumed_from": loop.resumed_from,
+                                                 "train_seconds": round(loop.seconds, 3),
+                                                 "masked_weights": len(masks)})

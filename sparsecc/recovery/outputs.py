@@ -3,7 +3,7 @@
 ``loss_before`` / ``loss_after`` of a `RecoveryResult` are this loss on the
 training batches, so methods compare on one scale: KL at the options'
 temperature for logits, cosine + relative MSE for hidden states and
-embeddings (see `sparsecc.recovery.distill.distillation_loss`).
+embeddings (`distillation_loss`).
 """
 
 from __future__ import annotations
@@ -11,13 +11,30 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.export import ExportedProgram
 
 from sparsecc.recovery.base import Batch, RecoveryOptions
 
-__all__ = ["float_leaves", "teacher_outputs", "loss_kind", "output_loss", "batch_loss"]
+__all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "loss_kind", "output_loss", "batch_loss"]
 
 _LOGIT_TASKS = ("causal-lm", "image-classification", "classification", "lm")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0) -> torch.Tensor:
+    """The loss between one student output and the teacher's (see the module docstring)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
+    if kind == "kl":
+        t = temperature
+        return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                        reduction="batchmean") * t * t
+    if kind == "cosine":
+        cos = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
+        return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+    if kind == "mse":
+        return (student - teacher).pow(2).mean()
+    raise ValueError(f"unknown distillation loss {kind!r}; use kl, cosine, mse or auto")
 
 
 def float_leaves(out: Any) -> list[torch.Tensor]:
@@ -48,8 +65,6 @@ def loss_kind(target: torch.Tensor, options: RecoveryOptions) -> str:
 
 def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptions) -> torch.Tensor:
     """Sum over output tensors of the distillation loss between student ``outputs`` and ``targets``."""
-    from sparsecc.recovery.distill import distillation_loss
-
     total = torch.zeros(())
     leaves = float_leaves(outputs)
     if len(leaves) != len(targets):

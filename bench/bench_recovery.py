@@ -1,0 +1,179 @@
+"""Quality after one-shot pruning, then after reconstruction, then after distillation (issue #15).
+
+Per configuration: capture the zoo model, prune it one-shot (SparseGPT by
+default, calibrated on the model's calibration data), then run the recovery
+stages one after the other on the model's calibration/training data
+(`sparsecc.flows.recover`; never the evaluation data), and evaluate after each
+stage with the README's protocol (`sparsecc.quality.evaluate`). CPU time
+(process time, all threads), wall time and training tokens are recorded per
+stage. Results go to ``bench/results/recovery-<config>.json`` after every stage.
+
+    HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python bench/bench_recovery.py --configs minilm-2:4 \\
+        --distill-steps 200
+
+Configurations: minilm-2:4, minilm-8x8-80 (lee-similarity, cosine to dense),
+smollm2-2:4 (perplexity on the first ``--eval-windows`` windows of the
+evaluation half), efficientnet-2:4 (photo-agreement, top-1 agreement on the
+views the dense model is sure of).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "minilm-2:4": {"model": "minilm", "recipe": {"pattern": "2:4", "criterion": "sparsegpt"},
+                   "task": "lee-similarity", "metric": "cosine_to_dense", "target": 0.97},
+    "minilm-8x8-80": {"model": "minilm", "recipe": {"pattern": "8x8", "sparsity": 0.8, "criterion": "sparsegpt"},
+                      "task": "lee-similarity", "metric": "cosine_to_dense", "target": 0.95},
+    "smollm2-2:4": {"model": "smollm2", "recipe": {"pattern": "2:4", "criterion": "sparsegpt"},
+                    "task": "perplexity", "metric": "perplexity", "target": 58.0},
+    "efficientnet-2:4": {"model": "efficientnet-lite0", "recipe": {"pattern": "2:4", "criterion": "sparsegpt"},
+                         "task": "photo-agreement", "metric": "top1_agreement_sure", "target": 0.9},
+}
+
+
+def machine() -> dict[str, Any]:
+    from sparsecc.core.machine import machine_info
+
+    info = dict(machine_info())
+    info.update({"python": platform.python_version(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads(), "load_avg": os.getloadavg()})
+    return info
+
+
+class Clock:
+    """Wall and process (CPU, all threads) seconds of one stage."""
+
+    def __enter__(self) -> "Clock":
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+def evaluate(program: Any, cfg: dict, spec: Any, ref_raw: Any, args: argparse.Namespace) -> dict[str, float]:
+    from sparsecc.quality.evaluate import EvalOptions, evaluate as run
+
+    opts = EvalOptions(max_windows=args.eval_windows if cfg["task"] == "perplexity" else None)
+    res = run(program, cfg["task"], model=spec, reference=None if ref_raw is None else "auto",
+              reference_raw=ref_raw, options=opts)
+    return {k: float(v) for k, v in res.metrics.items()}
+
+
+def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from sparsecc.core.capture import capture
+    from sparsecc.flows.recover import recover
+    from sparsecc.flows.sparsify import sparsify
+    from sparsecc.models import get_model
+    from sparsecc.plan.calibrate import calibration_for
+    from sparsecc.plan.recovery_options import RecoveryOptions
+    from sparsecc.quality.evaluate import EvalOptions, reference_outputs
+
+    cfg = CONFIGS[name]
+    spec = get_model(cfg["model"])
+    record: dict[str, Any] = {"config": name, "model": cfg["model"], "recipe": cfg["recipe"], "task": cfg["task"],
+                              "metric": cfg["metric"], "target": cfg["target"], "machine": machine(),
+                              "command": " ".join(sys.argv), "stages": []}
+
+    def save() -> None:
+        out.write_text(json.dumps(record, indent=2, default=str))
+
+    def log(msg: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+    ref_raw = None
+    if cfg["task"] != "perplexity":
+        ref_raw = reference_outputs(cfg["task"], spec, options=EvalOptions())
+    elif args.dense:
+        with Clock() as c:
+            m = evaluate(program, cfg, spec, None, args)
+        record["stages"].append({"stage": "dense", "metrics": m, "eval_wall_s": c.wall})
+        log(f"dense {m}")
+    cal_samples = 64
+    with Clock() as c:
+        cal = calibration_for(spec, cal_samples)
+        sparse = sparsify(program, cfg["recipe"], fold=True, calibration=cal, model_name=cfg["model"]).program
+    m = evaluate(sparse, cfg, spec, ref_raw, args)
+    record["data"] = {"calibration": f"{cal_samples} calibration batches (sparsecc.data.calibration_inputs)",
+                      "training": f"recovery data '{args.data}' ({args.samples} samples)",
+                      "evaluation": cfg["task"] + " protocol (README)"}
+    record["stages"].append({"stage": "one-shot", "metrics": m, "cpu_s": c.cpu, "wall_s": c.wall,
+                             "tokens": sum(int(t.numel()) for b in cal.batches for t in b[1].values()
+                                           if isinstance(t, torch.Tensor) and not t.is_floating_point())})
+    log(f"one-shot {m} ({c.wall:.0f}s)")
+    save()
+    stages = [RecoveryOptions("reconstruct", samples=args.samples, batch_size=args.batch_size, data=args.data,
+                              seq_len=args.seq_len, extra={"damp": args.damp})]
+    if args.distill_steps:
+        stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
+                                      batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
+                                      temperature=args.temperature))
+    current = sparse
+    for opts in stages:
+        if opts.method not in args.methods:
+            continue
+        with Clock() as c:
+            run = recover(current, program, [opts], spec=spec, progress=log)
+        current = run.program
+        m = evaluate(current, cfg, spec, ref_raw, args)
+        rec = run.records[0]
+        record["stages"].append({"stage": opts.method, "metrics": m, "cpu_s": c.cpu, "wall_s": c.wall,
+                                 "tokens": rec["tokens"], "steps": rec["steps"], "loss_before": rec["loss_before"],
+                                 "loss_after": rec["loss_after"], "data": rec["data"],
+                                 "options": rec["options"]})
+        log(f"{opts.method} {m} ({c.wall:.0f}s, {rec['tokens']} tokens)")
+        save()
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="minilm-2:4", help=f"comma-separated: {', '.join(CONFIGS)}")
+    p.add_argument("--methods", default="reconstruct,distill", help="recovery stages to run, in this order")
+    p.add_argument("--samples", type=int, default=64, help="training samples (LM windows, sentences, images)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--data", default="calibration", help="training data (sparsecc.flows.recover)")
+    p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative")
+    p.add_argument("--distill-steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
+    p.add_argument("--dense", action="store_true", help="also evaluate the dense model (perplexity)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args(argv)
+    args.methods = args.methods.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(machine(), default=str))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            p.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+        out = out_dir / f"recovery-{name.replace(':', 'of')}.json"
+        record = run_config(name, args, out)
+        for s in record["stages"]:
+            print(f"{name:18s} {s['stage']:12s} {record['metric']}={s['metrics'].get(record['metric'])} "
+                  f"cpu={s.get('cpu_s', 0):.0f}s wall={s.get('wall_s', 0):.0f}s tokens={s.get('tokens', '-')}")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
