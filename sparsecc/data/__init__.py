@@ -3,27 +3,22 @@
 Import data functions from here (``from sparsecc.data import lm_windows``).
 """
 
-from sparsecc.data.datasets import (
-    DataUnavailableError,
-    data_dir,
-    fetch,
+from sparsecc.data.cache import DataUnavailableError, data_dir
+from sparsecc.data.calibration import calibration_inputs
+from sparsecc.data.fashion_mnist import fashion_mnist
+from sparsecc.data.fetching import fetch
+from sparsecc.data.lee import (
+    LM_SPLITS,
+    lee_background_sentences,
     lee_background_text,
     lee_documents,
     lee_similarities,
-    polarity_sentences,
-    lee_background_sentences,
     lm_tokens,
     lm_windows,
-    mnist_digits,
-    fashion_mnist,
-    photo,
-    photo_names,
-    EVALUATION_PHOTOS,
-    CALIBRATION_PHOTOS,
-    PACKAGE_PHOTOS,
-    calibration_inputs,
-    LM_SPLITS,
+    polarity_sentences,
 )
+from sparsecc.data.mnist import mnist_digits
+from sparsecc.data.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, PACKAGE_PHOTOS, photo, photo_names
 
 __all__ = [
     "DataUnavailableError",
@@ -46,3 +41,7 @@ __all__ = [
     "calibration_inputs",
     "LM_SPLITS",
 ]
+
+from sparsecc.data.prose import training_inputs, training_text  # noqa: E402  (more English prose for training)
+
+__all__ += ["training_inputs", "training_text"]

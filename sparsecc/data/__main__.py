@@ -1,5 +1,5 @@
 import sys
 
-from sparsecc.data.datasets import main
+from sparsecc.data.fetching import main
 
 sys.exit(main())

