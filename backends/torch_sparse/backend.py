@@ -13,8 +13,11 @@ the margin (`RewriteSparseKernelsPass`), and writes:
 Backend-specific `LowerOptions.extra` keys: ``kernel_margin`` (default 1.1),
 ``kernel_min_sparsity`` (0.3), ``kernel_blocks`` ([4, 8, 16]),
 ``kernel_include_torch`` (True: also try torch's MKL products),
-``kernel_fixed`` (``"bsr8"``, ``"csr"``, ...: use that kernel wherever it
-fits, without measuring). Layers are timed with ``LowerOptions.threads``
+``kernel_fixed`` (``"bsr8"``, ``"csr"``, ``"int8_bsr8"``, ``"int8_g4"``, ...: use
+that kernel wherever it fits, without measuring), ``kernel_dense_reference``
+(``"best"``: a sparse kernel must beat the faster of torch and ONNX Runtime
+dense; ``"torch"``: torch's only). Layers quantized by
+`sparsecc.passes.QuantizeWeightsPass` are timed against dense int8 too. Layers are timed with ``LowerOptions.threads``
 intra-op threads (default 1: the count a latency-bound deployment usually
 runs, and the only one that times cleanly on a busy machine).
 """
@@ -55,7 +58,9 @@ from sparsecc.backends.torch_sparse.kernel_select import (
     select_kernels,
 )
 from sparsecc.plan.masks import check_pattern
-from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import RewriteSparseKernelsPass, compressed_targets
+from sparsecc.backends.torch_sparse.int8_select import INT8_KERNELS
+from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import (RewriteSparseKernelsPass, compressed_targets,
+                                                                    int8_targets)
 from sparsecc.core.program import load_program, save_program, state_tensor
 
 __all__ = ["TorchSparseBackend", "TorchSparseRunner", "load_sparse_program", "MODEL_FILE", "KERNELS_FILE"]
@@ -107,8 +112,8 @@ def _plan(program: ExportedProgram, options: LowerOptions) -> KernelPlan:
     extra = options.extra
     fixed = extra.get("kernel_fixed")
     if fixed:
-        kind = str(fixed).rstrip("0123456789")
-        block = int(str(fixed)[len(kind):] or 8)
+        kind = "int8_g4" if str(fixed) == "int8_g4" else str(fixed).rstrip("0123456789")
+        block = 1 if kind == "int8_g4" else int(str(fixed)[len(kind):] or 8)
         return fixed_kernels(program, kind, block, min_sparsity=float(extra.get("kernel_min_sparsity", 0.0)))
     return select_kernels(
         program,
@@ -118,6 +123,7 @@ def _plan(program: ExportedProgram, options: LowerOptions) -> KernelPlan:
         include_torch=bool(extra.get("kernel_include_torch", True)),
         threads=options.threads if options.threads is not None else 1,
         progress=extra.get("kernel_progress"),
+        dense_reference=str(extra.get("kernel_dense_reference", "best")),
     )
 
 
@@ -184,7 +190,14 @@ class TorchSparseBackend(Backend):
         out = []
         for spec in specs:
             choice = choices.get(spec.fqn)
-            if choice is not None and choice.sparse:
+            if choice is not None and choice.kernel in INT8_KERNELS:  # the int8 integers themselves
+                crow, col, values, scale, sums = (state_tensor(program, t) for t in int8_targets(spec.fqn))
+                blk = (1, 4) if choice.block == 1 else (choice.block, choice.block)
+                iw = kernels.Int8Weight(crow, col, values, scale, sums, choice.shape, blk)
+                weight, out_axis, red_axis = iw.to_dense_int(), 0, 1
+                location = f"constants {int8_targets(spec.fqn)[2]} (+ indices, scales)"
+                layout = f"int8 {'1x4 row groups' if choice.block == 1 else f'BSR {blk[0]}x{blk[1]}'} [out, in]"
+            elif choice is not None and choice.sparse:
                 crow, col, values = (state_tensor(program, t) for t in compressed_targets(spec.fqn))
                 cw = kernels.CompressedWeight(crow, col, values, choice.shape, choice.block)
                 weight, out_axis, red_axis = cw.to_dense(), 0, 1

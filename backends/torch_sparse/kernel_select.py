@@ -31,6 +31,9 @@ from sparsecc.core.analyze import concrete, find_prunable_weights
 from sparsecc.core.ir import get_node_info
 from sparsecc.core.program import placeholders_by_target, state_tensor
 from sparsecc.core.timing import time_interleaved
+from sparsecc.backends.torch_sparse.dense_reference import ort_linear
+from sparsecc.backends.torch_sparse.int8_select import (INT8_KERNELS, available_isas, layer_quant, measure_int8,
+                                                       parse_variant, pick)
 
 __all__ = [
     "KernelLayer",
@@ -103,6 +106,7 @@ class KernelChoice:
     times_ms: dict[str, float] = field(default_factory=dict)
     threads: int | None = None
     weight_transposed: bool = False
+    isa: str = ""  # the instruction set measured fastest for this shape ("" = the loader's choice)
 
     @property
     def sparse(self) -> bool:
@@ -283,37 +287,58 @@ def _sparsity(w: torch.Tensor) -> float:
     return 1.0 - int(torch.count_nonzero(w)) / max(1, w.numel())
 
 
-def _run(layer: KernelLayer, x: torch.Tensor, cw: kernels.CompressedWeight, bias, kernel: str):
+def _run(layer: KernelLayer, x: torch.Tensor, cw: kernels.CompressedWeight, bias, kernel: str, isa: str = ""):
     if layer.op == "conv1x1":
-        return lambda: kernels.sparse_conv1x1(x, cw, bias, kernel)
-    return lambda: kernels.sparse_linear(x, cw, bias, kernel)
+        return lambda: kernels.sparse_conv1x1(x, cw, bias, kernel, isa)
+    return lambda: kernels.sparse_linear(x, cw, bias, kernel, isa)
 
 
 def _measure(program: ExportedProgram, layer: KernelLayer, w: torch.Tensor, *, blocks: Sequence[int],
-             include_torch: bool, rounds: int, sample_s: float, seed: int) -> dict[str, float]:
+             include_torch: bool, rounds: int, sample_s: float, seed: int, isas: Sequence[str] = (),
+             ort: bool = False, quant: dict | None = None) -> dict[str, float]:
+    """Median seconds of dense and every sparse variant; sparsecc's kernels once per ISA in ``isas``
+    (named ``bsr8`` on the loader's ISA, ``bsr8@avx2`` on another), ORT's dense product as ``ort_dense``."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(layer.input_shape, generator=g)
     bias = state_tensor(program, layer.bias).detach().float() if layer.bias else None
+    if quant is not None:  # int8 layer: int8 sparse kernels against every dense alternative
+        return {k: v / 1e3 for k, v in measure_int8(
+            x, w, bias, blocks=blocks, isas=isas or [kernels.int8_isa()], ort=ort,
+            act_scale=float(quant.get("act_scale") or 0.0), rounds=rounds, sample_s=sample_s).items()}
     if layer.op == "conv1x1":
         w4 = w[:, :, None, None].contiguous()
         variants: dict[str, Callable[[], Any]] = {"dense": lambda: torch.nn.functional.conv2d(x, w4, bias)}
     else:
         variants = {"dense": lambda: torch.nn.functional.linear(x, w, bias)}
+        f = ort_linear(w, bias, x) if ort else None
+        if f is not None:
+            variants["ort_dense"] = f
     formats = [1] + [b for b in blocks if layer.shape[0] % b == 0 and layer.shape[1] % b == 0]
+    current = kernels.isa()
     for b in formats:
         cw = kernels.compress(w, b)
         own, name = ("csr", "csr") if b == 1 else ("bsr", f"bsr{b}")
-        variants[name] = _run(layer, x, cw, bias, own)
+        for isa in isas or [current]:
+            variants[name if isa == current else f"{name}@{isa}"] = _run(layer, x, cw, bias, own, isa)
         if include_torch:
             variants["torch_" + name] = _run(layer, x, cw, bias, "torch_" + own)
     with torch.inference_mode():
         return time_interleaved(variants, rounds=rounds, sample_s=sample_s).medians()
 
 
-def _parse(name: str) -> tuple[str, int]:
-    """``bsr8`` -> ("bsr", 8), ``torch_csr`` -> ("torch_csr", 1)."""
-    base = name.rstrip("0123456789")
-    return base, int(name[len(base):] or 1)
+def _choose(times: dict[str, float], margin: float, where: str, common: dict) -> KernelChoice:
+    """Keep the fastest sparse variant when it beats the fastest dense one (torch, ORT, int8) by ``margin``."""
+    best, ref, gain = pick(times)
+    kernel, block, isa = parse_variant(best)
+    against = "dense" if ref == "dense" else f"dense ({ref})"
+    if gain >= margin:
+        label = f"{kernel} {block}x{block}" if block > 1 else kernel
+        return KernelChoice(kernel=kernel, block=block, gain=gain, times_ms=times, isa=isa, reason=(
+            f"runs {label}: measured {gain:.2f}x faster than {against} {where}{' on ' + isa if isa else ''} "
+            f"({times[ref]:.3f} -> {times[best]:.3f} ms)"), **common)
+    return KernelChoice(kernel="dense", block=1, gain=gain, times_ms=times, reason=(
+        f"stays dense: fastest sparse kernel ({best}) measured {gain:.2f}x of {against} {where}, "
+        f"below the {margin:.2f}x margin"), **common)
 
 
 def select_kernels(
@@ -327,13 +352,23 @@ def select_kernels(
     sample_ms: float = 2.0,
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    isas: Sequence[str] | None = None,
+    dense_reference: str = "best",
 ) -> KernelPlan:
     """Time dense against every sparse kernel for each candidate layer; keep what pays.
 
     ``threads`` (default: torch's current setting) is the intra-op thread
     count the layers are timed with, which should be the one the program will
     run with. ``progress(done, total, layer)`` is called per layer.
+    ``isas`` (default: every vector ISA of this CPU) are the instruction sets
+    sparsecc's kernels are timed on, per layer shape. ``dense_reference``
+    ``"best"`` also times the layer in ONNX Runtime (when installed) and
+    compares against the faster dense product; ``"torch"`` only torch's.
+    Layers with an int8 grid (`sparsecc.passes.QuantizeWeightsPass`) are
+    timed as int8 (see `int8_select`).
     """
+    if dense_reference not in ("best", "torch"):
+        raise ValueError(f"dense_reference must be 'best' or 'torch', got {dense_reference!r}")
     if margin < 1.0:
         raise ValueError(f"margin must be at least 1.0 (a sparse kernel no faster than dense), got {margin}")
     kernels.load()
@@ -357,22 +392,13 @@ def select_kernels(
                     f"stays dense: {sp:.0%} zeros, below the {min_sparsity:.0%} where sparse kernels are tried"),
                     **common))
                 continue
+            quant = layer_quant(program, layer)
             med = _measure(program, layer, w, blocks=blocks, include_torch=include_torch, rounds=rounds,
-                           sample_s=sample_ms / 1e3, seed=i)
+                           sample_s=sample_ms / 1e3, seed=i, ort=dense_reference == "best", quant=quant,
+                           isas=available_isas(quant is not None) if isas is None else isas)
             times = {k: v * 1e3 for k, v in med.items()}
-            best = min((k for k in times if k != "dense"), key=times.__getitem__)
-            gain = times["dense"] / times[best]
-            kernel, block = _parse(best)
             where = f"at {layer.tokens} tokens, {used_threads} thread{'s' if used_threads > 1 else ''}"
-            if gain >= margin:
-                label = f"{kernel} {block}x{block}" if block > 1 else kernel
-                choices.append(KernelChoice(kernel=kernel, block=block, gain=gain, times_ms=times, reason=(
-                    f"runs {label}: measured {gain:.2f}x faster than dense {where} "
-                    f"({times['dense']:.3f} -> {times[best]:.3f} ms)"), **common))
-            else:
-                choices.append(KernelChoice(kernel="dense", block=1, gain=gain, times_ms=times, reason=(
-                    f"stays dense: fastest sparse kernel ({best}) measured {gain:.2f}x of dense {where}, "
-                    f"below the {margin:.2f}x margin"), **common))
+            choices.append(_choose(times, margin, where, common))
     finally:
         torch.set_num_threads(old_threads)
     if progress is not None:
@@ -382,19 +408,25 @@ def select_kernels(
 
 def fixed_kernels(program: ExportedProgram, kernel: str = "bsr", block: int = 8,
                   min_sparsity: float = 0.0) -> KernelPlan:
-    """Use ``kernel`` (with ``block`` for BSR) on every candidate it fits, without measuring."""
-    if kernel not in kernels.KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(kernels.KERNELS)}")
-    block = 1 if kernel.endswith("csr") else int(block)
-    if kernel == "bsr" and block not in kernels.OWN_BLOCKS:
-        raise ValueError(f"sparsecc's BSR kernel has code for blocks {kernels.OWN_BLOCKS}, not {block}")
+    """Use ``kernel`` (with ``block`` for BSR) on every candidate it fits, without measuring.
+
+    The int8 kernels (``int8_g4``, ``int8_bsr``) apply to quantized linear layers only."""
+    if kernel not in kernels.KERNELS + INT8_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(kernels.KERNELS + INT8_KERNELS)}")
+    block = 1 if kernel.endswith("csr") or kernel == "int8_g4" else int(block)
+    own = {"bsr": ("BSR", kernels.OWN_BLOCKS), "int8_bsr": ("int8 BSR", (4, 8, 16))}.get(kernel)
+    if own is not None and block not in own[1]:
+        raise ValueError(f"sparsecc's {own[0]} kernel has code for blocks {own[1]}, not {block}")
     layers, why_not = find_kernel_layers(program)
     choices = []
     for layer in layers:
         sp = _sparsity(weight_matrix(program, layer))
         common = dict(fqn=layer.fqn, layer=layer.layer, node=layer.node, op=layer.op, sparsity=sp,
                       shape=layer.shape, tokens=layer.tokens, weight_transposed=layer.weight_transposed)
-        if layer.shape[0] % block or layer.shape[1] % block:
+        if kernel in INT8_KERNELS and layer_quant(program, layer) is None:
+            choices.append(KernelChoice(kernel="dense", block=1, reason=(
+                f"stays dense: {kernel} needs a quantized linear layer with in_features % 4 == 0"), **common))
+        elif layer.shape[0] % block or layer.shape[1] % max(block, 4 if kernel in INT8_KERNELS else 1):
             choices.append(KernelChoice(kernel="dense", block=1, reason=(
                 f"stays dense: block {block} does not divide the weight {list(layer.shape)}"), **common))
         elif sp < min_sparsity:

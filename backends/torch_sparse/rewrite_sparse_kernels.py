@@ -11,6 +11,12 @@ graph (the ops have fake kernels), exports, saves and loads (after
 `sparsecc.kernels.load()`), and computes what the dense program did, up to
 fp32 summation order.
 
+An int8 choice (``int8_g4`` / ``int8_bsr``, on a weight with an int8 grid from
+`sparsecc.passes.QuantizeWeightsPass`) becomes ``torch.ops.sparsecc.int8_linear``
+over five constants (`int8_targets`): the same integers and scales, so the
+program computes the fake-quantized layer with int8 activations. A choice
+measured fastest on another ISA passes it to the op.
+
 Choices come from `sparsecc.kernel_select` (measured, or fixed).
 """
 
@@ -23,10 +29,17 @@ from torch.export import ExportedProgram
 
 import sparsecc.kernels as kernels
 from sparsecc.backends.torch_sparse.kernel_select import KernelChoice, KernelLayer, find_kernel_layers, weight_matrix
+from sparsecc.backends.torch_sparse.int8_select import INT8_KERNELS, layer_quant
+from sparsecc.core.ir import get_node_info
 from sparsecc.core.pass_infra import PassBase, PassResult
 from sparsecc.core.program import ProgramEditor
 
-__all__ = ["RewriteSparseKernelsPass", "compressed_targets"]
+__all__ = ["RewriteSparseKernelsPass", "compressed_targets", "int8_targets"]
+
+
+def int8_targets(fqn: str) -> tuple[str, str, str, str, str]:
+    """The constants of an int8 layer: crow, col, int8 values, per-row scales, per-row integer sums."""
+    return tuple(f"{fqn}_int8_{k}" for k in ("crow_indices", "col_indices", "values", "scale", "row_sums"))
 
 
 def compressed_targets(fqn: str) -> tuple[str, str, str]:
@@ -41,8 +54,9 @@ class RewriteSparseKernelsPass(PassBase):
         items = choices.values() if isinstance(choices, Mapping) else choices
         self.choices = {c.fqn: c for c in items if c.sparse}
         for c in self.choices.values():
-            if c.kernel not in kernels.KERNELS:
-                raise ValueError(f"{c.fqn}: unknown kernel {c.kernel!r}; choose from {', '.join(kernels.KERNELS)}")
+            if c.kernel not in kernels.KERNELS + INT8_KERNELS:
+                raise ValueError(f"{c.fqn}: unknown kernel {c.kernel!r}; choose from "
+                                 f"{', '.join(kernels.KERNELS + INT8_KERNELS)}")
 
     def requires(self, program: ExportedProgram) -> None:
         kernels.load()
@@ -52,6 +66,11 @@ class RewriteSparseKernelsPass(PassBase):
             if fqn not in found:
                 why = why_not.get(fqn, "not a prunable weight of this program")
                 raise ValueError(f"{fqn} cannot run a sparse kernel: {why}")
+            if self.choices[fqn].kernel in INT8_KERNELS:
+                lay = next(lay for lay in layers if lay.fqn == fqn)
+                if layer_quant(program, lay) is None:
+                    raise ValueError(f"{fqn} cannot run {self.choices[fqn].kernel}: its weight has no int8 grid "
+                                     "(QuantizeWeightsPass) or the layer is not a linear with in_features % 4 == 0")
 
     def call(self, program: ExportedProgram) -> PassResult:
         if not self.choices:
@@ -69,14 +88,23 @@ class RewriteSparseKernelsPass(PassBase):
                  weight: torch.Tensor) -> None:
         user = nodes[layer.node]
         param = ed.node_for_target(layer.fqn)
-        cw = kernels.compress(weight, choice.block)
-        names = compressed_targets(layer.fqn)
-        consts = [ed.add_constant(t, v, name="c_" + t.replace(".", "_"))
-                  for t, v in zip(names, (cw.crow_indices, cw.col_indices, cw.values))]
         x, bias = _operands(user)
-        op = (torch.ops.sparsecc.sparse_conv1x1.default if layer.op == "conv1x1"
-              else torch.ops.sparsecc.sparse_linear.default)
-        args = (x, *consts, bias, layer.shape[0], choice.kernel)
+        if choice.kernel in INT8_KERNELS:
+            quant = get_node_info(param).extra["quant"]
+            scale = ed.tensor(quant["scale"])
+            q = torch.round(weight / scale[:, None]).to(torch.int8)  # exact: the weight is q * scale
+            iw = kernels.compress_int8(q, scale, (1, 4) if choice.block == 1 else choice.block)
+            consts = [ed.add_constant(t, v, name="c_" + t.replace(".", "_")) for t, v in zip(
+                int8_targets(layer.fqn), (iw.crow_indices, iw.col_indices, iw.values, iw.scale, iw.row_sums))]
+            op = torch.ops.sparsecc.int8_linear.default
+            args = (x, *consts, bias, layer.shape[0], float(quant.get("act_scale") or 0.0), choice.isa)
+        else:
+            cw = kernels.compress(weight, choice.block)
+            consts = [ed.add_constant(t, v, name="c_" + t.replace(".", "_"))
+                      for t, v in zip(compressed_targets(layer.fqn), (cw.crow_indices, cw.col_indices, cw.values))]
+            op = (torch.ops.sparsecc.sparse_conv1x1.default if layer.op == "conv1x1"
+                  else torch.ops.sparsecc.sparse_linear.default)
+            args = (x, *consts, bias, layer.shape[0], choice.kernel, *((choice.isa,) if choice.isa else ()))
         with ed.graph.inserting_before(user):
             new = ed.graph.call_function(op, args)
         new.meta["val"] = ed.fake_call(op, *args)

@@ -168,11 +168,11 @@ def _registered_here() -> bool:
 
 def _register_fakes() -> None:
     @torch.library.register_fake("sparsecc::sparse_linear")
-    def _(x, crow_indices, col_indices, values, bias, out_features, kernel):
+    def _(x, crow_indices, col_indices, values, bias, out_features, kernel, isa=""):
         return x.new_empty((*x.shape[:-1], out_features))
 
     @torch.library.register_fake("sparsecc::sparse_conv1x1")
-    def _(x, crow_indices, col_indices, values, bias, out_channels, kernel):
+    def _(x, crow_indices, col_indices, values, bias, out_channels, kernel, isa=""):
         torch._check(x.dim() == 4, lambda: f"sparse_conv1x1 needs a 4-D input, got {x.dim()}-D")
         return x.new_empty((x.shape[0], out_channels, x.shape[2], x.shape[3]))
 
@@ -190,19 +190,22 @@ def isa(request: str = "") -> str:
 
 
 def sparse_linear(x: torch.Tensor, w: CompressedWeight, bias: torch.Tensor | None = None,
-                  kernel: str | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` with ``W`` compressed; ``kernel`` defaults to sparsecc's own for ``w``'s format."""
+                  kernel: str | None = None, isa: str = "") -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` compressed; ``kernel`` defaults to sparsecc's own for ``w``'s format,
+    ``isa`` to the loader's choice."""
     load()
     kernel = kernel or ("csr" if w.block == 1 else "bsr")
-    return torch.ops.sparsecc.sparse_linear(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[0], kernel)
+    return torch.ops.sparsecc.sparse_linear(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[0], kernel,
+                                            isa)
 
 
 def sparse_conv1x1(x: torch.Tensor, w: CompressedWeight, bias: torch.Tensor | None = None,
-                   kernel: str | None = None) -> torch.Tensor:
+                   kernel: str | None = None, isa: str = "") -> torch.Tensor:
     """A 1x1 convolution (stride 1, no padding) of ``x[B, Cin, H, W]`` with ``W [Cout, Cin]`` compressed."""
     load()
     kernel = kernel or ("csr" if w.block == 1 else "bsr")
-    return torch.ops.sparsecc.sparse_conv1x1(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[0], kernel)
+    return torch.ops.sparsecc.sparse_conv1x1(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[0], kernel,
+                                             isa)
 
 
 def int8_isa(request: str = "") -> str:

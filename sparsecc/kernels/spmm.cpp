@@ -5,6 +5,9 @@
 //   sparsecc::sparse_conv1x1(x[B, Cin, H, W], crow, col, values, bias?, out_channels, kernel) -> [B, Cout, H, W]
 //   sparsecc::kernel_isa(request) -> the instruction set in use (request "" keeps it)
 //
+// sparse_linear / sparse_conv1x1 take an optional last argument isa ("" = the
+// one kernel_isa chose): kernel choice measures each ISA per layer shape.
+//
 // kernel: "csr" / "bsr" run the kernels below (AVX-512, AVX2+FMA, or portable
 // code, chosen at load from the CPU); "torch_csr" / "torch_bsr" run torch's
 // own sparse products (MKL), computing (W @ x^T)^T as torch is fastest there.
@@ -93,6 +96,18 @@ static const Isa* g_isa = best_isa();
 
 std::string current_isa() { return g_isa->name; }  // the int8 kernels follow this choice
 
+// The instruction set of one call: ``request`` ("" = the current choice), checked against the CPU.
+static const Isa& call_isa(const std::string& request, const char* op) {
+  if (request.empty()) return *g_isa;
+  for (const Isa& isa : kIsas)
+    if (request == isa.name) {
+      TORCH_CHECK(cpu_has(request), op, ": this CPU cannot run '", request, "'");
+      return isa;
+    }
+  TORCH_CHECK(false, op, ": unknown instruction set '", request, "' (avx512, avx2, portable)");
+  return *g_isa;  // not reached
+}
+
 static std::string kernel_isa(const std::string& request) {
   if (!request.empty()) {
     const Isa* found = nullptr;
@@ -120,8 +135,7 @@ static int64_t tile_tokens(int64_t K, int64_t vw) {
 // Y(t, n) = sum_k W(n, k) X(t, k) + bias(n), X(t, k) at x[t * sxt + k * sxk].
 static void spmm(const float* x, int64_t sxt, int64_t sxk, float* y, int64_t syt, int64_t syn, int64_t T,
                  int64_t K, int64_t N, const int32_t* crow, const int32_t* col, const float* val,
-                 const float* bias, int64_t block) {
-  const Isa& isa = *g_isa;
+                 const float* bias, int64_t block, const Isa& isa) {
   const int64_t TT = std::min(tile_tokens(K, isa.vw), (T + isa.vw - 1) / isa.vw * isa.vw);
   at::Tensor panel_t = at::empty({K * TT}, at::kFloat);
   float* panel = panel_t.data_ptr<float>();
@@ -199,8 +213,9 @@ static bool own_kernel(const std::string& kernel, int64_t block, const char* op)
 
 static at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                                 const at::Tensor& values, const c10::optional<at::Tensor>& bias, int64_t n_out,
-                                const std::string& kernel) {
+                                const std::string& kernel, const std::string& isa_request) {
   const char* op = "sparsecc::sparse_linear";
+  const Isa& isa = call_isa(isa_request, op);
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": input must be float32, got ", x.scalar_type());
   TORCH_CHECK(x.dim() >= 1, op, ": input must have at least one dimension");
   const int64_t K = x.size(-1);
@@ -220,14 +235,15 @@ static at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& crow, con
   if (T > 0)
     spmm(x2.data_ptr<float>(), K, 1, y.data_ptr<float>(), n_out, 1, T, K, n_out, crow.data_ptr<int32_t>(),
          col.data_ptr<int32_t>(), values.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
-         block);
+         block, isa);
   return y.reshape(out_shape);
 }
 
 static at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                                  const at::Tensor& values, const c10::optional<at::Tensor>& bias, int64_t n_out,
-                                 const std::string& kernel) {
+                                 const std::string& kernel, const std::string& isa_request) {
   const char* op = "sparsecc::sparse_conv1x1";
+  const Isa& isa = call_isa(isa_request, op);
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": input must be float32, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 4, op, ": input must be [B, C, H, W], got ", x.sizes());
   const int64_t B = x.size(0), K = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
@@ -246,7 +262,7 @@ static at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& crow, co
   for (int64_t b = 0; b < B && HW > 0; ++b)
     spmm(xc.data_ptr<float>() + b * K * HW, 1, HW, y.data_ptr<float>() + b * n_out * HW, 1, HW, HW, K, n_out,
          crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), values.data_ptr<float>(),
-         bias.has_value() ? bias->data_ptr<float>() : nullptr, block);
+         bias.has_value() ? bias->data_ptr<float>() : nullptr, block, isa);
   return y;
 }
 
@@ -254,9 +270,9 @@ static at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& crow, co
 
 TORCH_LIBRARY(sparsecc, m) {
   m.def("sparse_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
-        "int out_features, str kernel) -> Tensor");
+        "int out_features, str kernel, str isa=\"\") -> Tensor");
   m.def("sparse_conv1x1(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
-        "int out_channels, str kernel) -> Tensor");
+        "int out_channels, str kernel, str isa=\"\") -> Tensor");
   m.def("kernel_isa(str request) -> str", &sparsecc::kernel_isa);
 }
 

@@ -150,3 +150,20 @@ def test_fake_kernel_gives_shapes_under_export():
     ep = torch.export.export(M(), (torch.randn(3, 16),))
     node = next(n for n in ep.graph.nodes if n.target is torch.ops.sparsecc.int8_linear.default)
     assert tuple(node.meta["val"].shape) == (3, 24)
+
+
+def test_fp32_kernels_take_an_isa_per_call():
+    """Kernel choice times each ISA per layer shape: the fp32 ops accept one per call, same results."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 64, generator=g) * (torch.rand(32, 64, generator=g) < 0.2)
+    x = torch.randn(5, 64, generator=g)
+    cw = kernels.compress(w, 8)
+    want = torch.nn.functional.linear(x.double(), w.double())
+    for name in ISAS:
+        got = kernels.sparse_linear(x, cw, isa=name)
+        assert float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    with pytest.raises(RuntimeError, match="unknown instruction set 'sse9'"):
+        kernels.sparse_linear(x, cw, isa="sse9")
+    start = kernels.isa()
+    kernels.sparse_linear(x, cw, isa="portable")
+    assert kernels.isa() == start  # a per-call ISA leaves the global choice alone
