@@ -40,7 +40,8 @@ from torch.export import ExportedProgram
 from sparsecc.core.analyze import find_prunable_weights, weight_uses
 from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor
 
-from .dependency import DependencyAnalysis, DependencyGroup, _opname
+from .dependency import DependencyAnalysis, DependencyGroup, axis_keep
+from .rules import opname
 
 __all__ = ["BnPrior", "ChannelMoments", "input_moments", "compensate_removed_means"]
 
@@ -79,7 +80,7 @@ def _norm_params(program: ExportedProgram, lifted: dict[torch.fx.Node, str],
         return None if target is None else state_tensor(program, target).detach().float()
 
     a = node.args
-    eps = a[7] if _opname(node.target) == "batch_norm" else a[6]
+    eps = a[7] if opname(node.target) == "batch_norm" else a[6]
     return tensor(a[1]), tensor(a[2]), tensor(a[3]), tensor(a[4]), float(eps)
 
 
@@ -87,11 +88,11 @@ def _norm_node(node: Any) -> torch.fx.Node | None:
     """``node`` as a BatchNorm output: the batch_norm node, or getitem 0 of the no-training one."""
     if not isinstance(node, torch.fx.Node) or node.op != "call_function":
         return None
-    if _opname(node.target) == "batch_norm":
+    if opname(node.target) == "batch_norm":
         return node
-    if _opname(node.target) == "getitem" and node.args[1] == 0:
+    if opname(node.target) == "getitem" and node.args[1] == 0:
         src = node.args[0]
-        if isinstance(src, torch.fx.Node) and _opname(src.target) == "_native_batch_norm_legit_no_training":
+        if isinstance(src, torch.fx.Node) and opname(src.target) == "_native_batch_norm_legit_no_training":
             return src
     return None
 
@@ -112,7 +113,7 @@ def input_moments(program: ExportedProgram, activation: Any,
             break
         if not isinstance(node, torch.fx.Node) or node.op != "call_function":
             return None
-        name = _opname(node.target)
+        name = opname(node.target)
         if name not in _UNARY and name not in _IDENTITY:
             return None
         chain.append(node)
@@ -127,7 +128,7 @@ def input_moments(program: ExportedProgram, activation: Any,
     q = torch.special.ndtri((torch.arange(_SAMPLES, dtype=torch.float64) + 0.5) / _SAMPLES).float()
     z = beta[:, None] + gamma[:, None] * q[None, :]
     for op in reversed(chain):
-        if _opname(op.target) in _UNARY:
+        if opname(op.target) in _UNARY:
             z = op.target(z, *op.args[1:], **op.kwargs)
     return ChannelMoments(z.mean(1), z.var(1, unbiased=False), norm.name)
 
@@ -138,7 +139,7 @@ def _output_norm(use: torch.fx.Node) -> torch.fx.Node | None:
     if len(users) != 1:
         return None
     n = users[0]
-    if _opname(n.target) in _NORMS and n.args[0] is use:
+    if opname(n.target) in _NORMS and n.args[0] is use:
         return n
     return None
 
@@ -234,8 +235,6 @@ def compensate_removed_means(
     ``skip`` (already repaired by least squares) are left alone. Returns the
     program, the tensors changed and, per layer left as it was, why.
     """
-    from .plan import axis_keep
-
     kept = plan.kept_by_atom()
     layers = {t: keep for t, (_, keep) in plan.narrowed_inputs().items() if t not in skip}
     editor = ProgramEditor(small)

@@ -36,7 +36,7 @@ from torch.export import ExportedProgram
 from sparsecc.core.program import state_tensor
 
 from .bn_prior import BnPrior
-from .dependency import DependencyAnalysis, DependencyGroup, UnitKind, find_dependency_groups
+from .dependency import DependencyAnalysis, DependencyGroup, UnitKind, axis_keep, find_dependency_groups
 
 __all__ = [
     "Criterion",
@@ -111,19 +111,6 @@ class StructuredPlan:
                 why = "  -- " + "; ".join((g.reasons or [self.skipped.get(g.id, "")])[:2])
             lines.append(f"{g.id:>5}  {g.kind:8} {state}  {g.name}{why}")
         return "\n".join(lines)
-
-
-def axis_keep(analysis: DependencyAnalysis, target: str, axis: int, kept_by_atom: dict[int, np.ndarray]) -> np.ndarray | None:
-    """Boolean keep-mask over one axis of a lifted tensor; None when nothing is removed."""
-    coords = analysis.member_coords(target, axis)
-    keep: np.ndarray | None = None
-    for leaf, co in coords.items():
-        kept = kept_by_atom.get(leaf)
-        if kept is None:
-            continue
-        k = (co < 0) | np.isin(co, kept)
-        keep = k if keep is None else keep & k
-    return keep
 
 
 def _unit_scores(values: torch.Tensor, axis: int, coords: np.ndarray, size: int, power: int) -> np.ndarray:

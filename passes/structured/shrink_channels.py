@@ -12,7 +12,7 @@ from torch.export import ExportedProgram
 from sparsecc.core.pass_infra import PassBase, PassResult
 from sparsecc.core.program import ProgramEditor
 
-from .dependency import _opname
+from .rules import opname as _opname
 from .plan import StructuredPlan, axis_keep
 
 __all__ = ["ShrinkChannelsPass"]
