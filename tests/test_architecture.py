@@ -27,7 +27,6 @@ BEING_SPLIT = {
     "sparsecc/quality/evaluate.py",  # one file per task (file split)
     "sparsecc/plan/calibrate.py",  # (file split)
     "sparsecc/data/datasets.py",  # one file per source (file split)
-    "sparsecc/cli.py",  # thin commands (CLI rework)
 }
 
 

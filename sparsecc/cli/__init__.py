@@ -1,0 +1,9 @@
+"""The ``sparsecc`` command line: one module per verb, registered on the app in `app.py`.
+
+A new verb is one module here plus one import line below.
+"""
+
+from sparsecc.cli import bench, compile, eval, inspect, sparsify, sweep  # noqa: F401  (register the verbs)
+from sparsecc.cli.app import app, main
+
+__all__ = ["app", "main"]

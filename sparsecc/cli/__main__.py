@@ -1,0 +1,3 @@
+from sparsecc.cli import main
+
+main()
