@@ -55,7 +55,7 @@ from sparsecc.plan.masks import incompatibility
 from sparsecc.plan.recovery_options import RecoveryOptions, parse_recovery, recovery_to_dicts
 from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 from sparsecc.plan.quantize_options import QuantizeOptions, parse_quantize
-from sparsecc.errors import UsageError
+from sparsecc.plan.recipe_error import RecipeError
 
 __all__ = [
     "RecipeError",
@@ -67,14 +67,6 @@ __all__ = [
     "load_recipe",
     "plan_masks",
 ]
-
-
-class RecipeError(UsageError, ValueError):
-    """A recipe is invalid. ``key`` is the dotted path of the value at fault."""
-
-    def __init__(self, key: str, value: Any, message: str):
-        super().__init__(f"recipe key '{key}': {value!r} {message}")
-        self.key, self.value = key, value
 
 
 @dataclass(frozen=True)
