@@ -53,6 +53,7 @@ data: $(STAMP)
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
 	$(PY) -m sparsecc.data fetch
+	-$(PY) -m sparsecc.data.prose fetch  # training prose: Wikipedia articles from the same gensim wheel
 
 # The import contracts (docs/architecture.md). grimp walks the package's folder, so it
 # runs on a tree of links laid out as installed: sparsecc/passes -> passes/ and so on.

@@ -1,0 +1,105 @@
+"""sparsecc.data.prose: the Wikipedia prose is clean, and no training text is evaluation text."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sparsecc.data import DataUnavailableError, lee_background_text, lee_documents, lm_tokens
+from sparsecc.data import prose
+
+
+def _need(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except DataUnavailableError as e:
+        pytest.skip(f"data not available here: {e}")
+
+
+class WordTokenizer:
+    """Whitespace tokens, with the slice of the transformers API the data functions use."""
+
+    name_or_path = "words"
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __len__(self):
+        return len(self.vocab)
+
+    def __call__(self, text, add_special_tokens=True, padding=False, truncation=False, max_length=None,
+                 return_tensors=None):
+        if isinstance(text, str):
+            return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]}
+        rows = [[self.vocab.setdefault(w, len(self.vocab)) for w in t.split()][:max_length] for t in text]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def text():
+    return _need(prose.training_text)
+
+
+def _sentences(s: str, min_words: int = 8) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+", s)
+    return [p.strip() for p in parts if len(p.split()) >= min_words]
+
+
+def test_wikipedia_prose_is_large_and_free_of_markup():
+    articles = _need(prose.wiki_articles)
+    words = sum(len(body.split()) for _, body in articles)
+    assert len(articles) >= 90 and words >= 300_000
+    assert {"Anarchism", "Aristotle", "Albert Einstein"} <= {t for t, _ in articles}
+    body = prose.wiki_text()
+    for leftover in ("[[", "]]", "{{", "}}", "<ref", "'''", "&lt;", "http://"):
+        assert leftover not in body, leftover
+
+
+def test_training_text_contains_no_evaluation_text(text):
+    full = lee_background_text()
+    evaluation = full[len(full) // 2:]  # the perplexity split is the second half of the tokens
+    checked = 0
+    for sentence in _sentences(evaluation) + [s for d in lee_documents() for s in _sentences(d)]:
+        assert sentence not in text, sentence[:80]
+        checked += 1
+    assert checked > 1000
+    # the Lee part is whole documents ending before 45% of the file
+    lee_part = prose.lee_training_text()
+    assert lee_part and text.endswith(lee_part)
+    assert full.index(lee_part.splitlines()[-1]) + len(lee_part.splitlines()[-1]) < 0.45 * len(full)
+
+
+def test_lm_training_windows_use_only_calibration_tokens(text):
+    tok = WordTokenizer()
+    spec = SimpleNamespace(name="lm", task="causal-lm", extras={"tokenizer": tok},
+                           example_kwargs={"input_ids": None, "attention_mask": None})
+    batches = prose.training_inputs(spec, "prose", samples=50, seq_len=64, seed=3)
+    assert len(batches) == 50
+    for args, kw in batches:
+        assert args == () and kw["input_ids"].shape == (1, 64) and bool((kw["attention_mask"] == 1).all())
+    evaluation = set(map(tuple, torch.tensor(lm_tokens(tok, "evaluation")).unfold(0, 16, 16).tolist()))
+    for _, kw in batches:  # no 16-token run of the evaluation split appears in a window
+        windows = kw["input_ids"][0].unfold(0, 16, 1).tolist()
+        assert not any(tuple(w) in evaluation for w in windows)
+    again = prose.training_inputs(spec, "prose", samples=50, seq_len=64, seed=3)
+    assert all(torch.equal(a[1]["input_ids"], b[1]["input_ids"]) for a, b in zip(batches, again))
+
+
+def test_sentence_batches_for_encoders_and_clear_errors(text):
+    spec = SimpleNamespace(name="enc", task="feature-extraction", extras={"tokenizer": WordTokenizer()},
+                           example_kwargs={"input_ids": None, "attention_mask": None})
+    batches = prose.training_inputs(spec, "wiki", samples=32, batch_size=8, seq_len=20)
+    assert len(batches) == 4
+    for _, kw in batches:
+        assert kw["input_ids"].shape[0] == 8 and kw["input_ids"].shape[1] <= 20
+    with pytest.raises(ValueError, match="unknown training data 'news'"):
+        prose.training_inputs(spec, "news", samples=8)
+    image = SimpleNamespace(name="cnn", task="image-classification", extras={})
+    with pytest.raises(ValueError, match="takes no tokenized text"):
+        prose.training_inputs(image, "prose", samples=8)
