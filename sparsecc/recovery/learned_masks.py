@@ -20,8 +20,11 @@ mask by construction, written into the program as a folded weight (or a new
 mask constant for an unfolded program) with the weight's `MaskSpec` kept, so
 `VerifySparsityPass` and every backend take it as any other sparse program.
 
-Weights come from the dense teacher (a learned mask may keep an entry the
-one-shot mask pruned, so it needs the dense value); the one-shot mask the
+Weights (``weights_from``): ``mixed`` (default) keeps the one-shot program's
+values where its mask keeps them (SparseGPT's compensating updates) and takes
+the dense teacher's elsewhere (a learned mask may keep an entry the one-shot
+mask pruned, so it needs the dense value); ``teacher`` takes every value from
+the dense teacher, as MaskLLM does. The one-shot mask the
 student carries (SparseGPT, Wanda, magnitude) is the **prior**: its
 candidate's logit starts at ``prior_strength`` (the others at 0), so a strong
 prior starts at, and stays near, the one-shot mask. Logits saved by one run
@@ -312,6 +315,13 @@ def learn_masks(program, teacher, batches, options, progress=None):
     if not fqns:
         raise RecoveryError("learned-mask: the program has no N:M weight (sparsify with an N:M pattern first)")
     dense, origin = dense_weights(teacher, program, fqns)
+    if extra.get("weights_from", "mixed") == "mixed":
+        # kept entries keep the one-shot values (SparseGPT's updates); pruned ones get the dense values back
+        masks = masks_of(program)
+        dense = {f: torch.where(masks[f], program.state_dict[f].detach().float(), w) for f, w in dense.items()}
+        origin = f"one-shot kept, {origin} pruned"
+    elif extra.get("weights_from") != "teacher":
+        raise UsageError(f"learned-mask option 'weights_from' must be mixed or teacher, got {extra['weights_from']!r}")
     weights = nm_weights(program, dense)
     init, init_source = _initial_logits(weights, extra)
     targets = teacher_outputs(teacher, batches)

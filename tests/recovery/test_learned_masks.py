@@ -104,10 +104,23 @@ def test_learned_masks_export_verifies_and_lowers_the_loss(fold):
         info = get_node_info(node) if node.op == "placeholder" else None
         if info is not None and info.spec is not None:
             assert info.spec.criterion == "learned-mask" and info.spec.achieved == pytest.approx(0.5)
-    # kept entries hold the dense (teacher's) values
+    # entries the one-shot mask kept hold the one-shot values, newly kept ones the dense (teacher's) values
+    prior = masks_of(sparse)
     for fqn, mask in masks.items():
+        want = torch.where(prior[fqn], sparse.state_dict[fqn].detach(), dense.state_dict[fqn].detach()) * mask
+        torch.testing.assert_close(r.program.state_dict[fqn].detach(), want, rtol=0, atol=0)
+    assert r.details["weights_from"] == "one-shot kept, teacher pruned"
+
+
+def test_weights_from_the_teacher_alone():
+    dense = mlp_program()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    r = get_method("learned-mask")(sparse, dense, mlp_batches(), _opts(steps=3, weights_from="teacher"))
+    for fqn, mask in masks_of(r.program).items():
         torch.testing.assert_close(r.program.state_dict[fqn].detach(), dense.state_dict[fqn].detach() * mask,
                                    rtol=0, atol=0)
+    with pytest.raises(UsageError, match="weights_from"):
+        get_method("learned-mask")(sparse, dense, mlp_batches(), _opts(steps=1, weights_from="nope"))
 
 
 def test_strong_prior_reproduces_the_one_shot_mask():
@@ -118,6 +131,7 @@ def test_strong_prior_reproduces_the_one_shot_mask():
     assert sorted(before) == sorted(after)
     for fqn in before:
         assert torch.equal(before[fqn], after[fqn]), fqn
+        assert torch.equal(r.program.state_dict[fqn], sparse.state_dict[fqn]), fqn  # the one-shot program itself
     assert r.details["changed_fraction"] == 0
 
 
