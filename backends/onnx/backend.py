@@ -14,6 +14,9 @@ Backend-specific `LowerOptions.extra` keys:
   the exporter cannot translate;
 - ``external_data_threshold``: weight bytes above which weights go to an
   external data file (default 2 GB minus headroom).
+- ``int8_qdq`` (default True): weights quantized by `QuantizeWeightsPass`
+  are stored as int8 + DequantizeLinear (`backends.onnx.quantize`), recorded
+  in ``Artifact.meta["int8_qdq"]``.
 
 `Artifact.meta` holds ``provenance`` (per weight FQN: initializer, layout,
 permutation, consumers), ``tensorrt_2_4`` (per Conv/MatMul/Gemm: 2:4
@@ -51,6 +54,7 @@ from .cleanup import clean_graph
 from .export import dim_names, export_program, rename_dims, rename_symbols
 from .patterns import check_patterns
 from .provenance import find_provenance
+from .quantize import apply_qdq
 from .runtime import OrtRunner
 from .sparse_initializers import to_sparse_initializers
 from .verify_nm import check_nm
@@ -156,6 +160,9 @@ class OnnxBackend(Backend):
         rename_dims(model, names)
         provenance = find_provenance(model, weights, tensors)
         lap("provenance")
+        qdq = apply_qdq(model, program, provenance) if options.extra.get("int8_qdq", True) else None
+        if qdq is not None and (qdq["weights"] or qdq["skipped"]):  # int8 weights (QuantizeWeightsPass)
+            lap("qdq_int8")
         trt = [e.to_dict() for e in check_nm(model, 2, 4)]
         lap("check_nm")
 
@@ -178,6 +185,8 @@ class OnnxBackend(Backend):
             if entry.get("initializer") is not None:
                 entry.setdefault("storage", "dense")
         meta["provenance"] = provenance
+        if qdq is not None and (qdq["weights"] or qdq["skipped"]):
+            meta["int8_qdq"] = qdq
         meta["tensorrt_2_4"] = trt
 
         threshold = int(options.extra.get("external_data_threshold", EXTERNAL_DATA_THRESHOLD))

@@ -20,7 +20,7 @@ from sparsecc.backends.base import PatternCheck
 from sparsecc.core.ir import MaskSpec
 
 from .graph_index import GraphIndex
-from .verify_nm import check_nm, nm_violation
+from .verify_nm import _zero_point, check_nm, nm_violation, zero_mask
 
 if TYPE_CHECKING:
     import onnx
@@ -52,6 +52,13 @@ def _check_one(
     name = prov["initializer"]
     location = f"initializer '{name}'" + (" (sparse)" if index.is_sparse(name) else "")
     values = index.array(name)
+    dq = next((n for n, i in index.consumers.get(name, []) if n.op_type == "DequantizeLinear" and i == 0), None)
+    if dq is not None:  # int8 integers: a weight is zero where it equals the zero point
+        zero = _zero_point(index, dq, values.shape)
+        if isinstance(zero, str):
+            return PatternCheck(spec.fqn, pattern, location, prov.get("layout", ""), False, 0.0, zero)
+        location += f" ({values.dtype} integers, read through DequantizeLinear '{dq.name}')"
+        values = (~zero_mask(values, zero)).astype(np.int8)
     achieved = float((values == 0).mean()) if values.size else 0.0
     result = dict(fqn=spec.fqn, pattern=pattern, location=location, layout=prov["layout"], achieved=achieved)
     kind = spec.pattern.kind
