@@ -65,3 +65,18 @@ void rows(const QJob& j, int64_t b0, int64_t b1) {
     }
   }
 }
+
+// Quantize one row of activations to int8 (symmetric, scale amax / 127, or
+// act_scale when > 0); compiled per ISA so the division and rounding
+// vectorize. Returns the scale. Rounding is to nearest even, as torch.round.
+float quantize_row(const float* xr, int64_t K, float act_scale, int8_t* out) {
+  float s = act_scale;
+  if (s <= 0.f) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+    s = amax > 0.f ? amax / 127.f : 1.f;
+  }
+  for (int64_t k = 0; k < K; ++k)
+    out[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(xr[k] / s))));
+  return s;
+}

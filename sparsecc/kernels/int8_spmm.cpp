@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace sparsecc {
 
@@ -176,31 +177,34 @@ static int64_t tile_tokens(int64_t K, int64_t vw, int64_t bytes) {
   return std::max<int64_t>(t, vw);
 }
 
+using QuantFn = float (*)(const float*, int64_t, float, int8_t*);
+
 // Quantize tokens [t0, t0 + nt) into the panel; padding tokens read as zero.
-static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, float act_scale, float* sx,
-                 uint8_t* p8, int16_t* p16) {
+static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, float act_scale, QuantFn quant,
+                 float* sx, uint8_t* p8, int16_t* p16) {
   at::parallel_for(0, nt, 16, [&](int64_t a, int64_t b) {
+    std::vector<int8_t> row(K);
     for (int64_t t = a; t < b; ++t) {
-      const float* xr = x + (t0 + t) * K;
-      float s = act_scale;
-      if (s <= 0.f) {
-        float amax = 0.f;
-        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-        s = amax > 0.f ? amax / 127.f : 1.f;
-      }
-      sx[t] = s;
-      for (int64_t k = 0; k < K; ++k) {
-        const float q = std::min(127.f, std::max(-127.f, std::nearbyint(xr[k] / s)));
-        if (p8) p8[((k / 4) * P + t) * 4 + k % 4] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
-        else p16[((k / 2) * P + t) * 2 + k % 2] = static_cast<int16_t>(q);
+      sx[t] = quant(x + (t0 + t) * K, K, act_scale, row.data());
+      if (p8) {  // 4 consecutive k per 32-bit lane, shifted to unsigned: q + 128 == q ^ 0x80 as a byte
+        for (int64_t k4 = 0; k4 < K / 4; ++k4) {
+          uint8_t* dst = p8 + (k4 * P + t) * 4;
+          for (int i = 0; i < 4; ++i) dst[i] = static_cast<uint8_t>(row[4 * k4 + i]) ^ 0x80;
+        }
+      } else {  // 2 consecutive k per 32-bit lane, int16
+        for (int64_t k2 = 0; k2 < K / 2; ++k2) {
+          p16[(k2 * P + t) * 2] = row[2 * k2];
+          p16[(k2 * P + t) * 2 + 1] = row[2 * k2 + 1];
+        }
       }
     }
   });
   for (int64_t t = nt; t < P; ++t) {
     sx[t] = 1.f;
-    for (int64_t k = 0; k < K; ++k) {
-      if (p8) p8[((k / 4) * P + t) * 4 + k % 4] = 128;
-      else p16[((k / 2) * P + t) * 2 + k % 2] = 0;
+    if (p8) {
+      for (int64_t k = 0; k < K; ++k) p8[((k / 4) * P + t) * 4 + k % 4] = 128;
+    } else {
+      for (int64_t k = 0; k < K; ++k) p16[((k / 2) * P + t) * 2 + k % 2] = 0;
     }
   }
 }
@@ -210,6 +214,7 @@ static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const
   const bool use_vnni = isa == "avx512";
   const int64_t vw = use_vnni ? 16 : 8;
   const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
+  const QuantFn quant = use_vnni ? vnni::quantize_row : isa == "avx2" ? avx2::quantize_row : portable::quantize_row;
   const int64_t TT = std::min(tile_tokens(K, vw, use_vnni ? 1 : 2), (T + vw - 1) / vw * vw);
   at::Tensor panel = at::empty({K * TT * (use_vnni ? 1 : 2)}, at::kByte);
   at::Tensor scales = at::empty({TT}, at::kFloat);
@@ -225,7 +230,7 @@ static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const
     j.y = y;
     j.t0 = t0;
     j.nt = nt;
-    pack(x, K, t0, nt, P, act_scale, scales.data_ptr<float>(), use_vnni ? panel.data_ptr<uint8_t>() : nullptr,
+    pack(x, K, t0, nt, P, act_scale, quant, scales.data_ptr<float>(), use_vnni ? panel.data_ptr<uint8_t>() : nullptr,
          use_vnni ? nullptr : reinterpret_cast<int16_t*>(panel.data_ptr<uint8_t>()));
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { fn(j, b0, b1); });
   }
