@@ -93,3 +93,25 @@ def test_cubic_prunes_early_and_exp_is_geometric():
         Schedule(1.0, 0.0, 10, "exp")
     with pytest.raises(UsageError, match="before it begins"):
         sparsity_at(3, 0.5, end=2, begin=5)
+
+
+@pytest.mark.parametrize("method, extra", [("sr-ste", {"variant": "pgf", "mask_every": 2}),
+                                           ("learned-mask", {"mask_lr": 0.1, "prior_strength": 0.5})])
+def test_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_path, method, extra):
+    dense = mlp_program()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    opts = dict(steps=6, lr=1e-3, seed=3, checkpoint_every=3, extra=extra)
+    whole = get_method(method)(sparse, dense, mlp_batches(), RecoveryOptions(method, **opts))
+
+    def stop_at_step_4(line):
+        if "step 4/6" in line:
+            raise KeyboardInterrupt
+
+    ck = RecoveryOptions(method, checkpoint_dir=str(tmp_path), **opts)
+    with pytest.raises(KeyboardInterrupt):
+        get_method(method)(sparse, dense, mlp_batches(), ck, stop_at_step_4)
+    resumed = get_method(method)(sparse, dense, mlp_batches(), ck)
+    assert resumed.details["resumed_from"] == 3
+    assert resumed.history == whole.history
+    for fqn, w in whole.program.state_dict.items():
+        assert torch.equal(resumed.program.state_dict[fqn], w), fqn
