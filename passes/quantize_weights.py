@@ -28,9 +28,9 @@ from sparsecc.core.pass_infra import PassBase, PassResult
 from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor
 from sparsecc.kernels.int8 import QMAX, quantize_per_channel
 from sparsecc.plan.masks import check_pattern
-from sparsecc.plan.quantize_options import QuantizeOptions
+from sparsecc.plan.quantize_options import QuantizeError, QuantizeOptions, activation_absmax
 
-__all__ = ["QuantizeWeightsPass", "scale_target", "quant_info", "int8_grid"]
+__all__ = ["QuantizeWeightsPass", "quantize_program", "scale_target", "quant_info", "int8_grid"]
 
 _ROLES = ("linear", "conv", "matmul")
 
@@ -147,3 +147,15 @@ class QuantizeWeightsPass(PassBase):
             why, _ = check_pattern(w.detach(), spec.pattern, spec.target, pw.output_axis, pw.reduction_axis)
             if why is not None:
                 raise AssertionError(f"{fqn}: pattern {spec.pattern} broken by quantization: {why}")
+
+
+def quantize_program(program: ExportedProgram, options: QuantizeOptions, batches=None) -> ExportedProgram:
+    """Run `QuantizeWeightsPass` as a recipe's ``quantize:`` section asks (static scales from ``batches``)."""
+    absmax = None
+    if options.activations == "static":
+        if not batches:
+            raise QuantizeError("quantize.activations: static needs calibration data (the program's "
+                                "calibration batches) to measure activation ranges")
+        fqns = [w.fqn for w in find_prunable_weights(program).weights if w.role in _ROLES and not w.tied]
+        absmax = activation_absmax(program, fqns, batches)
+    return QuantizeWeightsPass(options, act_absmax=absmax)(program).program

@@ -22,6 +22,7 @@ from sparsecc.core.ir import MaskSpec, get_node_info
 from sparsecc.core.program import placeholders_by_target, state_tensor
 from sparsecc.core.pass_infra import PassInstrument, TimingInstrument
 from sparsecc.flows.pipelines import fold_pipeline, mask_pipeline
+from sparsecc.passes.quantize_weights import quantize_program
 from sparsecc.plan.recipe import Plan, Recipe, load_recipe, plan_masks
 from sparsecc.flows.report import SparsityReport
 from sparsecc.errors import UsageError
@@ -54,7 +55,8 @@ def mask_specs(program: ExportedProgram) -> dict[str, MaskSpec]:
 def recipe_needs_calibration(recipe: Recipe) -> bool:
     """Whether any criterion of ``recipe`` (its own or an override's) needs calibration data."""
     names = [recipe.criterion] + [o.criterion for o in recipe.overrides if o.criterion]
-    return any(needs_calibration(n) for n in names)
+    static_int8 = recipe.quantize is not None and recipe.quantize.activations == "static"
+    return static_int8 or any(needs_calibration(n) for n in names)
 
 
 def sparsify(
@@ -112,6 +114,10 @@ def sparsify(
                             verify=verify and not fold, instruments=[timer, *instruments])(program).program
     if fold:
         program = fold_pipeline(verify=verify, instruments=[timer, *instruments])(program).program
+    if recipe.quantize is not None:  # int8 weights that keep every zero (the pass re-checks each pattern)
+        t0 = time.perf_counter()
+        program = quantize_program(program, recipe.quantize, calibration.batches if calibration else None)
+        timings["quantize"] = time.perf_counter() - t0
     for name, t in timer.timings:
         if name not in ("mask", "fold"):
             timings[name] = timings.get(name, 0.0) + t

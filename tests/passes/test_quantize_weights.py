@@ -132,3 +132,23 @@ def test_recipe_section_parses_and_rejects_bad_values():
         load_recipe({"pattern": "2:4", "quantize": {"bits": 8}})
     with pytest.raises(QuantizeError, match="activations"):
         QuantizeOptions(activations="sometimes")
+
+
+def test_recipe_quantize_section_runs_in_sparsify():
+    from sparsecc.flows.sparsify import recipe_needs_calibration
+    from sparsecc.plan.calibrate import CalibrationData
+
+    recipe = {"pattern": "2:4", "quantize": {"weights": "int8"}}
+    result = sparsify(export_module(Net(5), X), recipe, fold=True)
+    program = result.program
+    for fqn, spec in mask_specs(program).items():
+        assert quant_info(program, fqn)["activations"] == "dynamic"
+        q, scale = int8_grid(program, fqn)
+        assert torch.count_nonzero(q) <= q.numel() // 2  # 2:4 kept through quantization
+    static = {"pattern": "2:4", "quantize": {"activations": "static"}}
+    assert recipe_needs_calibration(load_recipe(static)) and not recipe_needs_calibration(load_recipe(recipe))
+    with pytest.raises(QuantizeError, match="static needs calibration data"):
+        sparsify(export_module(Net(5), X), static, fold=True)
+    data = CalibrationData(batches=[((torch.randn(2, 16, 4, 4),), {})])
+    out = sparsify(export_module(Net(5), X), static, fold=True, calibration=data).program
+    assert quant_info(out, "fc.weight")["act_scale"] > 0
