@@ -12,8 +12,37 @@
 //
 // Y(t, n) = sum_k W(n, k) X(t, k) over the stored blocks (br x bc, bc a
 // multiple of 4), accumulated exactly in int32, then dequantized by
-// write_rows (outside any target pragma, so no FMA contraction changes the
-// float rounding on one ISA and not another).
+// write_out with floating-point contraction off, so every ISA rounds
+// y = float(acc) * (s_x * s_w) + b the same way (a multiply, then an add).
+
+typedef float vfo __attribute__((vector_size(VW * 4)));
+typedef int32_t vio __attribute__((vector_size(VW * 4)));
+typedef float vfo_u __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int32_t vio_u __attribute__((vector_size(VW * 4), aligned(4)));
+
+// Dequantize R rows x WIDTH tokens of int32 sums (buf[r][t]) into Y, rows contiguous per token.
+template <int R, int WIDTH>
+__attribute__((optimize("fp-contract=off"))) static void write_out(const QJob& j, const int32_t* buf, int64_t n0,
+                                                                    int64_t tb) {
+  alignas(64) float tmp[R][WIDTH];
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = n0 + r;
+    const int32_t shift = j.panel8 ? 128 * j.row_sums[n] : 0;
+    const float ws = j.wscale[n];
+    const float b = j.bias ? j.bias[n] : 0.f;
+    for (int v = 0; v < WIDTH / VW; ++v) {
+      const vio acc = *reinterpret_cast<const vio_u*>(buf + r * WIDTH + v * VW) - shift;
+      const vfo s = *reinterpret_cast<const vfo_u*>(j.sx + tb + v * VW) * ws;
+      const vfo y = __builtin_convertvector(acc, vfo) * s;
+      *reinterpret_cast<vfo_u*>(&tmp[r][v * VW]) = y + b;
+    }
+  }
+  const int64_t m = std::min<int64_t>(WIDTH, j.nt - tb);
+  for (int64_t t = 0; t < m; ++t) {
+    float* yrow = j.y + (j.t0 + tb + t) * j.ldy + n0;
+    for (int r = 0; r < R; ++r) yrow[r] = tmp[r][t];
+  }
+}
 
 template <int BR, int BC, int R, int NV>
 static inline void chunk(const QJob& j, int64_t brow, int roff, int64_t v0) {
@@ -41,7 +70,7 @@ static inline void chunk(const QJob& j, int64_t brow, int roff, int64_t v0) {
   alignas(64) int32_t buf[R * NV * VW];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) vi_store(buf + r * NV * VW + v * VW, acc[r][v]);
-  write_rows(j, buf, R, NV * VW, brow * BR + roff, v0 * VW);
+  write_out<R, NV * VW>(j, buf, brow * BR + roff, v0 * VW);
 }
 
 template <int BR, int BC, int R, int NV>

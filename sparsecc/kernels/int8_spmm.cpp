@@ -50,23 +50,6 @@ struct QJob {
   int64_t br;
 };
 
-// Dequantize R rows x width tokens of int32 sums into Y. Not inlined, and
-// compiled for the baseline ISA, so every path rounds the same way.
-__attribute__((noinline)) static void write_rows(const QJob& j, const int32_t* buf, int R, int width, int64_t n0,
-                                                 int64_t tb) {
-  const int64_t m = std::min<int64_t>(width, j.nt - tb);
-  for (int r = 0; r < R; ++r) {
-    const int64_t n = n0 + r;
-    const int32_t shift = j.panel8 ? 128 * j.row_sums[n] : 0;
-    const float ws = j.wscale[n];
-    const float b = j.bias ? j.bias[n] : 0.f;
-    for (int64_t t = 0; t < m; ++t) {
-      const float s = j.sx[tb + t] * ws;
-      j.y[(j.t0 + tb + t) * j.ldy + n] = static_cast<float>(buf[r * width + t] - shift) * s + b;
-    }
-  }
-}
-
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
 namespace vnni {
