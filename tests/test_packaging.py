@@ -20,6 +20,7 @@ FOLDERS = {
     "passes": "sparsecc.passes",
     "backends": "sparsecc.backends",
     "models": "sparsecc.models",
+    "recipes": "sparsecc.recipes",  # the named recipes, installed as package data
 }
 PACKAGE_DIR = {package: folder for folder, package in FOLDERS.items()}
 
@@ -73,7 +74,8 @@ def test_packages_are_not_listed_twice():
 PROBE = """
 import importlib.util, importlib.metadata, json, sys
 out = {"specs": {}}
-for name in ("passes", "backends", "models", "sparsecc", "sparsecc.passes", "sparsecc.backends", "sparsecc.models"):
+for name in ("passes", "backends", "models", "recipes", "sparsecc", "sparsecc.passes", "sparsecc.backends",
+             "sparsecc.models", "sparsecc.recipes"):
     spec = importlib.util.find_spec(name)
     out["specs"][name] = None if spec is None else list(spec.submodule_search_locations or [spec.origin])
 dist = importlib.metadata.distribution("sparsecc")
@@ -166,3 +168,15 @@ def test_console_script_entry_point():
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "sparsecc"]
     assert ep.value == "sparsecc.cli:main"
     assert callable(ep.load())
+
+
+def test_named_recipes_ship_with_the_package(installed):
+    """`-r 2of4` works from any folder: every recipes/*.yaml is package data of sparsecc.recipes."""
+    from sparsecc.recipes import builtin_recipe, builtin_recipes
+
+    shipped = {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    assert shipped and set(f"{n}.yaml" for n in builtin_recipes()) == shipped
+    assert builtin_recipe("2of4") == builtin_recipe("2of4.yaml") == ROOT / "recipes" / "2of4.yaml"
+    assert builtin_recipe("no-such-recipe") is None
+    assert _setuptools()["package-data"]["sparsecc.recipes"] == ["*.yaml"]
+    assert installed["specs"]["recipes"] is None  # nothing global named recipes

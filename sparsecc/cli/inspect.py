@@ -1,60 +1,74 @@
-"""`sparsecc models`, `inspect` and `groups`: what a model holds before anything is pruned."""
+"""`sparsecc models`, `recipes`, `inspect` and `groups`: what there is before anything is pruned."""
 
 from __future__ import annotations
 
-import json
+from typing import Optional
 
 import typer
 
-from sparsecc.cli.app import app, capture_model, fail, out
+from sparsecc.cli.app import JSON_OPTION, SHAPES_OPTION, app, capture_model, emit, out
 
 __all__: list[str] = []
 
+MODEL_ARG = typer.Argument(..., metavar="MODEL", help="Zoo name or path/to/file.py:factory.")
+
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
     """List the zoo's models."""
     from sparsecc.models import PRETRAINED_MODELS, REFERENCE_MODELS
 
-    out.print("reference (random init): " + ", ".join(REFERENCE_MODELS))
-    out.print("pretrained (sparsecc[models]): " + ", ".join(PRETRAINED_MODELS))
+    out.print("reference (random init): " + ", ".join(REFERENCE_MODELS), highlight=False)
+    out.print("pretrained (sparsecc[models]): " + ", ".join(PRETRAINED_MODELS), highlight=False)
+    emit({"reference": list(REFERENCE_MODELS), "pretrained": list(PRETRAINED_MODELS)})
+
+
+@app.command("recipes")
+def recipes_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
+    """List the built-in recipes (use one with -r NAME from any folder)."""
+    from rich.table import Table
+
+    from sparsecc.recipes import builtin_recipes, describe
+
+    found = {name: describe(path) for name, path in builtin_recipes().items()}
+    t = Table(box=None, show_header=False, pad_edge=False)
+    t.add_column("name", style="bold", no_wrap=True)
+    t.add_column("description")
+    for name, text in found.items():
+        t.add_row(name, text)
+    out.print(t)
+    emit({name: {"path": str(path), "description": found[name]} for name, path in builtin_recipes().items()})
 
 
 @app.command()
-def inspect(
-    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-) -> None:
+def inspect(model: str = MODEL_ARG, shapes: Optional[str] = SHAPES_OPTION,
+            json_out: Optional[str] = JSON_OPTION) -> None:
     """List the prunable layers of MODEL with shape, params and FLOPs per call."""
     from sparsecc.core.analyze import find_prunable_weights
     from sparsecc.flows.report import inspect_table
 
-    try:
-        spec, program = capture_model(model)
-        analysis = find_prunable_weights(program)
-    except Exception as e:
-        raise fail(e) from e
-    if as_json:
-        out.print_json(json.dumps({
-            "model": spec.name,
-            "weights": [w.to_dict() for w in analysis.weights],
-            "not_prunable": {s.fqn: s.reason for s in analysis.skipped},
-        }))
-        return
+    spec, program = capture_model(model, shapes)
+    analysis = find_prunable_weights(program)
     out.print(inspect_table(analysis, title=f"prunable layers - {spec.name}"))
     for s in analysis.skipped:
-        out.print(f"[dim]not prunable: {s.fqn}: {s.reason}[/dim]")
-
+        out.print(f"not prunable: {s.fqn}: {s.reason}", style="dim", markup=False, highlight=False)
+    emit({
+        "model": spec.name,
+        "weights": [w.to_dict() for w in analysis.weights],
+        "not_prunable": {s.fqn: s.reason for s in analysis.skipped},
+    })
 
 
 @app.command("groups")
 def groups_cmd(
-    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
-    ratio: float = typer.Option(0.5, "--ratio", help="fraction of units to remove in each prunable group"),
-    units: str = typer.Option("channel,head", "--units", help="unit kinds: channel, head, strided (comma-separated)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    model: str = MODEL_ARG,
+    ratio: float = typer.Option(0.5, "--ratio", metavar="FLOAT",
+                                help="Fraction of units to remove in each prunable group."),
+    units: str = typer.Option("channel,head", "--units", metavar="KINDS",
+                              help="Unit kinds: channel, head, strided (comma-separated)."),
+    json_out: Optional[str] = JSON_OPTION,
 ) -> None:
-    """Structured-pruning dependency groups of MODEL: the slices removed together, and why a group stays whole.
+    """Structured-pruning groups of MODEL: what is removed together, and why.
 
     Each group is one space of indices (conv channels, FFN neurons, attention
     heads, GQA groups) shared by every parameter slice listed in it; a group
@@ -63,14 +77,9 @@ def groups_cmd(
     """
     from sparsecc.passes.structured import find_dependency_groups, plan_structured_pruning
 
-    try:
-        spec, program = capture_model(model)
-        analysis = find_dependency_groups(program)
-        plan = plan_structured_pruning(program, ratio, analysis=analysis,
-                                       units=[u.strip() for u in units.split(",") if u.strip()])
-    except Exception as e:
-        raise fail(e) from e
-    if as_json:
-        out.print_json(json.dumps({"model": spec.name, **plan.to_dict()}))
-        return
+    spec, program = capture_model(model)
+    analysis = find_dependency_groups(program)
+    plan = plan_structured_pruning(program, ratio, analysis=analysis,
+                                   units=[u.strip() for u in units.split(",") if u.strip()])
     out.print(plan.table(), markup=False, highlight=False)
+    emit({"model": spec.name, **plan.to_dict()})

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from sparsecc.cli.app import app, capture_model, console, fail, mask_progress, out
+from sparsecc.cli.app import (JSON_OPTION, SHAPES_OPTION, activity, app, capture_model, emit, mask_progress, out,
+                              recipe_source, refuse_existing)
+from sparsecc.cli.inspect import MODEL_ARG
+from sparsecc.errors import SparseccError
 
 __all__: list[str] = []
 
 
 @app.command()
 def sparsify(
-    model: str = typer.Argument(..., help="zoo name or path/to/file.py:factory"),
-    recipe: Path = typer.Option(..., "--recipe", "-r", help="recipe YAML (see README: Recipes)"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="output folder (program.pt2, report.json, recipe.yaml)"),
-    fold: bool = typer.Option(True, "--fold/--no-fold", help="bake masks into weights (default) or keep them in the graph"),
-    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    model: str = MODEL_ARG,
+    recipe: str = typer.Option(..., "--recipe", "-r", metavar="RECIPE",
+                               help="Recipe YAML file or built-in name (sparsecc recipes)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                                 help="Output folder (program.pt2, report.json, recipe.yaml)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold",
+                              help="Bake masks into the weights (default) or keep them in the graph."),
+    force: bool = typer.Option(False, "--force", help="Replace DIR if it exists."),
+    shapes: Optional[str] = SHAPES_OPTION,
+    json_out: Optional[str] = JSON_OPTION,
 ) -> None:
     """Sparsify MODEL with RECIPE; write the sparse program and a per-layer report.
 
@@ -27,30 +35,35 @@ def sparsify(
     """
     import yaml
 
+    from sparsecc.bundle.staging import staged_output
+    from sparsecc.core.program import save_program
     from sparsecc.flows.sparsify import recipe_needs_calibration
     from sparsecc.flows.sparsify import sparsify as run_sparsify
-    from sparsecc.bundle.staging import staged_output
     from sparsecc.plan.calibrate import calibration_for
-    from sparsecc.core.program import save_program
     from sparsecc.plan.recipe import load_recipe
 
-    try:
-        rec = load_recipe(recipe)
-        if out_dir.exists() and not force:
-            raise FileExistsError(f"{out_dir} exists; pass --force to replace it")
-        spec, program = capture_model(model)
+    rec = load_recipe(recipe_source(recipe))
+    refuse_existing(out_dir, force)
+    spec, program = capture_model(model, shapes)
+    with activity(spec.name) as act:
         calibration = None
         if recipe_needs_calibration(rec):
-            with console.status(f"loading {rec.calibration.samples} calibration batches"):
-                calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
-        with mask_progress() as progress:
+            act.step(f"loading {rec.calibration.samples} calibration batches")
+            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+        act.step("computing masks")
+        with mask_progress(act) as progress:
             result = run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name,
                                   calibration=calibration)
-        with staged_output(out_dir, force) as tmp:
-            save_program(result.program, tmp / "program.pt2")
-            (tmp / "report.json").write_text(result.report.to_json())
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
-    except Exception as e:
-        raise fail(e) from e
+        act.step(f"writing {out_dir}")
+        try:
+            with staged_output(out_dir, force) as tmp:
+                save_program(result.program, tmp / "program.pt2")
+                (tmp / "report.json").write_text(result.report.to_json())
+                (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        except OSError as e:
+            if isinstance(e, SparseccError):  # staging's own refusal, already worded
+                raise
+            raise SparseccError(f"cannot write {out_dir}: {e.strerror or e}") from e
     result.report.print(out)
-    out.print(f"wrote {out_dir}/program.pt2, report.json, recipe.yaml")
+    out.print(f"wrote {out_dir}/program.pt2, report.json, recipe.yaml", highlight=False)
+    emit({"model": spec.name, "out": str(out_dir), "report": result.report.to_dict()})

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from sparsecc.core.analyze import Analysis
 
-__all__ = ["LayerRow", "SparsityReport", "inspect_table", "bundle_summary", "human"]
+__all__ = ["LayerRow", "SparsityReport", "inspect_table", "bundle_summary", "quality_table", "human"]
 
 
 def human(n: float) -> str:
@@ -82,6 +82,16 @@ class SparsityReport:
     def sparse_layers(self) -> int:
         return sum(r.status == "sparse" for r in self.rows)
 
+    @property
+    def sparse_layer_params(self) -> int:
+        """Params of the layers the recipe pruned (layers left dense on purpose excluded)."""
+        return sum(r.params for r in self.rows if r.status == "sparse")
+
+    @property
+    def sparse_layer_sparsity(self) -> float:
+        """Zero share inside the pruned layers: what the recipe asked for, not diluted by dense layers."""
+        return self.zero_params / max(1, self.sparse_layer_params)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -92,6 +102,8 @@ class SparsityReport:
                 "prunable_params": self.prunable_params,
                 "zero_params": self.zero_params,
                 "overall_sparsity": self.overall_sparsity,
+                "sparse_layer_params": self.sparse_layer_params,
+                "sparse_layer_sparsity": self.sparse_layer_sparsity,
             },
             "layers": [r.to_dict() for r in self.rows],
             "not_prunable": self.not_prunable,
@@ -115,10 +127,12 @@ class SparsityReport:
                 f"{r.achieved:.1%}" if r.achieved is not None else "-",
                 r.status if r.status == "sparse" else f"[yellow]{r.status}[/yellow]",
             )
+        dense = len(self.rows) - self.sparse_layers
         t.caption = (
-            f"{self.sparse_layers}/{len(self.rows)} layers sparse; "
-            f"{human(self.zero_params)} of {human(self.prunable_params)} prunable params are zero "
-            f"({self.overall_sparsity:.1%})"
+            f"{self.sparse_layers}/{len(self.rows)} layers sparse: {human(self.zero_params)} of their "
+            f"{human(self.sparse_layer_params)} params are zero ({self.sparse_layer_sparsity:.1%})"
+            + (f"; {dense} layers ({human(self.prunable_params - self.sparse_layer_params)} params) left dense "
+               f"on purpose, {self.overall_sparsity:.1%} of all prunable params" if dense else "")
         )
         return t
 
@@ -161,4 +175,34 @@ def bundle_summary(manifest: dict[str, Any], folder: str = "") -> Table:
         layers = ", ".join(f"{v} {k}" for k, v in support.items())
         t.add_row(name, files, size, f"{'ok' if pv['ok'] else 'BROKEN'} ({n_ok}/{len(pv['layers'])})", parity,
                   layers, f"{sum(v for k, v in d['timings_s'].items() if '.' not in k):.1f}s")
+    return t
+
+
+def quality_table(results: Sequence[Any], title: str = "") -> Table:
+    """`sparsecc eval`'s table: a dense row beside each sparse one, one column per metric.
+
+    A sparse result that carries its reference's figures as ``dense_X`` gets a
+    dense row of its own (``X``) when no dense result of the same task and
+    runner is there already, so the two are read side by side.
+    """
+    rows: list[tuple[Any, str, dict[str, float]]] = []
+    have_dense = {(r.task, r.runner) for r in results if r.variant == "dense"}
+    for r in results:
+        own = {k: v for k, v in r.metrics.items() if not k.startswith("dense_")}
+        ref = {k[len("dense_"):]: v for k, v in r.metrics.items() if k.startswith("dense_")}
+        if r.variant != "dense" and ref and (r.task, r.runner) not in have_dense:
+            rows.append((r, "dense", ref))
+        rows.append((r, r.variant, own))
+    metrics: list[str] = []
+    for _, _, m in rows:
+        metrics += [k for k in m if k not in metrics]
+    t = Table(title=title or None)
+    for col in ("task", "model", "runner", "variant", *metrics, "seconds"):
+        t.add_column(col, justify="right" if col in metrics or col == "seconds" else "left")
+    for r, variant, m in rows:
+        cells = [f"{m[k]:.4f}" if k in m else "" for k in metrics]
+        if not r.metrics and r.details.get("unavailable"):
+            cells = ["n/a"] * len(metrics)
+        seconds = f"{r.seconds:.1f}" if variant == r.variant else ""
+        t.add_row(r.task, r.model, r.runner, variant, *cells, seconds)
     return t

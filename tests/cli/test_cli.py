@@ -57,7 +57,9 @@ def test_inspect_lists_layers():
 def test_inspect_json_is_valid_json():
     res = invoke("inspect", "mlp", "--json")
     assert res.exit_code == 0, res.output
-    data = json.loads(res.stdout)
+    doc = json.loads(res.stdout)  # stdout holds the JSON alone
+    assert (doc["command"], doc["ok"], doc["exit_code"], doc["error"]) == ("inspect", True, 0, None)
+    data = doc["result"]
     assert data["model"] == "mlp"
     weights = {w["fqn"]: w for w in data["weights"]}
     assert list(weights) == ["fc1.weight", "fc2.weight", "fc3.weight"]
@@ -221,7 +223,7 @@ def test_model_from_file_factory(tmp_path: Path, recipe_24: Path):
     f.write_text(FACTORY)
     res = invoke("inspect", f"{f}:make", "--json")
     assert res.exit_code == 0, res.output
-    data = json.loads(res.stdout)
+    data = json.loads(res.stdout)["result"]
     assert [(w["fqn"], w["shape"]) for w in data["weights"]] == [("enc.weight", [32, 12]), ("dec.weight", [8, 32])]
 
     out = tmp_path / "out"
