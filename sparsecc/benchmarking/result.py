@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .schema import validate
+from .schema import SchemaError, validate
 
 __all__ = ["BenchResult"]
 
@@ -43,7 +43,7 @@ class BenchResult:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read bench result {path}: {e}") from e
+            raise SchemaError(f"cannot read bench result {path}: {e}") from e
         validate(data)
         return cls(data)
 

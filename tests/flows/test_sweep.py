@@ -105,7 +105,7 @@ def test_cli_sweep_and_eval(tmp_path):
     res = runner.invoke(app, ["eval", "mnist", "--recipe", str(recipe), "--limit", "500",
                               "--json", str(tmp_path / "e.json")], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
-    (r,) = json.loads((tmp_path / "e.json").read_text())
+    (r,) = json.loads((tmp_path / "e.json").read_text())["result"]
     assert r["variant"] == "sparse" and r["details"]["digits"] == 500
     assert r["metrics"]["dense_accuracy"] > 0.97 and 0 < r["metrics"]["top1_agreement"] <= 1
     assert "digit-accuracy" in res.stdout
