@@ -264,6 +264,45 @@ def plan_structured_pruning(
             raise ValueError(f"unknown unit kind {k!r}; use channel, head or strided")
     analysis = analysis or find_dependency_groups(program)
     plan = StructuredPlan(analysis, criterion=criterion)
+    chosen = _chosen_groups(analysis, plan, ratio, units, include, protect, overrides)
+    scores: dict[int, np.ndarray] = {}
+    comparable: dict[int, bool] = {}  # bn_energy scores rank across groups as they are
+    prior = BnPrior(program) if criterion == "bn_energy" else None  # one lookup cache for every group
+    for g, _ in chosen:
+        energy = prior.scores(analysis, g) if prior is not None else None
+        comparable[g.id] = energy is not None
+        if energy is not None:
+            scores[g.id] = energy
+            continue
+        if prior is not None:
+            plan.fallback[g.id] = "l2 (no consumer reads a BatchNorm-predicted activation)"
+        scores[g.id] = group_importance(program, analysis, g, "l2" if prior is not None else criterion,
+                                        gradients=gradients, seed=seed)
+    keep_counts: dict[int, int] = {}
+    if scope == "layer":
+        for g, r in chosen:
+            keep_counts[g.id] = max(1, g.size - int(math.floor(r * g.size + 1e-9)))
+    elif scope == "global":
+        keep_counts = _global_keep_counts(chosen, scores, comparable, ratio, max_group_ratio)
+    else:
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    for g, _ in chosen:
+        k = keep_counts[g.id]
+        if g.kind == "channel":
+            k = _round_up(k, round_to, g.size)
+        if k >= g.size:
+            plan.skipped[g.id] = "nothing to remove after rounding"
+            continue
+        order = np.argsort(-scores[g.id], kind="stable")
+        plan.kept[g.id] = np.sort(order[:k])
+    return plan
+
+
+def _chosen_groups(analysis: DependencyAnalysis, plan: StructuredPlan, ratio: float, units: Sequence[UnitKind],
+                   include: Sequence[str], protect: Sequence[str],
+                   overrides: dict[str, float] | None) -> list[tuple[DependencyGroup, float]]:
+    """The prunable groups selected by ``units``/``include``/``protect``, each with its ratio; the others
+    go to ``plan.skipped`` with the reason."""
     chosen: list[tuple[DependencyGroup, float]] = []
     for g in analysis.groups:
         if not g.prunable:
@@ -283,52 +322,28 @@ def plan_structured_pruning(
                 r = float(value)
                 break
         chosen.append((g, r))
-    scores: dict[int, np.ndarray] = {}
-    comparable: dict[int, bool] = {}  # bn_energy scores rank across groups as they are
-    prior = BnPrior(program) if criterion == "bn_energy" else None  # one lookup cache for every group
+    return chosen
+
+
+def _global_keep_counts(chosen: list[tuple[DependencyGroup, float]], scores: dict[int, np.ndarray],
+                        comparable: dict[int, bool], ratio: float, max_group_ratio: float) -> dict[int, int]:
+    """Kept units per group under one ranking of every unit (no group loses more than ``max_group_ratio``)."""
+    pool = []
+    raw = [scores[gid].mean() for gid, ok in comparable.items() if ok]  # none unless bn_energy
+    level = float(np.mean(raw)) if raw else 1.0  # fallback groups: mean-normalised, then on the energy scale
     for g, _ in chosen:
-        energy = prior.scores(analysis, g) if prior is not None else None
-        comparable[g.id] = energy is not None
-        if energy is not None:
-            scores[g.id] = energy
-            continue
-        if prior is not None:
-            plan.fallback[g.id] = "l2 (no consumer reads a BatchNorm-predicted activation)"
-        scores[g.id] = group_importance(program, analysis, g, "l2" if prior is not None else criterion,
-                                        gradients=gradients, seed=seed)
-    keep_counts: dict[int, int] = {}
-    if scope == "layer":
-        for g, r in chosen:
-            keep_counts[g.id] = max(1, g.size - int(math.floor(r * g.size + 1e-9)))
-    elif scope == "global":
-        pool = []
-        raw = [scores[gid].mean() for gid, ok in comparable.items() if ok]  # none unless bn_energy
-        level = float(np.mean(raw)) if raw else 1.0  # fallback groups: mean-normalised, then on the energy scale
-        for g, _ in chosen:
-            s = scores[g.id]
-            norm = s if comparable[g.id] else level * s / (s.mean() + 1e-12)
-            pool.extend((v, g.id) for v in norm)
-        pool.sort()
-        budget = int(math.floor(ratio * len(pool)))
-        removed: dict[int, int] = {g.id: 0 for g, _ in chosen}
-        caps = {g.id: min(g.size - 1, int(math.floor(max_group_ratio * g.size))) for g, _ in chosen}
-        for _, gid in pool:
-            if budget <= 0:
-                break
-            if removed[gid] < caps[gid]:
-                removed[gid] += 1
-                budget -= 1
-        sizes = {g.id: g.size for g, _ in chosen}
-        keep_counts = {gid: sizes[gid] - n for gid, n in removed.items()}
-    else:
-        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    for g, _ in chosen:
-        k = keep_counts[g.id]
-        if g.kind == "channel":
-            k = _round_up(k, round_to, g.size)
-        if k >= g.size:
-            plan.skipped[g.id] = "nothing to remove after rounding"
-            continue
-        order = np.argsort(-scores[g.id], kind="stable")
-        plan.kept[g.id] = np.sort(order[:k])
-    return plan
+        s = scores[g.id]
+        norm = s if comparable[g.id] else level * s / (s.mean() + 1e-12)
+        pool.extend((v, g.id) for v in norm)
+    pool.sort()
+    budget = int(math.floor(ratio * len(pool)))
+    removed: dict[int, int] = {g.id: 0 for g, _ in chosen}
+    caps = {g.id: min(g.size - 1, int(math.floor(max_group_ratio * g.size))) for g, _ in chosen}
+    for _, gid in pool:
+        if budget <= 0:
+            break
+        if removed[gid] < caps[gid]:
+            removed[gid] += 1
+            budget -= 1
+    sizes = {g.id: g.size for g, _ in chosen}
+    return {gid: sizes[gid] - n for gid, n in removed.items()}
