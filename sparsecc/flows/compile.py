@@ -33,7 +33,10 @@ import torch
 import yaml
 from torch.export import ExportedProgram
 
+from sparsecc.backends import LowerOptions, TensorSpec, get_backend, user_input_specs, user_output_names
+from sparsecc.flows.recover import recover
 from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
+from sparsecc.flows.structured import prune_structured
 from sparsecc.plan.calibrate import CalibrationData, calibration_for
 from sparsecc.bundle.staging import staged_output
 from sparsecc.core.capture import capture, dynamic_axis_names
@@ -181,7 +184,6 @@ def compile(
     defaults to on when the recipe prunes 67% or more (where COO storage gets
     smaller than dense). Returns what the manifest says, plus the program.
     """
-    from sparsecc.backends import LowerOptions, get_backend
 
     say = progress or (lambda msg: None)
     spec = None
@@ -219,8 +221,6 @@ def compile(
             calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
         if rec.structured is not None:
             # Channel / head removal: a physically smaller program, checked against the masked one.
-            from sparsecc.flows.structured import prune_structured
-
             say("structured pruning")
             verify_sets = [(a, k or {}) for _l, a, k in _input_sets((example_args, example_kwargs or {}), make_inputs)]
             structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
@@ -233,8 +233,6 @@ def compile(
     timings["sparsify"] = time.perf_counter() - t0
     recovery_run = None
     if rec is not None and rec.recovery:
-        from sparsecc.flows.recover import recover
-
         t0 = time.perf_counter()
         given = None if spec is not None else (calibration.batches if calibration is not None
                                                else [(tuple(example_args), dict(example_kwargs or {}))])
@@ -372,14 +370,10 @@ def _symbol_names(program: ExportedProgram, axis_names: dict[str, dict[int, str]
 
 
 def _rename_dims(t: Any, symbols: dict[str, str]) -> Any:
-    from sparsecc.backends import TensorSpec
-
     return TensorSpec(t.name, tuple(symbols.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
 
 
 def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> dict[str, Any]:
-    from sparsecc.backends import user_input_specs, user_output_names
-
     sym = _symbol_names(program, axis_names)
     inputs = [s.to_dict() for s in user_input_specs(program)]
     for i in inputs:
