@@ -22,7 +22,9 @@ import torch
 import torch.fx
 from torch.export import ExportedProgram
 
+from sparsecc.core.ir import SparsityPattern
 from sparsecc.core.pass_infra import PassBase
+from sparsecc.plan.masks import compute_mask
 
 __all__ = [
     "normalized_ops",
@@ -163,9 +165,6 @@ def prune_(
     For tests that hand a backend an already-sparse model, as after mask
     folding. ``output_axis`` defaults to the other of axes 0 and 1.
     """
-    from sparsecc.core.ir import SparsityPattern
-    from sparsecc.plan.masks import compute_mask
-
     if output_axis is None:
         output_axis = 1 if reduction_axis == 0 else 0
     with torch.no_grad():

@@ -40,6 +40,7 @@ from sparsecc.backends.base import (
     Runner,
 )
 from sparsecc.core.ir import MaskSpec
+from sparsecc.core.program import tensor_leaves
 
 from . import _deps
 from .fp16 import IO_DTYPES
@@ -74,7 +75,7 @@ def golden_outputs(program: ExportedProgram, flat_inputs: Sequence[torch.Tensor]
     args, kwargs = torch.utils._pytree.tree_unflatten(list(flat_inputs), program.call_spec.in_spec)
     with torch.no_grad():
         out = program.module()(*args, **kwargs)
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return tensor_leaves(out)
 
 
 def _versions() -> dict[str, str]:

@@ -61,7 +61,7 @@ from sparsecc.plan.masks import check_pattern
 from sparsecc.backends.torch_sparse.int8_select import INT8_KERNELS
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import (RewriteSparseKernelsPass, compressed_targets,
                                                                     int8_targets)
-from sparsecc.core.program import load_program, save_program, state_tensor
+from sparsecc.core.program import load_program, save_program, state_tensor, tensor_leaves
 
 __all__ = ["TorchSparseBackend", "TorchSparseRunner", "load_sparse_program", "MODEL_FILE", "KERNELS_FILE"]
 
@@ -93,7 +93,7 @@ class TorchSparseRunner(Runner):
             args, kwargs = torch.utils._pytree.tree_unflatten(list(inputs), self._in_spec)  # keyword inputs
         with torch.inference_mode():
             out = self.module(*args, **kwargs)
-        return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return tensor_leaves(out)
 
 
 def _output_specs(program: ExportedProgram) -> list[TensorSpec]:

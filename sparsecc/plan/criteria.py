@@ -31,6 +31,7 @@ import torch
 
 from sparsecc.core.ir import SparsityPattern
 from sparsecc.plan.masks import compute_mask, from_rows_view, pruned_units, rows_view, spread_counts
+from sparsecc.plan.sparsegpt import sparsegpt_prune
 
 __all__ = [
     "CriterionContext",
@@ -149,8 +150,6 @@ def taylor(weight: torch.Tensor, ctx: CriterionContext) -> torch.Tensor:
 @register_criterion("sparsegpt", needs=("hessian",), kind="solver")
 def sparsegpt(weight: torch.Tensor, ctx: CriterionContext, pattern: SparsityPattern,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-    from sparsecc.plan.sparsegpt import sparsegpt_prune
-
     hessian = _stat(ctx, "hessian", "sparsegpt")
     mat = rows_view(weight.detach(), ctx.output_axis, ctx.reduction_axis)
     opts = {k: ctx.options[k] for k in ("blocksize", "damp") if k in ctx.options}

@@ -12,7 +12,7 @@ from sparsecc.core.pass_infra import PreconditionError
 from sparsecc.flows.pipelines import fold_pipeline
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import RewriteSparseKernelsPass
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import compressed_targets
-from sparsecc.core.program import load_program, save_program
+from sparsecc.core.program import load_program, save_program, tensor_leaves
 from sparsecc.testing import assert_same_structure, check_golden, normalized_ops
 
 kernels.load()
@@ -159,8 +159,7 @@ ALL_FORMATS = FORMATS + [("4x4", 0.7, "bsr", 4), ("16x16", 0.9, "bsr", 16), ("2x
 
 
 def _assert_parity(got, want, label: str) -> None:
-    g = [t for t in torch.utils._pytree.tree_leaves(got) if isinstance(t, torch.Tensor)]
-    w = [t for t in torch.utils._pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]
+    g, w = tensor_leaves(got), tensor_leaves(want)
     assert len(g) == len(w), label
     for i, (a, b) in enumerate(zip(g, w)):
         if not b.is_floating_point():

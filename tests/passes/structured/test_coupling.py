@@ -14,13 +14,10 @@ from sparsecc.passes.structured import (
     find_dependency_groups,
     plan_structured_pruning,
 )
+from sparsecc.core.program import tensor_leaves
 from sparsecc.testing import export_module
 
 RTOL = 1e-5
-
-
-def _leaves(out):
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 def shrink_and_check(program, plan, inputs):
@@ -28,7 +25,7 @@ def shrink_and_check(program, plan, inputs):
     small = ShrinkChannelsPass(plan)(program).program
     masked = MaskChannelsPass(plan)(program).program
     for args in inputs:
-        got, want = _leaves(small.module()(*args)), _leaves(masked.module()(*args))
+        got, want = tensor_leaves(small.module()(*args)), tensor_leaves(masked.module()(*args))
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsecc.core.analyze import find_prunable_weights
+from sparsecc.core.program import tensor_leaves
 from sparsecc.models import REFERENCE_MODELS
 from sparsecc.passes.structured import (
     MaskChannelsPass,
@@ -20,8 +21,7 @@ RTOL = 1e-5
 
 
 def _outputs(program, args, kwargs):
-    out = program.module()(*args, **kwargs)
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return tensor_leaves(program.module()(*args, **kwargs))
 
 
 def check_shrunk_equals_masked(spec, program, plan):
