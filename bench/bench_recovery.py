@@ -76,6 +76,7 @@ def evaluate(program: Any, cfg: dict, spec: Any, ref_raw: Any, args: argparse.Na
 
 def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from sparsecc.core.capture import capture
+    from sparsecc.core.program import load_program, save_program
     from sparsecc.flows.recover import recover
     from sparsecc.flows.sparsify import sparsify
     from sparsecc.models import get_model
@@ -105,9 +106,17 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         record["stages"].append({"stage": "dense", "metrics": m, "eval_wall_s": c.wall})
         log(f"dense {m}")
     cal_samples = 64
+    cache = Path(args.cache_dir) / f"oneshot-{name.replace(':', 'of')}.pt2" if args.cache_dir else None
     with Clock() as c:
         cal = calibration_for(spec, cal_samples)
-        sparse = sparsify(program, cfg["recipe"], fold=True, calibration=cal, model_name=cfg["model"]).program
+        if cache is not None and cache.exists():  # the same one-shot program as an earlier run
+            sparse = load_program(cache)
+            log(f"one-shot program loaded from {cache} (its pruning time is not measured again)")
+        else:
+            sparse = sparsify(program, cfg["recipe"], fold=True, calibration=cal, model_name=cfg["model"]).program
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                save_program(sparse, cache)
     m = evaluate(sparse, cfg, spec, ref_raw, args)
     record["data"] = {"calibration": f"{cal_samples} calibration batches (sparsecc.data.calibration_inputs)",
                       "training": f"recovery data '{args.data}' ({args.samples} samples)",
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model (perplexity)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--cache-dir", default="", help="keep / reuse the one-shot program here")
     args = p.parse_args(argv)
     args.methods = args.methods.split(",")
     if args.threads:

@@ -14,14 +14,16 @@ and ``C = Xsᵀ Xd``. Zeros stay exactly zero (they are never solved for).
 Targets from dense inputs make each layer undo the error of the layers
 before it, which plain one-shot solvers (SparseGPT: ``Wd Xs``) do not.
 
-Optionally (``extra.block_steps > 0``) a few Adam steps per block (a numbered
-module such as ``model.layers.3``, found from ``nn_module_stack`` as
-calibration's `block_key` does) then lower the block output MSE against the
-dense block with masks fixed. Only the current point's activations are kept
-in memory (the graph runner frees values after their last use).
+Layers are visited in graph order and grouped into blocks (a numbered module
+such as ``model.layers.3``, from ``nn_module_stack`` as calibration's
+`block_key` does) for progress; only the activations live at the current
+point are kept (the graph runner frees values after their last use). Gradient
+steps on top (masks fixed) are the ``distill`` method, run after this one.
 
 ``extra`` keys: ``damp`` (ridge λ relative to the mean diagonal of ``Hs``,
-default 0.01), ``block_steps`` (default 0), ``block_lr`` (default ``lr``).
+default 0.01), ``exact_flops`` (a layer whose row-by-row factorisations would
+cost more, and more than the conjugate-gradient steps, is solved by those,
+default 2e9), ``cg_iters`` (default 20).
 """
 
 from __future__ import annotations
@@ -55,28 +57,46 @@ __all__ = ["reconstruct", "masked_least_squares"]
 
 
 def masked_least_squares(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, damp: float = 0.01,
-                         max_elements: int = 1 << 25) -> torch.Tensor:
-    """Rows ``w`` minimising ``wᵀ Hs w - 2 wᵀ g`` on each row's kept columns; masked entries exactly zero.
+                         max_elements: int = 1 << 25, exact_flops: float = 2e9, warm: torch.Tensor | None = None,
+                         iters: int = 20, method: str = "auto") -> torch.Tensor:
+    """Rows ``w`` minimising ``wᵀ (Hs + λI) w - 2 wᵀ g`` on each row's kept columns; masked entries exactly zero.
 
-    ``hs`` is ``[K, K]`` (Xsᵀ Xs), ``g`` is ``[out, K]`` (row r: Xsᵀ Xd wd_r), ``mask`` ``[out, K]`` bool.
-    Rows that share a kept pattern (blocks, channels) are solved together; rows with the
-    same number of kept columns (N:M) in batches of gathered systems; the rest one by one.
+    ``hs`` is ``[K, K]`` (Xsᵀ Xs), ``g`` is ``[out, K]`` (row r: Xsᵀ Xd wd_r), ``mask`` ``[out, K]`` bool,
+    λ = ``damp`` x the mean diagonal of ``hs``. Rows that share a kept pattern (blocks, channels) are
+    solved together by Cholesky; otherwise each row's system is solved exactly (gathered in batches)
+    when that costs under ``exact_flops``, else by ``iters`` steps of Jacobi-preconditioned conjugate
+    gradients on all rows at once, started from ``warm`` (the one-shot weights): the same solution
+    approached at one ``[out, K] x [K, K]`` product per step instead of ``out`` factorisations.
+    ``method`` ("auto", "exact", "cg") overrides that choice.
     """
     out, k = mask.shape
-    hs = hs.double()
-    g = g.double()
-    lam = damp * float(hs.diagonal().mean().clamp_min(1e-12))
-    result = torch.zeros(out, k, dtype=torch.float64)
+    lam = damp * float(hs.diagonal().double().mean().clamp_min(1e-12))
     patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
     if patterns.shape[0] * 4 <= out:  # few patterns: one system per pattern, many right-hand sides
+        hs64, g64 = hs.double(), g.double()
+        result = torch.zeros(out, k, dtype=torch.float64)
         for p in range(patterns.shape[0]):
             cols = patterns[p].nonzero().squeeze(1)
             rows = (inverse == p).nonzero().squeeze(1)
             if cols.numel() == 0:
                 continue
-            a = hs[cols][:, cols] + lam * torch.eye(cols.numel(), dtype=hs.dtype)
-            result[rows.unsqueeze(1), cols] = _spd_solve(a, g[rows][:, cols].t()).t()
+            a = hs64[cols][:, cols] + lam * torch.eye(cols.numel(), dtype=torch.float64)
+            result[rows.unsqueeze(1), cols] = _spd_solve(a, g64[rows][:, cols].t()).t()
         return result
+    counts = mask.sum(1)
+    cost = float((counts.double() ** 3).sum() / 3)
+    if method == "auto":  # exact when it is the cheaper (or cheap enough)
+        method = "exact" if warm is None or cost <= max(exact_flops, 2.0 * iters * out * k * k) else "cg"
+    if method == "exact":
+        return _exact_rows(hs.double(), g.double(), mask, lam, max_elements)
+    start = warm if warm is not None else torch.zeros(out, k)
+    return _masked_cg(hs.float(), g.float(), mask, lam, start.float(), iters).double()
+
+
+def _exact_rows(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, lam: float,
+                max_elements: int) -> torch.Tensor:
+    out, k = mask.shape
+    result = torch.zeros(out, k, dtype=torch.float64)
     counts = mask.sum(1)
     if bool((counts == counts[0]).all()) and int(counts[0]) > 0:  # N:M: same count per row, gather
         kept = int(counts[0])
@@ -97,6 +117,32 @@ def masked_least_squares(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, 
     return result
 
 
+def _masked_cg(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, lam: float, warm: torch.Tensor,
+               iters: int, tol: float = 1e-6) -> torch.Tensor:
+    """Conjugate gradients for every row's system restricted to its kept columns, vectorised over rows."""
+    m = mask.to(hs.dtype)
+    a = hs + lam * torch.eye(hs.shape[0], dtype=hs.dtype)
+    dinv = 1.0 / a.diagonal().clamp_min(1e-30)
+    x = warm * m
+    r = (g - x @ a) * m
+    z = r * dinv
+    p = z.clone()
+    rz = (r * z).sum(1)
+    stop = tol * tol * (g * g * m * dinv).sum(1).clamp_min(1e-30)
+    for _ in range(iters):
+        ap = (p @ a) * m
+        alpha = rz / (p * ap).sum(1).clamp_min(1e-30)
+        x.addcmul_(alpha.unsqueeze(1), p)
+        r.addcmul_(alpha.unsqueeze(1), ap, value=-1)
+        z = r * dinv
+        rz_new = (r * z).sum(1)
+        if bool((rz_new <= stop).all()):
+            break
+        p = z + (rz_new / rz.clamp_min(1e-30)).unsqueeze(1) * p
+        rz = rz_new
+    return x * m
+
+
 def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     if bool((info == 0).all()):
@@ -105,29 +151,30 @@ def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _Accumulator:
-    """Xsᵀ Xs, Xsᵀ Xd and Xdᵀ Xd for one activation (shared by the weights that read it)."""
+    """Xsᵀ Xs and Xsᵀ Xd for one activation (shared by the weights that read it), in float32, and
+    per weight ``|| Wd Xd ||²``, the reference its relative error is measured against."""
 
     def __init__(self) -> None:
         self.hs: torch.Tensor | None = None
         self.c: torch.Tensor | None = None
-        self.hd: torch.Tensor | None = None
+        self.dense: dict[str, torch.Tensor] = {}  # fqn -> Wd as [out, K]
+        self.ref: dict[str, float] = {}
 
     def add(self, xs: torch.Tensor, xd: torch.Tensor) -> None:
-        xs, xd = xs.double(), xd.double()
         if self.hs is None:
             k = xs.shape[-1]
-            self.hs, self.c, self.hd = (xs.new_zeros(k, k) for _ in range(3))
+            self.hs, self.c = xs.new_zeros(k, k), xs.new_zeros(k, k)
         self.hs.addmm_(xs.t(), xs)
         self.c.addmm_(xs.t(), xd)
-        self.hd.addmm_(xd.t(), xd)
+        for fqn, wd in self.dense.items():
+            self.ref[fqn] = self.ref.get(fqn, 0.0) + float((xd @ wd.t()).double().square().sum())
 
 
-def _layer_error(w: torch.Tensor, wd: torch.Tensor, acc: _Accumulator) -> float:
+def _layer_error(w: torch.Tensor, wd: torch.Tensor, acc: _Accumulator, ref: float) -> float:
     """|| W Xs - Wd Xd ||² / || Wd Xd ||² from the accumulated products."""
     w, wd = w.double(), wd.double()
-    err = (w @ acc.hs * w).sum() - 2 * (w @ acc.c * wd).sum() + (wd @ acc.hd * wd).sum()
-    ref = (wd @ acc.hd * wd).sum().clamp_min(1e-30)
-    return float(err.clamp_min(0) / ref)
+    err = (w @ acc.hs.double() * w).sum() - 2 * (w @ acc.c.double() * wd).sum() + ref
+    return float(err.clamp_min(0)) / max(ref, 1e-30)
 
 
 def _dense_state(teacher: Any) -> Mapping[str, torch.Tensor]:
@@ -172,6 +219,8 @@ def _plan(program: ExportedProgram, masks: Mapping[str, torch.Tensor], dense: Ma
         if len(accs) != 1:
             skipped[fqn] = f"{len(accs)} uses (reconstruction handles one)"
             continue
+        accs[0].dense[fqn] = as_matrix(dense[fqn].detach(), w.output_axis, w.reduction_axis).reshape(
+            w.out_size, -1).float()
         per_weight[fqn] = accs
     taps: dict[torch.fx.Node, list[tuple[Any, _Accumulator]]] = {}
     for tap, acc, node in shared.values():
@@ -205,6 +254,35 @@ def _dense_overrides(program: ExportedProgram, masks: Mapping[str, torch.Tensor]
     return out
 
 
+def _mask_applications(nodes: list[torch.fx.Node]) -> dict[str, list[torch.fx.Node]]:
+    """The ``W * mask`` nodes of an unfolded program by weight: they have run before the solve point."""
+    applied: dict[str, list[torch.fx.Node]] = {}
+    for n in nodes:
+        info = get_node_info(n) if n.op == "call_function" else None
+        if info is not None and info.apply_mask_of:
+            applied.setdefault(info.apply_mask_of, []).append(n)
+    return applied
+
+
+def _solve_layer(program: ExportedProgram, w: Any, acc: _Accumulator, mask: torch.Tensor, dense: torch.Tensor,
+                 solver: dict[str, Any]) -> tuple[torch.Tensor, tuple[float, float]]:
+    """The reconstructed weight (in its own layout) and its relative output error before and after."""
+    m = as_matrix(mask, w.output_axis, w.reduction_axis)
+    shape = m.shape
+    m = m.reshape(w.out_size, -1)
+    wd = as_matrix(dense.detach(), w.output_axis, w.reduction_axis).reshape(w.out_size, -1)
+    ws = as_matrix(state_tensor(program, w.fqn).detach(), w.output_axis, w.reduction_axis)
+    ws = ws.reshape(w.out_size, -1) * m
+    new = masked_least_squares(acc.hs, wd.float() @ acc.c.t(), m, solver["damp"], warm=ws,
+                               exact_flops=solver["exact_flops"], iters=solver["iters"])
+    ref = acc.ref[w.fqn]
+    before, after = _layer_error(ws, wd, acc, ref), _layer_error(new, wd, acc, ref)
+    if after > before:  # the damping can cost more than it buys: keep the one-shot weights
+        new = ws.double()
+    value = new.reshape(shape).movedim((0, -1), (w.output_axis, w.reduction_axis))
+    return value.to(dense.dtype).contiguous(), (before, min(before, after))
+
+
 @register_method("reconstruct")
 def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch], options: RecoveryOptions,
                 progress: Callable[[str], None] | None = None) -> RecoveryResult:
@@ -216,6 +294,8 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     if not batches:
         raise RecoveryError("reconstruct needs at least one calibration batch")
     damp = float(options.extra.get("damp", 0.01))
+    solver = {"damp": damp, "exact_flops": float(options.extra.get("exact_flops", 2e9)),
+              "iters": int(options.extra.get("cg_iters", 20))}
     masks = masks_of(program)
     if not masks:
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")
@@ -230,12 +310,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     for fqn, accs in per_weight.items():
         due.setdefault(max(fed_at[id(a)] for a in accs), []).append(fqn)
     placeholder = {n.name: n for n in runner.placeholders}
-    # an unfolded program reads W * mask from a mul node that has already run at the solve point
-    applied: dict[str, list[torch.fx.Node]] = {}
-    for n in runner.nodes:
-        info = get_node_info(n) if n.op == "call_function" else None
-        if info is not None and info.apply_mask_of:
-            applied.setdefault(info.apply_mask_of, []).append(n)
+    applied = _mask_applications(runner.nodes)
     ck_path = f"{options.checkpoint_dir}/reconstruct.pt" if options.checkpoint_dir else None
     ck = load_checkpoint(ck_path) if ck_path else None
     if ck is not None and ck.get("fingerprint") != options.fingerprint():
@@ -261,26 +336,15 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
                     runner.run(env_d, start, point)
                 _feed(runner, envs_s, envs_d, runner.nodes[point], taps.get(runner.nodes[point], []))
                 for fqn in fqns:
-                    w = analysis[fqn]
-                    acc = per_weight[fqn][0]
-                    mask = as_matrix(masks[fqn], w.output_axis, w.reduction_axis).reshape(w.out_size, -1)
-                    wd = as_matrix(dense[fqn].detach(), w.output_axis, w.reduction_axis).reshape(w.out_size, -1)
-                    ws = as_matrix(state_tensor(program, fqn).detach(), w.output_axis, w.reduction_axis)
-                    ws = ws.reshape(w.out_size, -1) * mask
-                    new = masked_least_squares(acc.hs, wd.double() @ acc.c.t(), mask, damp)
-                    before, after = _layer_error(ws, wd, acc), _layer_error(new, wd, acc)
-                    if after > before:  # the damping can cost more than it buys: keep the one-shot weights
-                        new = ws.double()
-                    errors[fqn] = (before, min(before, after))
-                    shape = as_matrix(masks[fqn], w.output_axis, w.reduction_axis).shape
-                    value = new.reshape(shape).movedim((0, -1), (w.output_axis, w.reduction_axis))
-                    solved[fqn] = value.to(dense[fqn].dtype).contiguous()
+                    solved[fqn], errors[fqn] = _solve_layer(program, analysis[fqn], per_weight[fqn][0],
+                                                            masks[fqn], dense[fqn], solver)
                 if ck_path:
                     save_checkpoint(ck_path, {"fingerprint": options.fingerprint(), "solved": solved,
                                               "errors": errors})
             for acc_list in (per_weight[f] for f in fqns):
                 for acc in acc_list:
-                    acc.hs = acc.c = acc.hd = None  # free as soon as read
+                    acc.hs = acc.c = None  # free as soon as read
+                    acc.dense = {}
             for env in envs_s:
                 for fqn in fqns:
                     env[placeholder[runner.param_node[fqn]]] = solved[fqn]
@@ -303,13 +367,6 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
         "layer_error_after": mean([e[1] for e in errors.values()]),
         "layer_errors": {f: list(e) for f, e in errors.items()},
     }
-    if int(options.extra.get("block_steps", 0)) > 0:
-        from sparsecc.recovery.block_tune import tune_blocks
-
-        result_program, tuned = tune_blocks(result_program, teacher, batches, options, masks, progress)
-        details.update(tuned)
-        assert_zeros_kept(result_program, masks)
-        loss_after = output_loss(result_program, targets, batches, options)
     tokens = sum(batch_tokens(b) for b in batches)
     return RecoveryResult(result_program, "reconstruct", len(solved), loss_before, loss_after,
                           time.perf_counter() - t0, tokens, [loss_before, loss_after], details)

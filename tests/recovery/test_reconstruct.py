@@ -125,3 +125,17 @@ def test_reconstruction_resumes_from_its_checkpoint(tmp_path):
     again = get_method("reconstruct")(sparse, dense, mlp_batches(8), opts, None)
     for fqn, t in first.program.state_dict.items():
         assert torch.equal(t, again.program.state_dict[fqn])
+
+
+def test_conjugate_gradients_reach_the_exact_solution_of_large_layers():
+    torch.manual_seed(1)
+    x = torch.randn(400, 32, dtype=torch.float64)
+    hs, g = x.T @ x, torch.randn(20, 32, dtype=torch.float64)
+    mask = torch.zeros(20, 32, dtype=torch.bool)
+    mask.view(20, 8, 4).scatter_(2, torch.rand(20, 8, 4).argsort(-1)[..., :2], True)
+    exact = masked_least_squares(hs, g, mask, damp=0.01)
+    cg = masked_least_squares(hs, g, mask, damp=0.01, warm=torch.zeros(20, 32), iters=200, method="cg")
+    torch.testing.assert_close(cg, exact, rtol=1e-4, atol=1e-5)
+    few = masked_least_squares(hs, g, mask, damp=0.01, warm=torch.zeros(20, 32), iters=3, method="cg")
+    assert not torch.allclose(few, exact, rtol=1e-4, atol=1e-5)  # the test above did run the iterations
+    assert bool((cg[~mask] == 0).all())
