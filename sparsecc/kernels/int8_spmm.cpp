@@ -48,6 +48,8 @@ struct QJob {
   const int32_t* row_sums;  // subtracted x128 when the panel is shifted (VNNI)
   const float* bias;        // may be null
   int64_t br;
+  const uint8_t* rows8 = nullptr;  // few-token path: the tokens' quantized rows [nt][K], u8 (x + 128)
+  int64_t K = 0;
 };
 
 #pragma GCC push_options
@@ -64,6 +66,72 @@ static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
 static inline vi dot4(vi acc, vx x, int32_t w) { return _mm512_dpbusd_epi32(acc, x, _mm512_set1_epi32(w)); }
 static inline void vi_store(int32_t* p, vi a) { _mm512_storeu_si512(p, a); }
 #include "int8_body.h"
+
+// Few tokens (1..8) on 8x8 / 16x16 blocks: the vector holds the block, not
+// tokens. A 64-byte row of B x B int8 weights is one zmm whose 32-bit lanes
+// are 4 consecutive k of one row, so one vpdpbusd against the token's B
+// activations broadcast does 64 useful products, where the panel path would
+// waste 16 - T lanes. Lanes of one row are summed at the end.
+template <int B, int NT>
+static void few_rows(const QJob& j, int64_t b0, int64_t b1) {
+  constexpr int Z = B * B / 64;       // zmm per block
+  constexpr int LANES = B / 4;        // lanes per row
+  for (int64_t brow = b0; brow < b1; ++brow) {
+    __m512i acc[NT][Z];
+    for (int t = 0; t < NT; ++t)
+      for (int z = 0; z < Z; ++z) acc[t][z] = _mm512_setzero_si512();
+    for (int32_t i = j.crow[brow]; i < j.crow[brow + 1]; ++i) {
+      const int8_t* wb = j.val + static_cast<int64_t>(i) * B * B;
+      const uint8_t* xb = j.rows8 + static_cast<int64_t>(j.col[i]) * B;
+      __m512i xv[NT];
+      for (int t = 0; t < NT; ++t) {
+        if (B == 8) {
+          int64_t v;
+          std::memcpy(&v, xb + t * j.K, 8);
+          xv[t] = _mm512_set1_epi64(v);
+        } else {
+          xv[t] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + t * j.K)));
+        }
+      }
+#pragma GCC unroll 4
+      for (int z = 0; z < Z; ++z) {
+        const __m512i w = _mm512_loadu_si512(wb + z * 64);
+        for (int t = 0; t < NT; ++t) acc[t][z] = _mm512_dpbusd_epi32(acc[t][z], xv[t], w);
+      }
+    }
+    alignas(64) int32_t lanes[16];
+    alignas(64) int32_t buf[B * 16] = {};  // [row][token], the layout write_out reads
+    for (int t = 0; t < NT; ++t)
+      for (int z = 0; z < Z; ++z) {
+        _mm512_store_si512(lanes, acc[t][z]);
+        for (int l = 0; l < 16; l += LANES) {
+          int32_t sum = 0;
+          for (int q = 0; q < LANES; ++q) sum += lanes[l + q];
+          buf[(z * (16 / LANES) + l / LANES) * 16 + t] = sum;
+        }
+      }
+    write_out<B, 16>(j, buf, brow * B, 0);
+  }
+}
+
+template <int B>
+static void few_dispatch(const QJob& j, int64_t b0, int64_t b1) {
+  switch (j.nt) {
+    case 1: few_rows<B, 1>(j, b0, b1); break;
+    case 2: few_rows<B, 2>(j, b0, b1); break;
+    case 3: few_rows<B, 3>(j, b0, b1); break;
+    case 4: few_rows<B, 4>(j, b0, b1); break;
+    case 5: few_rows<B, 5>(j, b0, b1); break;
+    case 6: few_rows<B, 6>(j, b0, b1); break;
+    case 7: few_rows<B, 7>(j, b0, b1); break;
+    default: few_rows<B, 8>(j, b0, b1); break;
+  }
+}
+
+void few(const QJob& j, int64_t b0, int64_t b1) {
+  if (j.br == 8) few_dispatch<8>(j, b0, b1);
+  else few_dispatch<16>(j, b0, b1);
+}
 #undef NV8
 #undef VW
 }  // namespace vnni
@@ -192,9 +260,32 @@ static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, f
   }
 }
 
+constexpr int64_t kFewTokens = 8;  // up to here, VNNI on 8x8 / 16x16 blocks vectorizes over the block
+
+static void run_few(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale) {
+  std::vector<uint8_t> rows(T * K);
+  std::vector<int8_t> row(K);
+  alignas(64) float scales[16];
+  for (int64_t t = 0; t < 16; ++t) scales[t] = 1.f;
+  for (int64_t t = 0; t < T; ++t) {
+    scales[t] = vnni::quantize_row(x + t * K, K, act_scale, row.data());
+    for (int64_t k = 0; k < K; ++k) rows[t * K + k] = static_cast<uint8_t>(row[k]) ^ 0x80;
+  }
+  QJob j = base;
+  j.panel8 = rows.data();  // marks the activations as shifted by +128
+  j.rows8 = rows.data();
+  j.K = K;
+  j.sx = scales;
+  j.y = y;
+  j.t0 = 0;
+  j.nt = T;
+  at::parallel_for(0, N / base.br, 1, [&](int64_t b0, int64_t b1) { vnni::few(j, b0, b1); });
+}
+
 static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale,
                 const std::string& isa) {
   const bool use_vnni = isa == "avx512";
+  if (use_vnni && T <= kFewTokens && (base.br == 8 || base.br == 16)) return run_few(x, y, T, K, N, base, act_scale);
   const int64_t vw = use_vnni ? 16 : 8;
   const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
   const QuantFn quant = use_vnni ? vnni::quantize_row : isa == "avx2" ? avx2::quantize_row : portable::quantize_row;

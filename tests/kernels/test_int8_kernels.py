@@ -63,7 +63,7 @@ def _weight(out_f: int, in_f: int, block: tuple[int, int], density: float, seed:
     block=st.sampled_from(kernels.INT8_BLOCKS),
     rows=st.integers(1, 5),
     cols=st.integers(1, 5),
-    tokens=st.integers(0, 150),
+    tokens=st.one_of(st.integers(0, 9), st.integers(10, 150)),  # 1..8: the few-token VNNI path
     density=st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.5, 1.0]),
     bias=st.booleans(),
     static=st.booleans(),
@@ -167,3 +167,15 @@ def test_fp32_kernels_take_an_isa_per_call():
     start = kernels.isa()
     kernels.sparse_linear(x, cw, isa="portable")
     assert kernels.isa() == start  # a per-call ISA leaves the global choice alone
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_few_token_path_every_token_count(block):
+    """1..8 tokens on 8x8 / 16x16 blocks take the block-vectorized VNNI path (where the CPU has VNNI)."""
+    q, scale = kernels.quantize_per_channel(_weight(64, 96 if block == 8 else 128, (block, block), 0.4, block))
+    w = kernels.compress_int8(q, scale, block)
+    bias = torch.randn(64)
+    for tokens in range(1, 11):
+        x = torch.randn(tokens, q.shape[1])
+        for isa in ISAS:
+            assert torch.equal(kernels.int8_linear(x, w, bias, isa=isa), reference(x, q, scale, bias)), (tokens, isa)
