@@ -62,7 +62,7 @@ lint-imports: $(STAMP)
 	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/sparsecc
 	ln -s $(CURDIR)/sparsecc/* $(IMPORT_TREE)/sparsecc/
 	for d in passes backends models; do ln -s $(CURDIR)/$$d $(IMPORT_TREE)/sparsecc/$$d; done
-	cd $(IMPORT_TREE) && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
+	cd $(IMPORT_TREE) && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache --no-logo $(CURDIR)/pyproject.toml
 
 # The package graph of docs/architecture.md, drawn from the same import graph (grimp) with matplotlib.
 architecture: $(STAMP)
