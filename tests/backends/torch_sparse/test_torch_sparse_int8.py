@@ -14,7 +14,6 @@ from sparsecc.backends.torch_sparse.int8_select import parse_variant, pick
 from sparsecc.backends.torch_sparse.kernel_select import KernelChoice, fixed_kernels, select_kernels
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import RewriteSparseKernelsPass, int8_targets
 from sparsecc.core.pass_infra import PassError
-from sparsecc.core.program import save_program
 from sparsecc.flows.sparsify import mask_specs
 from sparsecc.passes import QuantizeWeightsPass
 from sparsecc.passes.quantize_weights import int8_grid
