@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sparsecc.backends.base import Runner, TensorSpec, check_inputs
-from sparsecc.core.ort_session import session_options
+from sparsecc.core.ort_session import feed_order, session_options
 
 from . import _deps
 
@@ -37,12 +37,15 @@ class OrtRunner(Runner):
         self.session = ort.InferenceSession(
             str(model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
-        # The exporter drops user inputs the graph does not read; feed only the rest.
-        self._fed = {i.name for i in self.session.get_inputs()}
+        # Session inputs matched to the program's by name, else position (the exporter
+        # renames some, `input_1` -> `input`, and drops those the graph does not read).
+        args = self.session.get_inputs()
+        order = feed_order([(s.name, s.dtype, len(s.shape)) for s in self.inputs], args)
+        self._feed = [(a.name, i) for a, i in zip(args, order)]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         check_inputs(self.inputs, inputs)
-        feed = {s.name: _to_numpy(t) for s, t in zip(self.inputs, inputs) if s.name in self._fed}
+        feed = {name: _to_numpy(inputs[i]) for name, i in self._feed}
         outs = self.session.run(self.output_names, feed)
         return [torch.from_numpy(np.asarray(o)) for o in outs]

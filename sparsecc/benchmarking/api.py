@@ -20,7 +20,8 @@ Progress = Callable[[str, float, float], None]
 
 
 def _bundle_record(b: Bundle) -> dict[str, Any]:
-    layers = (b.manifest.get("sparsity") or {}).get("layers", [])
+    layers = b.manifest.sparsity_layers
+    structured = b.manifest.structured_summary
     return {
         "path": str(b.path),
         "model": b.model,
@@ -31,9 +32,9 @@ def _bundle_record(b: Bundle) -> dict[str, Any]:
                    for lay in layers],
         "runs": [],
         # structured bundles (channels / heads removed): how much smaller the model is
-        **({"structured": {k: v for k, v in b.manifest["structured"]["summary"].items()
+        **({"structured": {k: v for k, v in structured.items()
                            if k in ("macs", "macs_ratio", "params", "params_ratio", "pruned_groups")}}
-           if b.manifest.get("structured") else {}),
+           if structured else {}),
     }
 
 
@@ -73,6 +74,8 @@ def bench(
     if warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
     opened = [Bundle(p) for p in bundles]
+    for b in opened:  # a bundle changed since compile is refused before anything is timed
+        b.check_files()
     wanted = _check_backends(backends)
     for b in opened:  # a bad --batch/--seq fails here, before any process starts
         resolve_dims(b.inputs, b.dynamic_dims, batch, seq, where=str(b.path / "manifest.json"))

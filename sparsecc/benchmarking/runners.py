@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sparsecc.core.ort_session import session_options
+from sparsecc.core.ort_session import feed_order, session_options
 
 from sparsecc.bundle.reader import Variant
 from sparsecc.errors import BenchError
@@ -47,13 +47,13 @@ def _load_onnx(v: Variant, threads: int | None, profile_prefix: str | None = Non
                                    providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - t0
     specs = v.artifact["inputs"] if v.artifact else []
-    fed = {i.name for i in session.get_inputs()}
-    names = [s["name"] for s in specs]
+    args = session.get_inputs()
+    # by name, else position: the exporter renames some inputs and drops those the graph does not read
+    feed = list(zip([a.name for a in args], feed_order([(s["name"], s["dtype"], len(s["shape"])) for s in specs], args)))
     outputs = [o.name for o in session.get_outputs()]
 
     def run(inputs: Sequence[np.ndarray]) -> Any:
-        # The exporter drops user inputs the graph does not read; feed only the rest.
-        return session.run(outputs, {n: a for n, a in zip(names, inputs) if n in fed})
+        return session.run(outputs, {name: inputs[i] for name, i in feed})
 
     return Loaded(v, run, load_s, session)
 
@@ -66,12 +66,20 @@ def _load_torch(v: Variant, threads: int | None) -> Loaded:
     if threads is not None:
         torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    module = load_program(v.path).module()
+    program = load_program(v.path)
+    module = program.module()
     load_s = time.perf_counter() - t0
+    # The flat inputs go back into the program's signature: keyword inputs
+    # (MiniLM's input_ids=..., attention_mask=...) as keywords, not positions.
+    in_spec = program.call_spec.in_spec
 
     def run(inputs: Sequence[np.ndarray]) -> Any:
+        tensors = [torch.from_numpy(a) for a in inputs]
         with torch.inference_mode():
-            return module(*[torch.from_numpy(a) for a in inputs])
+            if in_spec is not None and in_spec.num_leaves == len(tensors):
+                args, kwargs = torch.utils._pytree.tree_unflatten(tensors, in_spec)
+                return module(*args, **kwargs)
+            return module(*tensors)
 
     return Loaded(v, run, load_s, module)
 

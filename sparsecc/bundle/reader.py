@@ -6,11 +6,12 @@ bundle copied to a device can be benchmarked with just its runtime installed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsecc.bundle.hashes import HashReport, require_unchanged
+from sparsecc.bundle.manifest import Manifest, ManifestError, read_manifest
 from sparsecc.errors import BenchError
 
 __all__ = ["Bundle", "Variant", "BACKENDS", "SPARSE", "DENSE"]
@@ -36,48 +37,54 @@ class Variant:
 
 
 class Bundle:
-    """A compiled bundle folder (see sparsecc/compile.py for its layout)."""
+    """A compiled bundle folder (see sparsecc/flows/compile.py for its layout).
+
+    ``manifest`` is the typed `Manifest` (validated on read); `check_files`
+    compares every file with the sha256 compile recorded.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.is_file():
-            raise BenchError(f"{self.path} is not a bundle: {manifest} does not exist (make one with `sparsecc compile`)")
         try:
-            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
-            raise BenchError(f"{manifest} is not valid JSON: {e}") from e
-        for key in ("inputs", "targets"):
-            if key not in self.manifest:
-                raise BenchError(f"{manifest} has no {key!r} entry; was it written by `sparsecc compile`?")
+            self.manifest: Manifest = read_manifest(self.path)
+        except ManifestError as e:
+            raise BenchError(str(e)) from e
+
+    def check_files(self) -> HashReport:
+        """Raise `BundleChangedError` when a file changed since compile (the cheap part of `sparsecc verify`)."""
+        return require_unchanged(self.path, self.manifest.files)
 
     @property
     def model(self) -> str:
-        return str(self.manifest.get("model", self.path.name))
+        return self.manifest.model or self.path.name
+
+    @property
+    def model_ref(self) -> str:
+        """The MODEL reference to resolve for eval: the model file copied into the bundle when it has one."""
+        return self.manifest.model_ref(self.path) if self.manifest.model else self.path.name
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
-        return list(self.manifest["inputs"])
+        return list(self.manifest.inputs)
 
     @property
     def dynamic_dims(self) -> dict[str, tuple[int, int]]:
-        return {k: (int(v[0]), int(v[1])) for k, v in (self.manifest.get("dynamic_dims") or {}).items()}
+        return {k: (int(v[0]), int(v[1])) for k, v in self.manifest.dynamic_dims.items()}
 
     @property
     def sparse_layers(self) -> list[dict[str, Any]]:
-        layers = (self.manifest.get("sparsity") or {}).get("layers", [])
-        return [lay for lay in layers if lay.get("status") == "sparse"]
+        return [lay for lay in self.manifest.sparsity_layers if lay.get("status") == "sparse"]
 
     @property
     def recipe(self) -> dict[str, Any] | None:
-        return self.manifest.get("recipe")
+        return self.manifest.recipe
 
     def has_dense(self) -> bool:
-        return bool(self.manifest.get("dense_reference"))
+        return self.manifest.dense_reference is not None
 
     def backends(self) -> list[str]:
         """Backends this bundle can run: its lowered targets, and torch when program.pt2 exists."""
-        found = [b for b in BACKENDS if b in self.manifest["targets"]]
+        found = [b for b in BACKENDS if b in self.manifest.targets]
         if (self.path / "program.pt2").is_file():
             found.append("torch")
         return found
@@ -90,21 +97,22 @@ class Bundle:
             if backend == "torch":
                 p = self.path / "program.pt2"
                 return Variant(SPARSE, backend, p, None, self.path) if p.is_file() else None
-            target = self.manifest["targets"].get(backend)
+            target = self.manifest.targets.get(backend)
             if target is None:
                 return None
-            root = self.path / backend
-            art = target["artifact"]
+            root = self.path / target.folder
+            art = target.artifact
             return Variant(SPARSE, backend, root / art["files"]["model"], art, root)
-        ref = self.manifest.get("dense_reference") or {}
+        ref = self.manifest.dense_reference
+        if ref is None:
+            return None
         if backend == "torch":
-            rel = ref.get("program")
-            return Variant(DENSE, backend, self.path / rel, None, self.path) if rel else None
-        target = (ref.get("targets") or {}).get(backend)
+            return Variant(DENSE, backend, self.path / ref.program, None, self.path)
+        target = ref.targets.get(backend)
         if target is None:
             return None
-        root = self.path / target["folder"]
-        art = target["artifact"]
+        root = self.path / target.folder
+        art = target.artifact
         return Variant(DENSE, backend, root / art["files"]["model"], art, root)
 
     def reference_variants(self, backend: str) -> dict[str, Variant]:
@@ -120,7 +128,8 @@ class Bundle:
 
     def check_reason(self, backend: str, layer: str) -> dict[str, str] | None:
         """What compile's backend check said about ``layer`` (support and reason)."""
-        for c in (self.manifest["targets"].get(backend) or {}).get("check", []):
+        target = self.manifest.targets.get(backend)
+        for c in target.check if target is not None else []:
             if c.get("layer") == layer:
                 return {"support": c.get("support", ""), "reason": c.get("reason", "")}
         return None

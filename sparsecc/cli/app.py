@@ -334,4 +334,7 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from sparsecc.bundle.staging import record_interrupts
+
+    record_interrupts()  # a Ctrl-C swallowed by a library still stops a compile before its bundle is replaced
     app(args=argv if argv is not None else sys.argv[1:], prog_name="sparsecc")

@@ -8,9 +8,53 @@ in one process steal each other's cores and skew every timing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["onnxruntime_module", "session_options"]
+from sparsecc.errors import UsageError
+
+__all__ = ["onnxruntime_module", "session_options", "FeedMismatchError", "feed_order"]
+
+
+class FeedMismatchError(UsageError, ValueError):
+    """The session's inputs cannot be matched to the program's inputs; the message names the one at fault."""
+
+
+_ORT_DTYPES = {"float": "float32", "double": "float64", "float16": "float16", "bfloat16": "bfloat16",
+               "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool"}
+
+
+def _fits(spec: tuple[str, str, int], arg: Any) -> bool:
+    _name, dtype, rank = spec
+    ort_dtype = _ORT_DTYPES.get(str(arg.type).removeprefix("tensor(").removesuffix(")"))
+    shape = arg.shape if isinstance(arg.shape, (list, tuple)) else None
+    return (ort_dtype is None or ort_dtype == dtype) and (shape is None or len(shape) == rank)
+
+
+def feed_order(specs: Sequence[tuple[str, str, int]], session_inputs: Sequence[Any]) -> list[int]:
+    """For each session input, the index of the program input (name, dtype, rank) that feeds it.
+
+    Matched by name first; the rest by position among the unmatched ones (the
+    exporter may rename an input, ``input_1`` -> ``input``, and drops inputs
+    the graph does not read), with dtype and rank checked. A session input
+    that matches nothing raises `FeedMismatchError`: no input is dropped silently.
+    """
+    by_name = {s[0]: i for i, s in enumerate(specs)}
+    order: list[int | None] = [by_name.get(a.name) for a in session_inputs]
+    used = {i for i in order if i is not None}
+    free = [i for i in range(len(specs)) if i not in used]
+    for k, arg in enumerate(session_inputs):
+        if order[k] is not None:
+            continue
+        # Keep the order: a renamed input comes after the program inputs matched before it.
+        floor = max((i for i in order[:k] if i is not None), default=-1)
+        pick = next((i for i in free if i > floor and _fits(specs[i], arg)), None)
+        if pick is None:
+            want = ", ".join(f"{n}: {d}, rank {r}" for n, d, r in specs)
+            raise FeedMismatchError(f"the ONNX model's input {arg.name!r} ({arg.type}, shape {arg.shape}) matches "
+                                    f"no input of the program ({want}) by name or position")
+        order[k] = pick
+        free.remove(pick)
+    return [int(i) for i in order]  # type: ignore[arg-type]
 
 
 def onnxruntime_module() -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +39,20 @@ from sparsecc.flows.recover import recover
 from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
 from sparsecc.flows.structured import prune_structured
 from sparsecc.plan.calibrate import CalibrationData, calibration_for
-from sparsecc.bundle.staging import staged_output
+from sparsecc.bundle.manifest import (DenseReference, Manifest, ModelSource, ParityInput, RecoveryRecord, TargetRecord,
+                                      write_manifest)
+from sparsecc.bundle.staging import check_replaceable, interrupt_guard, staged_output
 from sparsecc.core.capture import capture, dynamic_axis_names
 from sparsecc.core.machine import machine_info
 from sparsecc.core.program import save_program, tensor_leaves
 from sparsecc.plan.recipe import Recipe, load_recipe
 from sparsecc.errors import SparseccError, VerificationError
+from sparsecc.verify.parity import PARITY_ATOL, PARITY_RTOL, compare, flat_inputs, save_reference, shape_variants
 
 __all__ = ["CompileError", "ParityError", "CompileResult", "TargetResult", "compile", "PARITY_RTOL", "PARITY_ATOL"]
 
-# Across runtimes, fp32 (DESIGN.md): 1e-4 relative to each output's largest magnitude;
-# the absolute part covers outputs that are all near zero.
-PARITY_RTOL = 1e-4
-PARITY_ATOL = 1e-5
-
 Progress = Callable[[str], None]
+REFERENCE_FILE = "inputs/reference.npz"  # parity inputs + the sparse program's outputs, for `sparsecc verify`
 
 
 class CompileError(SparseccError, RuntimeError):
@@ -104,47 +104,6 @@ class CompileResult:
     dense_targets: dict[str, TargetResult] = field(default_factory=dict)
 
 
-def _flat_inputs(program: ExportedProgram, args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    """User inputs in the order the artifacts take them (the program's flat signature)."""
-    flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
-    # torch.export orders kwargs by the in_spec; re-flatten through it to match.
-    spec = program.call_spec.in_spec
-    if spec is not None:
-        ordered_kwargs = {k: kwargs[k] for k in spec.child(1).context} if kwargs else {}
-        flat, _ = torch.utils._pytree.tree_flatten((args, ordered_kwargs))
-    return [t for t in flat if isinstance(t, torch.Tensor)]
-
-
-def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
-             rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL) -> dict[str, Any]:
-    case: dict[str, Any] = {"inputs": label, "outputs": []}
-    ok = len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
-        g = torch.as_tensor(g).to(w.dtype).reshape(w.shape) if g.numel() == w.numel() else torch.as_tensor(g)
-        if g.shape != w.shape:
-            case["outputs"].append({"index": i, "ok": False, "reason": f"shape {list(g.shape)} != {list(w.shape)}"})
-            ok = False
-            continue
-        if not w.is_floating_point():
-            same = bool(torch.equal(g, w))
-            case["outputs"].append({"index": i, "ok": same, "max_abs_err": 0.0 if same else None})
-            ok &= same
-            continue
-        # Relative to the output's scale, not element by element: two runtimes'
-        # fp32 kernels differ by rounding that scales with the activations, so
-        # an element that happens to sit near zero (one logit of 49k) would fail
-        # any per-element relative bound while the tensor agrees to 1e-5.
-        err = (g.double() - w.double()).abs()
-        max_err = float(err.max()) if err.numel() else 0.0
-        scale = float(w.double().abs().max()) if w.numel() else 0.0
-        this_ok = max_err <= atol + rtol * scale
-        case["outputs"].append({"index": i, "ok": this_ok, "max_abs_err": max_err,
-                                "rel_err": max_err / scale if scale else 0.0, "scale": scale})
-        ok &= this_ok
-    case["ok"] = ok
-    return case
-
-
 def _input_sets(spec_inputs: Any, make_inputs: Any) -> list[tuple[str, tuple, dict]]:
     args, kwargs = spec_inputs
     sets = [("example", args, kwargs)]
@@ -158,6 +117,20 @@ def _input_sets(spec_inputs: Any, make_inputs: Any) -> list[tuple[str, tuple, di
     return sets
 
 
+def _guarded(fn: Callable) -> Callable:
+    """Run ``fn`` with SIGINT recorded from the start, so an interrupt swallowed
+    anywhere (a torch cleanup callback) still stops the run before the bundle is renamed."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with interrupt_guard():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_guarded
 def compile(
     model: torch.nn.Module | Any,
     recipe: Recipe | dict | str | os.PathLike | None,
@@ -194,8 +167,7 @@ def compile(
         make_inputs = make_inputs or spec.make_inputs
         model_name = model_name or spec.name
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists; pass --force (force=True) to replace it")
+    check_replaceable(out_dir, force)  # before any work: --force never deletes a user's folder
     backends = [get_backend(t) for t in targets]  # unknown targets fail before any work
     rec = load_recipe(recipe) if recipe is not None else None
 
@@ -243,7 +215,7 @@ def compile(
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
 
-    input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs)
+    input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs, symbols)
     options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={
         "dynamic_axes": axis_names, "model_name": model_name,
         # golden data for targets that ship it (tensorrt-bundle)
@@ -255,6 +227,7 @@ def compile(
         save_program(program, tmp / "program.pt2")
         (tmp / "inputs").mkdir()
         np.savez(tmp / "inputs" / "example.npz", *[t.numpy() for t in input_sets[0][3]])
+        stored = save_reference(tmp / REFERENCE_FILE, [(lab, ins, outs) for lab, _a, _k, ins, outs in input_sets])
         if rec is not None:
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
         for backend in backends:
@@ -264,7 +237,7 @@ def compile(
         if dense_reference and rec is not None:
             # The unpruned model, lowered the same way, so `sparsecc bench` can run
             # dense and sparse side by side from the bundle alone.
-            dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs)
+            dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs, symbols)
             (tmp / "dense").mkdir()
             save_program(dense_program, tmp / "dense" / "program.pt2")
             dense_options = LowerOptions(sparse_initializers=False, extra={
@@ -279,18 +252,19 @@ def compile(
             timings["dense_reference"] = sum(
                 v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
 
-        manifest = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
-        if structured_report is not None:
-            manifest["structured"] = structured_report
-        if recovery_run is not None:
-            manifest["recovery"] = recovery_run.records
+        record = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
+        record.parity_inputs = [ParityInput(p.label, p.shapes, s) for p, s in zip(record.parity_inputs, stored)]
+        record.masks = [m.to_dict() for m in specs]
+        record.structured = structured_report
+        record.recovery = ([RecoveryRecord.from_dict(r, "recovery") for r in recovery_run.records]
+                           if recovery_run is not None else None)
+        record.model_source = _copy_model_file(model_name, tmp)
         if dense_results:
-            manifest["dense_reference"] = {
-                "program": "dense/program.pt2",
-                "targets": {k: {"folder": f"dense/{k}", **v.to_dict()} for k, v in dense_results.items()},
-            }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        (tmp / "README.md").write_text(_bundle_readme(model_name, manifest))
+            record.dense_reference = DenseReference("dense/program.pt2", {
+                k: TargetRecord.from_dict(v.to_dict(), f"dense_reference.targets.{k}", f"dense/{k}")
+                for k, v in dense_results.items()})
+        (tmp / "README.md").write_text(_bundle_readme(model_name, record.to_dict()))
+        manifest = write_manifest(tmp, record)  # last: it hashes every other file
     for tr in target_results.values():
         tr.artifact.root = out_dir / tr.target
     for tr in dense_results.values():
@@ -298,14 +272,31 @@ def compile(
     return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results)
 
 
-def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any) -> list[tuple]:
-    """(label, args, kwargs, flat inputs, flat outputs of ``program``) per input set."""
+def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any,
+                       symbols: dict[str, str] | None = None) -> list[tuple]:
+    """(label, args, kwargs, flat inputs, flat outputs of ``program``) per input set.
+
+    The sets: the example, the smallest and largest allowed shapes of the
+    declared dynamic dims, and the zoo's own fresh inputs when it has them.
+    """
+    sets = _input_sets(example, make_inputs)
+    sets[1:1] = shape_variants(program, example[0], example[1], symbols)
+    out = []
     with torch.no_grad():
         module = program.module()
-        return [
-            (label, a, k, _flat_inputs(program, a, k or {}), tensor_leaves(module(*a, **(k or {}))))
-            for label, a, k in _input_sets(example, make_inputs)
-        ]
+        for label, a, k in sets:
+            out.append((label, a, k, flat_inputs(program, a, k or {}), tensor_leaves(module(*a, **(k or {})))))
+    return out
+
+
+def _copy_model_file(model_name: str, tmp: Path) -> ModelSource | None:
+    """A ``file.py:factory`` model travels inside the bundle (``model/file.py``), recorded relative to it."""
+    path_text, _, factory = model_name.rpartition(":")
+    if not path_text.endswith(".py") or not Path(path_text).is_file():
+        return None
+    (tmp / "model").mkdir()
+    shutil.copy2(path_text, tmp / "model" / Path(path_text).name)
+    return ModelSource(f"model/{Path(path_text).name}", factory, model_name)
 
 
 def _lower_target(backend, program, folder: Path, options, specs, input_sets, symbols, say) -> TargetResult:
@@ -343,7 +334,7 @@ def _lower_target(backend, program, folder: Path, options, specs, input_sets, sy
             # recorded as skipped, not passed off as checked.
             parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
-        parity.append(_compare(got, want, label, rtol, atol))
+        parity.append(compare(got, want, label, rtol, atol))
     tt["parity"] = time.perf_counter() - t0
     bad = [c for c in parity if not c["ok"]]
     if bad:
@@ -373,26 +364,27 @@ def _rename_dims(t: Any, symbols: dict[str, str]) -> Any:
     return TensorSpec(t.name, tuple(symbols.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
 
 
-def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> dict[str, Any]:
+def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> Manifest:
     sym = _symbol_names(program, axis_names)
     inputs = [s.to_dict() for s in user_input_specs(program)]
     for i in inputs:
         i["shape"] = [sym.get(d, d) if isinstance(d, str) else d for d in i["shape"]]
-    return {
-        "format": 1,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": name,
-        "machine": machine_info(),
-        "recipe": rec.to_dict() if rec is not None else None,
-        "inputs": inputs,
-        "outputs": user_output_names(program),
-        "dynamic_dims": {sym.get(str(k), str(k)): [int(v.lower), None if not v.upper.is_finite else int(v.upper)]
-                         for k, v in program.range_constraints.items()},
-        "parity_inputs": [label for label, *_ in input_sets],
-        "sparsity": report.to_dict() if report is not None else None,
-        "targets": {k: v.to_dict() for k, v in targets.items()},
-        "timings_s": timings,
-    }
+    return Manifest(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model=name,
+        machine=machine_info(),
+        recipe=rec.to_dict() if rec is not None else None,
+        inputs=inputs,
+        outputs=user_output_names(program),
+        dynamic_dims={sym.get(str(k), str(k)): [int(v.lower), None if not v.upper.is_finite else int(v.upper)]
+                      for k, v in program.range_constraints.items()},
+        parity_inputs=[ParityInput(label, {i["name"]: list(t.shape) for i, t in zip(inputs, flat)})
+                       for label, _a, _k, flat, _o in input_sets],
+        reference=REFERENCE_FILE,
+        sparsity=report.to_dict() if report is not None else None,
+        targets={k: TargetRecord.from_dict(v.to_dict(), f"targets.{k}", k) for k, v in targets.items()},
+        timings_s=timings,
+    )
 
 
 def _bundle_readme(name: str, m: dict[str, Any]) -> str:

@@ -85,6 +85,7 @@ __all__ = [
     "default_tasks",
     "evaluate",
     "evaluate_bundle",
+    "require_evaluated",
     "reference_outputs",
     "results_table",
     "perplexity_from_nll",
@@ -228,7 +229,8 @@ def evaluate_bundle(path: str | os.PathLike, task: str, *, backends: Sequence[st
         bundle = Bundle(path)
     except BenchError as e:
         raise EvalError(str(e)) from e
-    spec = _spec(model if model is not None else bundle.model)
+    bundle.check_files()  # a bundle changed since compile is refused before it is run
+    spec = _spec(model if model is not None else bundle.model_ref)
     t = _task(task, spec)
     opts = options or EvalOptions()
     have = bundle.backends()
@@ -266,7 +268,17 @@ def evaluate_bundle(path: str | os.PathLike, task: str, *, backends: Sequence[st
             if notes:
                 details["notes"] = list(notes)
             results.append(EvalResult(task, spec.name, backend, variant, metrics, details, ref_label, secs))
-    return results
+    return require_evaluated(results, str(bundle.path))
+
+
+def require_evaluated(results: Sequence[EvalResult], what: str) -> list[EvalResult]:
+    """``results``, or `EvalError` when not one metric was computed (an evaluation of nothing is no pass)."""
+    if not any(r.metrics for r in results):
+        why = "; ".join(f"{r.runner} {r.variant}: {r.details['unavailable']}"
+                        for r in results if r.details.get("unavailable"))[:500]
+        raise EvalError(f"{what}: nothing was evaluated" + (f" ({why})" if why else
+                        ": no task fits this model (evaluation needs a pretrained model with a task)"))
+    return list(results)
 
 
 def results_table(results: Sequence[EvalResult], title: str = "") -> Any:
