@@ -13,6 +13,12 @@ the fake-quantized program holds, so the dequantized weight equals the
 program's weight bit for bit; `apply_qdq` checks that before it rewrites.
 Provenance then points at the int8 initializer: the pattern check reads the
 stored integers (zero where they equal the zero point).
+
+With static activations (``quantize: {activations: static}``) each layer's
+activation input also gets a ``QuantizeLinear`` / ``DequantizeLinear`` pair
+with the calibrated per-tensor scale and zero point 0: the full QDQ int8
+layer TensorRT's explicit quantization and ONNX Runtime's QDQ fusion read.
+Dynamic activations have no scale to write; they stay float (weight-only QDQ).
 """
 
 from __future__ import annotations
@@ -81,6 +87,29 @@ def _one(model: "onnx.ModelProto", index: GraphIndex, taken: set[str], name: str
             "dequantize_node": node_name, "float_initializer": name}
 
 
+def _quantize_activation(model: "onnx.ModelProto", taken: set[str], consumer: dict[str, Any], act_scale: float,
+                         index: GraphIndex) -> str | None:
+    """Put QuantizeLinear -> DequantizeLinear (per tensor) on the consumer's activation input; the Q node's name."""
+    onnx = _deps.onnx()
+    nodes = list(model.graph.node)
+    pos = next((k for k, n in enumerate(nodes) if n.name == consumer["node"]), None)
+    if pos is None or consumer["op"] not in ("MatMul", "Gemm", "Conv") or consumer["input"] not in (0, 1):
+        return None
+    node = nodes[pos]
+    act = 0 if consumer["op"] == "Conv" else 1 - consumer["input"]
+    x = node.input[act]
+    base = x.replace("/", "_")
+    sc, zp, xq, xd = (_unique(index, taken, f"{base}_{k}") for k in ("act_scale", "act_zero_point", "int8", "dq"))
+    qn, dn = _unique(index, taken, f"{base}_QuantizeLinear"), _unique(index, taken, f"{base}_DequantizeLinear")
+    nh, helper = onnx.numpy_helper, onnx.helper
+    model.graph.initializer.extend([nh.from_array(np.array(act_scale, np.float32), sc),
+                                    nh.from_array(np.array(0, np.int8), zp)])
+    node.input[act] = xd
+    model.graph.node.insert(pos, helper.make_node("DequantizeLinear", [xq, sc, zp], [xd], name=dn))
+    model.graph.node.insert(pos, helper.make_node("QuantizeLinear", [x, sc, zp], [xq], name=qn))
+    return qn
+
+
 def apply_qdq(model: "onnx.ModelProto", program: ExportedProgram, provenance: dict[str, dict[str, Any]]
               ) -> dict[str, Any]:
     """Store every int8-quantized weight of ``program`` as QDQ in ``model`` (in place); update provenance.
@@ -103,6 +132,9 @@ def apply_qdq(model: "onnx.ModelProto", program: ExportedProgram, provenance: di
         if isinstance(got, str):
             skipped[fqn] = got
             continue
+        if rec.get("act_scale"):
+            got["activation_qdq"] = [q for c in entry.get("consumers", [])
+                                     if (q := _quantize_activation(model, taken, c, rec["act_scale"], index))]
         entry.update(initializer=got["integers"], quantized=got)
         done += 1
     return {"weights": done, "skipped": skipped}

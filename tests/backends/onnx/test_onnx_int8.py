@@ -136,3 +136,36 @@ def test_qdq_can_be_turned_off(tmp_path):
     art = OnnxBackend().lower(program, tmp_path / "off", LowerOptions(extra={"int8_qdq": False}))
     assert "int8_qdq" not in art.meta
     assert not _dq_nodes(onnx.load(str(art.path("model"))))
+
+
+def test_static_activations_get_qdq_and_stay_within_the_rounding_bound(tmp_path):
+    """Static scales: Q/DQ on the activation too (a full int8 layer for TensorRT / ORT's QDQ fusion).
+
+    The program keeps float activations; the file rounds them to the int8
+    grid of the calibrated scale s_x (no clipping: the inputs lie inside the
+    calibrated range), |x - q s_x| <= s_x / 2 per entry, so per output n
+    |err_n| <= (s_x / 2) * sum_k |w_nk| (+ the fp32 bound of the weight-only test).
+    """
+    from sparsecc.plan.quantize_options import QuantizeOptions, activation_absmax
+
+    torch.manual_seed(2)
+    x = torch.randn(4, 64)
+    folded = sparsecc.sparsify(export_module(One(), (x,)), {"pattern": "2:4"}, fold=True).program
+    absmax = activation_absmax(folded, ["fc.weight"], [((x * 1.1,), {})])
+    program = QuantizeWeightsPass(QuantizeOptions(activations="static"), act_absmax=absmax)(folded).program
+    art = OnnxBackend().lower(program, tmp_path / "static", LowerOptions())
+    model = onnx.load(str(art.path("model")))
+    assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 1
+    assert len(art.meta["provenance"]["fc.weight"]["quantized"]["activation_qdq"]) == 1
+    (check,) = OnnxBackend().verify_pattern(art, list(mask_specs(program).values()))
+    assert check.ok and check.eligible
+    got = torch.as_tensor(OnnxBackend().load(art)([x])[0])
+    with torch.no_grad():
+        want = program.module()(x)
+    s_x = quant_info(program, "fc.weight")["act_scale"]
+    w = state_tensor(program, "fc.weight").detach()
+    u = 2.0 ** -24
+    bound = s_x / 2 * w.abs().sum(1)[None, :] + 64 * u * (w.abs() @ x.abs().t()).t() + u * want.abs()
+    err = (got - want).abs()
+    assert torch.all(err <= bound), float((err - bound).max())
+    assert float(err.max()) > 0  # the activations really were quantized
