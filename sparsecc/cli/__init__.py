@@ -5,6 +5,7 @@ A new verb is one module here plus one import line below.
 
 from sparsecc.cli import bench, compile, eval, inspect, sparsify, sweep  # noqa: F401  (register the verbs)
 from sparsecc.cli import verify  # noqa: F401  (sparsecc verify BUNDLE)
+from sparsecc.cli import recover  # noqa: F401  (sparsecc recover MODEL -r RECIPE)
 from sparsecc.cli.app import app, main
 
 __all__ = ["app", "main"]
