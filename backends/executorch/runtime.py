@@ -23,7 +23,11 @@ from . import _deps
 from .dynamic_dims import DynamicDim, check_dims
 from sparsecc.errors import SparseccError
 
-__all__ = ["ExecuTorchRunner", "ThreadCountError", "set_threads_once", "thread_count"]
+__all__ = ["ExecuTorchRunner", "ThreadCountError", "PteFileError", "set_threads_once", "thread_count"]
+
+
+class PteFileError(SparseccError, RuntimeError):
+    """A ``.pte`` file the ExecuTorch runtime cannot load; the message names the file."""
 
 
 class ThreadCountError(SparseccError, RuntimeError):
@@ -78,8 +82,12 @@ class ExecuTorchRunner(Runner):
         self.inputs = list(inputs)
         self.dims = list(dims)
         # The program owns the method's memory: keep both alive together.
-        self.program = runtime.load_program(self.path)
-        self.method = self.program.load_method("forward")
+        try:
+            self.program = runtime.load_program(self.path)
+            self.method = self.program.load_method("forward")
+        except Exception as e:  # the runtime reports a bad file as a bare RuntimeError/ValueError
+            raise PteFileError(f"{self.path}: the ExecuTorch runtime cannot load this program "
+                               f"({type(e).__name__}: {e})") from e
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         check_inputs(self.inputs, inputs)

@@ -87,6 +87,15 @@ def _arrays(inputs: list[dict[str, Any]], shapes: dict[str, Sequence[int]], seed
     return out
 
 
+def _short_names(paths: Sequence[Path]) -> list[str]:
+    """The fewest trailing path parts that tell the files apart (dense/onnx/model.onnx vs onnx/model.onnx)."""
+    for k in range(1, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-k:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def bench_files(
     paths: Sequence[str | Path], *, shapes: dict[str, Sequence[int]] | None = None, threads: int | None = 1,
     warmup: int = 10, runs: int | None = 100, time_budget_s: float | None = None, seed: int = 0,
@@ -94,7 +103,7 @@ def bench_files(
 ) -> dict[str, Any]:
     """Latency of each file; with two or more, each one's ratio against the first (above 1: faster)."""
     paths = [Path(p) for p in paths]
-    names = [p.name if [q.name for q in paths].count(p.name) == 1 else str(p) for p in paths]
+    names = _short_names(paths)
     variants = [_variant(p, n) for p, n in zip(paths, names)]
     signatures = {tuple((s["name"], s["dtype"], len(s["shape"])) for s in inputs) for _, inputs in variants}
     if len(signatures) > 1:

@@ -98,7 +98,7 @@ def _json_dest(args: list[str]) -> Optional[str]:
 
 def _quiet_third_party(verbose: bool) -> None:
     """Hide what other libraries print that a user cannot act on (shown again with -v)."""
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.WARNING if verbose else logging.ERROR
     for name in _NOISY:
         logging.getLogger(name).setLevel(level)
     if verbose:

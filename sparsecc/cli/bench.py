@@ -82,7 +82,7 @@ def bench_cmd(
     profile: bool = typer.Option(True, "--profile/--no-profile", help="Per-layer profile of dense and sparse."),
     profile_runs: int = typer.Option(20, "--profile-runs", metavar="N", help="Profiled runs per model."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for inputs and the bootstrap."),
-    out_json: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN.json",
+    out_json: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN_JSON",
                                             help="Bench record to write (bundles: needed by sparsecc report)."),
     html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Also write an HTML report."),
     md: Optional[Path] = typer.Option(None, "--md", metavar="FILE", help="Also write the Markdown summary."),
@@ -131,7 +131,7 @@ def bench_cmd(
     rows = [((f"{b['model']} " if several else "") + r["backend"]
              + (f" with {r['threads']} threads" if len(int_list(threads, "--threads")) > 1 else ""),
              r.get("comparison")) for b, r in result.runs() if r["status"] == "ok"]
-    out.print(speed_verdict(rows), highlight=False)
+    out.print(speed_verdict(rows), highlight=False, soft_wrap=True)
     emit(result.data)
     if result.interrupted:
         console.print("interrupted: wrote the results measured so far", style="yellow", markup=False)
@@ -194,7 +194,7 @@ def _bench_files(files: list[Path], wanted, thread_list: list[int], warmup: int,
         write_json_atomic(out_json, data)
     _show_markdown(text)
     if len(files) > 1:
-        out.print(_files_verdict(data), highlight=False)
+        out.print(_files_verdict(data), highlight=False, soft_wrap=True)
     emit(data)
     if data["interrupted"]:
         raise typer.Exit(code=130)
@@ -238,7 +238,7 @@ def _bench_tensorrt(bundles: list[Path], backends: list[str], seed: int, out_jso
 
 @app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., metavar="RUN.json...", help="Records written by sparsecc bench --out."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN_JSON...", help="Records written by sparsecc bench --out."),
     html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML report."),
     md: Optional[Path] = typer.Option(None, "--md", metavar="FILE", help="Write the Markdown to this file."),
     json_out: Optional[str] = JSON_OPTION,

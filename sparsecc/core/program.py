@@ -34,6 +34,7 @@ from torch.export.graph_signature import (
 )
 
 from sparsecc.core.ir import MaskSpec, get_node_info, set_node_info
+from sparsecc.errors import SparseccError
 
 __all__ = [
     "ProgramEditor",
@@ -45,9 +46,14 @@ __all__ = [
     "load_program",
     "import_container_types",
     "PROGRAM_META_FILE",
+    "ProgramFileError",
 ]
 
 PROGRAM_META_FILE = "sparsecc.json"
+
+
+class ProgramFileError(SparseccError, ValueError):
+    """A ``.pt2`` file that cannot be loaded; the message names the file."""
 _STATE_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 
 
@@ -273,9 +279,22 @@ def import_container_types(path: str | Path) -> None:
 
 def load_program(path: str | os.PathLike) -> ExportedProgram:
     """Load a ``.pt2`` file, restoring sparsecc metadata when it has any."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProgramFileError(f"{path}: no such program file")
     import_container_types(path)
     extra = {PROGRAM_META_FILE: ""}
-    program = torch.export.load(path, extra_files=extra)
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # torch raises many types for a damaged archive; name the file once
+        kernels_loaded = any(n.startswith("sparsecc::") for n in torch._C._dispatch_get_all_op_names())
+        if not kernels_loaded and ("sparsecc" in str(e) or path.parent.name == "torch-sparse"):
+            raise ProgramFileError(
+                f"{path} calls sparsecc's CPU sparse kernels: load it with "
+                "sparsecc.backends.torch_sparse.load_sparse_program, which builds and registers them "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        raise ProgramFileError(f"{path}: not a loadable torch.export program ({type(e).__name__}: {first})") from e
     if extra[PROGRAM_META_FILE]:
         meta = json.loads(extra[PROGRAM_META_FILE])
         by_name = {n.name: n for n in program.graph.nodes}
