@@ -9,7 +9,6 @@ prints ``error: MESSAGE`` and exits with the error's code.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from sparsecc.cli.activity import Activity
+from sparsecc.cli.noise import filtered_stderr, quiet_third_party
 from sparsecc.errors import SparseccError, UsageError, exit_code
 
 __all__ = [
@@ -66,7 +66,6 @@ SHAPES_OPTION = typer.Option(None, "--shapes", metavar="SHAPES",
                              help="Input shapes, e.g. input_ids:1x128; min,opt,max for dynamic "
                                   "dims: input_ids:1x16,1x128,4x256.")
 _GLOBAL_FLAGS = {"-v": "verbose", "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
-_NOISY = ("torch", "torchao", "executorch", "onnxscript", "onnx", "transformers", "huggingface_hub", "urllib3")
 
 
 def _hoist(args: list[str]) -> list[str]:
@@ -96,27 +95,14 @@ def _json_dest(args: list[str]) -> Optional[str]:
     return None
 
 
-def _quiet_third_party(verbose: bool) -> None:
-    """Hide what other libraries print that a user cannot act on (shown again with -v)."""
-    level = logging.WARNING if verbose else logging.ERROR
-    for name in _NOISY:
-        logging.getLogger(name).setLevel(level)
-    if verbose:
-        return
-    for var, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                       ("TRANSFORMERS_VERBOSITY", "error"), ("TORCH_CPP_LOG_LEVEL", "ERROR")):
-        os.environ.setdefault(var, value)
-    for category in (FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(%s)(\.|$)" % "|".join(_NOISY))
-
-
 class SparseccGroup(TyperGroup):
     """The app's click group: global flags anywhere, and the one place errors become exit codes."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         args = _hoist(list(args))
         settings.json_dest = _json_dest(args)
+        flags = args[:args.index("--")] if "--" in args else args
+        settings.verbose = any(a in ("-v", "--verbose") for a in flags)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
@@ -124,7 +110,8 @@ class SparseccGroup(TyperGroup):
         if json_to_stdout:  # stdout carries the JSON alone; tables go to stderr
             out.file = sys.stderr
         try:
-            return super().invoke(ctx)
+            with filtered_stderr(enabled=not settings.verbose):
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
             raise
         except SparseccError as e:
@@ -187,7 +174,7 @@ def _global_options(
         raise UsageError("-v and -q contradict each other; give one")
     settings.verbose, settings.quiet = verbose, quiet
     settings.command = ctx.invoked_subcommand or ""
-    _quiet_third_party(verbose)
+    quiet_third_party(verbose)
     # torch.export.save triggers a pytree deprecation warning that users cannot act on.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 

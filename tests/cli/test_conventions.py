@@ -262,12 +262,12 @@ def test_progress_lines_on_a_pipe_and_none_with_q():
 
 
 def test_third_party_warnings_hidden_unless_v():
-    from sparsecc.cli.app import _quiet_third_party
+    from sparsecc.cli.noise import quiet_third_party
 
     def noisy() -> list:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("default")
-            _quiet_third_party(verbose)
+            quiet_third_party(verbose)
             warnings.warn_explicit("torchao kernel not found", UserWarning, "torchao/x.py", 1, module="torchao.x")
             warnings.warn_explicit("LeafSpec is deprecated", FutureWarning, "torch/utils/_pytree.py", 1,
                                    module="torch.utils._pytree")
@@ -278,3 +278,18 @@ def test_third_party_warnings_hidden_unless_v():
     assert noisy() == ["user warning"]
     verbose = True
     assert len(noisy()) == 3
+
+
+def test_cpuinfo_lines_from_cpp_are_dropped_and_the_rest_kept():
+    """fd 2 itself is filtered (ExecuTorch logs from C++); run in a subprocess with a real stderr."""
+    code = (
+        "import os, sys\n"
+        "from sparsecc.cli.noise import filtered_stderr\n"
+        "with filtered_stderr():\n"
+        "    os.write(2, b'[cpuinfo_utils.cpp:71] Reading file /sys/x\\nkept line\\n')\n"
+        "    sys.stderr.write('python line\\n')\n"
+        "os.write(2, b'[cpuinfo_utils.cpp:9] after\\n')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "kept line\npython line\n[cpuinfo_utils.cpp:9] after\n"
