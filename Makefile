@@ -35,7 +35,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 # Then a dense-vs-sparse latency bench of that bundle on this machine.
 DEMO := out/demo-minilm
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m sparsecc compile minilm --recipe recipes/2of4.yaml --target all --out $(DEMO) --force
+	HF_HUB_OFFLINE=1 $(PY) -m sparsecc compile minilm --recipe 2of4 --target all --out $(DEMO) --force
 	HF_HUB_OFFLINE=1 $(PY) -m sparsecc bench $(DEMO) --backend onnx,executorch --threads 1 --runs 50 \
 		--out $(DEMO)/bench.json --md $(DEMO)/bench.md --html $(DEMO)/bench.html
 	@echo "HTML report: $(DEMO)/bench.html"

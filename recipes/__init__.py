@@ -31,8 +31,6 @@ def describe(path: Path) -> str:
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
-    text = " ".join(lines).strip()
-    for end in (". ", ": "):
-        if end in text:
-            text = text.split(end, 1)[0]
-    return text.rstrip(".:")
+    text = " ".join(lines).strip().split(". ", 1)[0]
+    head = text.split(": ", 1)[0]
+    return (head if len(head) >= 25 else text).rstrip(".:")  # "Structured pruning" alone says too little
