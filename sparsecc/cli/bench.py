@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sparsecc.cli.app import JSON_OPTION, SHAPES_OPTION, app, console, emit, int_list, out, settings
+from sparsecc.cli.app import JSON_OPTION, SHAPES_OPTION, activity, app, console, emit, int_list, out, settings
 from sparsecc.errors import BenchError, SparseccError, UsageError
 
 __all__: list[str] = ["LOAD_WARNING", "speed_verdict"]
@@ -145,15 +145,15 @@ def _run_bundles(bundles, backends, thread_list, batch, seq, warmup, runs, time_
                  seed):
     from sparsecc.benchmarking import bench as run_bench
 
-    with _bar() as bar:
+    with activity("bench") as act, _bar() as bar:
         tasks: dict[str, int] = {}
 
         def progress(desc: str, done: float, total: float) -> None:
             if desc not in tasks:
                 tasks[desc] = bar.add_task(desc, total=total)
-                if not out.is_terminal and not settings.quiet:
-                    console.print(f"timing {desc}", markup=False, highlight=False)
+                act.step(f"timing {desc}")
             bar.update(tasks[desc], completed=done, total=total)
+            act.detail(f"{100 * done / max(total, 1e-9):.0f}%")
 
         return run_bench(bundles, backends=backends, threads=thread_list, batch=batch, seq=seq, warmup=warmup,
                          runs=runs, time_budget_s=time_budget, profile=profile, profile_runs=profile_runs,
@@ -175,11 +175,16 @@ def _bench_files(files: list[Path], wanted, thread_list: list[int], warmup: int,
             raise UsageError(f"--shapes {name}: bench runs one shape per input; give one shape")
         dims[name] = s.opt
     _warn_if_loaded()
-    with _bar() as bar:
-        task = bar.add_task("timing " + ", ".join(f.name for f in files), total=None)
+    with activity("bench") as act, _bar() as bar:
+        act.step("timing " + ", ".join(str(f) for f in files))
+        task = bar.add_task("timing", total=None)
+
+        def progress(done: float, total: float) -> None:
+            bar.update(task, completed=done, total=total)
+            act.detail(f"{100 * done / max(total, 1e-9):.0f}%")
+
         data = bench_files(files, shapes=dims, threads=thread_list[0], warmup=warmup, runs=runs,
-                           time_budget_s=time_budget, seed=seed,
-                           progress=lambda d, n: bar.update(task, completed=d, total=n))
+                           time_budget_s=time_budget, seed=seed, progress=progress)
     lines = ["| file | backend | size | p50 | p90 | vs first |", "|---|---|---:|---:|---:|---|"]
     for f in data["files"]:
         lat, c = f["latency_ms"], f["comparison"]

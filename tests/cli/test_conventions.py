@@ -293,3 +293,23 @@ def test_cpuinfo_lines_from_cpp_are_dropped_and_the_rest_kept():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stderr == "kept line\npython line\n[cpuinfo_utils.cpp:9] after\n"
+
+
+@pytest.mark.slow
+def test_a_piped_compile_prints_at_least_every_10_seconds(tmp_path: Path):
+    """The ExecuTorch lowering of even a small MLP is one call of 20-30 s: the heartbeat fills it."""
+    pytest.importorskip("executorch")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsecc", "compile", "mlp", "-r", "2of4", "-t", "executorch", "-o",
+         str(tmp_path / "b"), "--no-dense-reference"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    stamps = [time.monotonic()]
+    lines = []
+    for line in proc.stderr:  # a pipe, as in `make demo | tee`
+        stamps.append(time.monotonic())
+        lines.append(line.decode())
+    assert proc.wait(timeout=600) == 0, "".join(lines)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 12, (max(gaps), lines)
+    assert any("still executorch: lower" in line for line in lines), lines
