@@ -353,8 +353,9 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
                             env[mul] = solved[fqn]  # already zero where masked
             block = block_key(runner.nodes[point]) or runner.nodes[point].name
             if progress is not None and block != last_block:
-                progress(f"reconstruct: {block} ({k + 1}/{len(points)} layers, "
-                         f"{time.perf_counter() - t0:.0f}s)")
+                spent = time.perf_counter() - t0
+                progress(f"reconstruct: {block} ({k + 1}/{len(points)} layers, {spent:.0f}s, "
+                         f"about {spent / (k + 1) * (len(points) - k - 1):.0f}s left)")
                 last_block = block
             start = point
     result_program = program_with_weights(program, solved)
