@@ -560,10 +560,10 @@ def test_sensitivity_command_writes_a_table_the_budget_reads(tmp_path):
     assert table.levels == (0.5, 0.9) and set(table.delta) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert "use it with `budget: {method: sensitivity, table:" in " ".join(r.output.split())
     again = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
-    assert again.exit_code == 1 and "exists; pass --force" in again.output
+    assert again.exit_code == 2 and "exists; pass --force" in again.output  # usage errors exit 2
     bad = CliRunner().invoke(app, ["sensitivity", "mlp", "--out", str(tmp_path / "x.json"), "--levels", "0.5,1.5"],
                              env={"COLUMNS": "400"})
-    assert bad.exit_code == 1 and "--levels: 1.5 is outside (0, 1]" in bad.output
+    assert bad.exit_code == 2 and "--levels: 1.5 is outside (0, 1]" in bad.output
 
 
 @pytest.mark.parametrize("budget", ["erk", {"method": "owl", "m": 2}, {"method": "global", "scores": "wanda"}])

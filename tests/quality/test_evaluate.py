@@ -231,7 +231,7 @@ def test_tasks_refuse_models_they_do_not_fit():
 
 def test_cli_eval_rejects_backend_for_a_model():
     res = CliRunner().invoke(app, ["eval", "mlp", "--backend", "onnx"], env={"COLUMNS": "300"})
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a usage error
     assert "apply to a bundle folder" in " ".join(res.output.split())
 
 
