@@ -252,7 +252,7 @@ def compile(
             timings["dense_reference"] = sum(
                 v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
 
-        record = _manifest(model_name, rec, program, report, target_results, timings, input_sets, axis_names)
+        record = _manifest(model_name, rec, program, report, target_results, timings, input_sets, symbols)
         record.parity_inputs = [ParityInput(p.label, p.shapes, s) for p, s in zip(record.parity_inputs, stored)]
         record.masks = [m.to_dict() for m in specs]
         record.structured = structured_report
@@ -364,8 +364,8 @@ def _rename_dims(t: Any, symbols: dict[str, str]) -> Any:
     return TensorSpec(t.name, tuple(symbols.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
 
 
-def _manifest(name, rec, program, report, targets, timings, input_sets, axis_names) -> Manifest:
-    sym = _symbol_names(program, axis_names)
+def _manifest(name, rec, program, report, targets, timings, input_sets, sym: dict[str, str]) -> Manifest:
+    # ``sym`` comes from the captured program: sparsify may rename a placeholder (``input`` -> ``input_1``).
     inputs = [s.to_dict() for s in user_input_specs(program)]
     for i in inputs:
         i["shape"] = [sym.get(d, d) if isinstance(d, str) else d for d in i["shape"]]
