@@ -30,6 +30,9 @@ _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tenso
                 "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(int8)": "int8",
                 "tensor(uint8)": "uint8"}
 
+# ExecuTorch's ScalarType codes (c10 numbering) for the input dtypes bench can generate.
+_ET_DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
+
 
 def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
     from .runners import _ort
@@ -58,8 +61,10 @@ def _pte_inputs(path: Path) -> list[dict[str, Any]]:
         raise BenchError(f"{path}: not a loadable ExecuTorch program ({type(e).__name__}: {e})") from e
     specs = []
     for i, t in enumerate(tensors):
-        dtype = str(t.dtype()).split(".")[-1].lower()
-        dtype = {"float": "float32", "long": "int64", "int": "int32", "half": "float16"}.get(dtype, dtype)
+        dtype = _ET_DTYPES.get(int(t.dtype()))
+        if dtype is None:
+            raise BenchError(f"{path}: input {i} has ExecuTorch scalar type {int(t.dtype())}, which bench cannot "
+                             "generate")
         specs.append({"name": f"input_{i}", "shape": list(t.sizes()), "dtype": dtype})
     return specs
 

@@ -58,7 +58,7 @@ class Settings:
 
 settings = Settings()
 # Piped output gets a wide table rather than rich's default of 80 columns.
-console = Console(stderr=True, emoji=False)
+console = Console(stderr=True, emoji=False, soft_wrap=True)  # messages are not cut at 80 columns
 out = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
 JSON_OPTION = typer.Option(None, "--json", metavar="FILE",
                            help="Write the result as JSON: to stdout (--json) or to FILE (--json FILE).")

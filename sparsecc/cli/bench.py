@@ -185,7 +185,7 @@ def _bench_files(files: list[Path], wanted, thread_list: list[int], warmup: int,
 
         data = bench_files(files, shapes=dims, threads=thread_list[0], warmup=warmup, runs=runs,
                            time_budget_s=time_budget, seed=seed, progress=progress)
-    lines = ["| file | backend | size | p50 | p90 | vs first |", "|---|---|---:|---:|---:|---|"]
+    lines = ["| file | backend | size | p50 ms | p90 ms | vs first |", "|---|---|---:|---:|---:|---|"]
     for f in data["files"]:
         lat, c = f["latency_ms"], f["comparison"]
         vs = f"{c['ratio']:.2f}x [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] {c['label']}" if c else "-"

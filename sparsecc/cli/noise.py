@@ -20,8 +20,8 @@ from typing import Iterator
 __all__ = ["quiet_third_party", "filtered_stderr", "NOISE_LINE"]
 
 _NOISY = ("torch", "torchao", "executorch", "onnxscript", "onnx", "transformers", "huggingface_hub", "urllib3")
-# C++ log lines of ExecuTorch's cpuinfo probing, e.g. "[cpuinfo_utils.cpp:71] Reading file ...".
-NOISE_LINE = re.compile(rb"^\[(cpuinfo_utils|cpuinfo)\.c(pp)?:\d+\]|^Error in cpuinfo:")
+# C++ log lines of ExecuTorch's cpuinfo probing and thread pool set-up, e.g. "[cpuinfo_utils.cpp:71] Reading file".
+NOISE_LINE = re.compile(rb"^\[(cpuinfo_utils|cpuinfo|threadpool)\.c(pp)?:\d+\]|^Error in cpuinfo:")
 
 
 def quiet_third_party(verbose: bool) -> None:

@@ -313,3 +313,8 @@ def test_a_piped_compile_prints_at_least_every_10_seconds(tmp_path: Path):
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 12, (max(gaps), lines)
     assert any("still executorch: lower" in line for line in lines), lines
+    # the bundle's .pte is a plain file bench can time too
+    res = invoke("bench", tmp_path / "b" / "executorch" / "model.pte", "--runs", "3", "--warmup", "1", "--json")
+    assert res.exit_code == 0, res.output
+    (only,) = json.loads(res.stdout)["result"]["files"]
+    assert only["backend"] == "executorch" and only["latency_ms"]["p50"] > 0
