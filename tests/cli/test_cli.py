@@ -119,13 +119,20 @@ def test_sparsify_refuses_existing_folder_then_force_replaces(tmp_path: Path, re
     before = _listing(out)
 
     res = invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", out)
-    assert res.exit_code != 0
+    assert res.exit_code == 2
     msg = flat(res.output)
     assert str(out) in msg and "exists" in msg and "--force" in msg
     assert _listing(out) == before
 
+    # --force replaces only a bundle or an empty folder (issue 16, defect 2): not a folder of files
     r90 = tmp_path / "r90.yaml"
     r90.write_text("pattern: unstructured\nsparsity: 0.9\n")
+    res = invoke("sparsify", "mlp", "--recipe", r90, "--out", out, "--force")
+    assert res.exit_code == 2 and "no manifest.json" in flat(res.output)
+    assert _listing(out) == before
+
+    for f in out.iterdir():
+        f.unlink()
     res = invoke("sparsify", "mlp", "--recipe", r90, "--out", out, "--force")
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
@@ -170,7 +177,9 @@ def test_failure_while_writing_leaves_no_temp_folder_and_keeps_old_output(
     tmp_path: Path, recipe_24: Path, monkeypatch: pytest.MonkeyPatch
 ):
     out = tmp_path / "out"
-    assert invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", out).exit_code == 0
+    out.mkdir()  # an empty folder: the one existing folder --force may replace besides a bundle
+    (tmp_path / "keep").mkdir()
+    assert invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", tmp_path / "keep" / "x").exit_code == 0
     before = _listing(out)
 
     import sparsecc.core.program
@@ -183,13 +192,13 @@ def test_failure_while_writing_leaves_no_temp_folder_and_keeps_old_output(
     res = invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", out, "--force")
     assert res.exit_code != 0
     assert "disk full" in res.output
-    assert _listing(out) == before  # the old result is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r24.yaml"]
+    assert _listing(out) == before and out.is_dir()  # the old folder is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "out", "r24.yaml"]
 
     fresh = tmp_path / "fresh"
     res = invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", fresh)
-    assert res.exit_code != 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r24.yaml"]
+    assert res.exit_code == 1 and "disk full" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "out", "r24.yaml"]
 
 
 # -- MODEL references -----------------------------------------------------------------------
