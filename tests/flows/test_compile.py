@@ -82,8 +82,12 @@ def test_existing_bundle_is_refused_then_replaced_with_force(zoo, tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         _compile(zoo, "mlp", "2:4", out)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="not an earlier bundle"):  # --force replaces bundles only
+        _compile(zoo, "mlp", "2:4", out, force=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "manifest.json").write_text("{}")  # now an earlier bundle
     _compile(zoo, "mlp", "2:4", out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert not (out / "keep.txt").exists() and json.loads((out / "manifest.json").read_text())["files"]
 
 
 @torch.library.custom_op("sparsecc_test::mystery", mutates_args=())
