@@ -86,13 +86,13 @@ def compile_cmd(
             )
     if result.report is not None:
         result.report.print(out)
-    if result.manifest.get("structured"):  # channels / heads removed: how much smaller, and checked exact
-        sm = result.manifest["structured"]["summary"]
+    sm = result.record.structured_summary
+    if sm:  # channels / heads removed: how much smaller, and checked exact
         out.print(f"structured: {sm['pruned_groups']}/{sm['prunable_groups']} prunable groups pruned, "
                   f"{sm['removed_units']} units removed; MACs x{sm['macs_ratio']:.3f}, "
                   f"params x{sm['params_ratio']:.3f}; shrunk == channel-masked on every input set (fp32, 1e-5)",
                   highlight=False)
-    out.print(bundle_summary(result.manifest, str(out_dir)))
+    out.print(bundle_summary(result.record, str(out_dir)))
     out.print(f"wrote {out_dir} (manifest.json, README.md); stages: "
               + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), highlight=False)
     emit({"model": spec.name, "out": str(out_dir), "targets": targets, "timings_s": result.timings,

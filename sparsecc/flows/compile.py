@@ -102,6 +102,7 @@ class CompileResult:
     timings: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     dense_targets: dict[str, TargetResult] = field(default_factory=dict)
+    record: Manifest | None = None  # ``manifest`` typed, as `sparsecc.bundle.manifest.read_manifest` reads it
 
 
 def _input_sets(spec_inputs: Any, make_inputs: Any) -> list[tuple[str, tuple, dict]]:
@@ -269,7 +270,7 @@ def compile(
         tr.artifact.root = out_dir / tr.target
     for tr in dense_results.values():
         tr.artifact.root = out_dir / "dense" / tr.target
-    return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results)
+    return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results, record)
 
 
 def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any,
@@ -401,6 +402,9 @@ def _bundle_readme(name: str, m: dict[str, Any]) -> str:
         files = ", ".join(f"`{t}/{f}`" for f in d["artifact"]["files"].values())
         lines += [f"- **{t}**: {files}; pattern verified in the artifact: {d['pattern_verification']['ok']}; "
                   f"parity with the PyTorch program: {d['parity']['ok']}"]
+    lines += ["", "Check this folder at any time with `sparsecc verify .`: file hashes (`manifest.json` records each "
+              "file's sha256), each weight's pattern in each artifact, and parity against the stored reference "
+              "outputs (`inputs/reference.npz`)."]
     lines += ["", "## Run", "", "```python"]
     if "onnx" in m["targets"]:
         lines += ["import numpy as np, onnxruntime as ort",

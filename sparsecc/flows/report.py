@@ -155,26 +155,30 @@ def inspect_table(analysis: Analysis, title: str = "prunable layers") -> Table:
     return t
 
 
-def bundle_summary(manifest: dict[str, Any], folder: str = "") -> Table:
-    """One row per target of a compiled bundle: files, sizes, verification, parity, time."""
+def bundle_summary(manifest: Any, folder: str = "") -> Table:
+    """One row per target of a compiled bundle (a `Manifest`, or its dict): files, sizes, verification, parity, time."""
+    from sparsecc.bundle.manifest import Manifest
+
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
     t = Table(title=f"bundle {folder}".strip())
     for col in ("target", "file", "size", "pattern in artifact", "parity (max abs err)", "layers", "time"):
         t.add_column(col)
-    for name, d in manifest["targets"].items():
-        art = d["artifact"]
+    for name, d in m.targets.items():
+        art = d.artifact
         sizes = art.get("sizes", {})
         files = "\n".join(art["files"].values())
         size = "\n".join(f"{human(sizes.get(k, 0))}B" for k in art["files"])
-        pv = d["pattern_verification"]
-        n_ok = sum(1 for x in pv["layers"] if x["ok"])
-        errs = [o.get("max_abs_err") or 0.0 for c in d["parity"]["cases"] for o in c.get("outputs", [])]
-        parity = f"{'ok' if d['parity']['ok'] else 'FAILED'} ({max(errs, default=0.0):.1e}, {len(d['parity']['cases'])} input sets)"
+        checked = d.pattern_verification.get("layers", [])
+        n_ok = sum(1 for x in checked if x["ok"])
+        cases = d.parity.get("cases", [])
+        errs = [o.get("max_abs_err") or 0.0 for c in cases for o in c.get("outputs", [])]
+        parity = f"{'ok' if d.parity_ok else 'FAILED'} ({max(errs, default=0.0):.1e}, {len(cases)} input sets)"
         support: dict[str, int] = {}
-        for c in d["check"]:
+        for c in d.check:
             support[c["support"]] = support.get(c["support"], 0) + 1
         layers = ", ".join(f"{v} {k}" for k, v in support.items())
-        t.add_row(name, files, size, f"{'ok' if pv['ok'] else 'BROKEN'} ({n_ok}/{len(pv['layers'])})", parity,
-                  layers, f"{sum(v for k, v in d['timings_s'].items() if '.' not in k):.1f}s")
+        t.add_row(name, files, size, f"{'ok' if d.pattern_ok else 'BROKEN'} ({n_ok}/{len(checked)})", parity,
+                  layers, f"{sum(v for k, v in d.timings_s.items() if '.' not in k):.1f}s")
     return t
 
 

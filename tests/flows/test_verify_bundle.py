@@ -14,7 +14,7 @@ from sparsecc.flows.compile import compile
 from sparsecc.flows.verify_bundle import BundleVerificationError, require_verified, verify_bundle
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "2of4.yaml"
-TARGETS = ["onnx", "executorch"]
+TARGETS = ["onnx", "executorch", "torch-sparse"]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,19 @@ def _break_pte_group(b: Path) -> str:
     return fqn
 
 
+def _break_torch_sparse_group(b: Path) -> str:
+    from sparsecc.backends.torch_sparse import load_sparse_program
+    from sparsecc.core.program import save_program
+
+    path = b / "torch-sparse" / "program.pt2"
+    program = load_sparse_program(path)
+    fqn = json.loads((b / "manifest.json").read_text())["masks"][0]["fqn"]
+    flat = program.state_dict[fqn].data.view(-1)  # mlp's layers measure faster dense: a plain parameter
+    flat[int((flat == 0).nonzero()[0])] = 1.0
+    save_program(program, path)
+    return fqn
+
+
 def test_untouched_bundle_verifies(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
     report = require_verified(verify_bundle(bundle))
@@ -77,7 +90,8 @@ def test_untouched_bundle_verifies(bundle):
         assert labels[0] == "example" and any(lab.startswith("largest") for lab in labels)
 
 
-@pytest.mark.parametrize("target, tamper", [("onnx", _break_onnx_group), ("executorch", _break_pte_group)])
+@pytest.mark.parametrize("target, tamper", [("onnx", _break_onnx_group), ("executorch", _break_pte_group),
+                                            ("torch-sparse", _break_torch_sparse_group)])
 def test_a_broken_group_is_named_by_layer_and_group(bundle, tmp_path, target, tamper):
     b = _copy(bundle, tmp_path)
     fqn = tamper(b)
@@ -87,7 +101,8 @@ def test_a_broken_group_is_named_by_layer_and_group(bundle, tmp_path, target, ta
     assert [p.target for p in pattern] == [target] and fqn in pattern[0].where
     assert "group 0" in pattern[0].detail and "2:4" in pattern[0].detail
     assert {p.target for p in report.problems if p.check == "parity"} == {target}
-    assert [p.where for p in report.problems if p.check == "hash"] == [f"{target}/model.{'onnx' if target == 'onnx' else 'pte'}"]
+    changed = {"onnx": "onnx/model.onnx", "executorch": "executorch/model.pte", "torch-sparse": "torch-sparse/program.pt2"}
+    assert [p.where for p in report.problems if p.check == "hash"] == [changed[target]]
     with pytest.raises(BundleVerificationError, match=fqn.replace(".", r"\.")) as e:
         require_verified(report)
     assert e.value.exit_code == 4
