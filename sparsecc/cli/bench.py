@@ -63,7 +63,7 @@ def _bar() -> Progress:
 
 @app.command("bench")
 def bench_cmd(
-    targets: list[Path] = typer.Argument(..., metavar="BUNDLE_OR_FILE...",
+    targets: list[Path] = typer.Argument(..., metavar="BUNDLE_OR_FILE",
                                          help="Bundle folders (sparsecc compile), or .onnx / .pte files: one is "
                                               "timed alone, several are compared with the first."),
     backend: Optional[str] = typer.Option(
@@ -243,7 +243,7 @@ def _bench_tensorrt(bundles: list[Path], backends: list[str], seed: int, out_jso
 
 @app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., metavar="RUN_JSON...", help="Records written by sparsecc bench --out."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN_JSON", help="Records written by sparsecc bench --out."),
     html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML report."),
     md: Optional[Path] = typer.Option(None, "--md", metavar="FILE", help="Write the Markdown to this file."),
     json_out: Optional[str] = JSON_OPTION,
