@@ -3,7 +3,8 @@
 A new verb is one module here plus one import line below.
 """
 
-from sparsecc.cli import bench, compile, eval, inspect, sparsify, sweep  # noqa: F401  (register the verbs)
+# The import order is the order of `sparsecc --help`: look, prune, compile, measure.
+from sparsecc.cli import inspect, sparsify, compile, bench, eval, sweep  # noqa: F401,I001  (register the verbs)
 from sparsecc.cli import verify  # noqa: F401  (sparsecc verify BUNDLE)
 from sparsecc.cli import recover  # noqa: F401  (sparsecc recover MODEL -r RECIPE)
 from sparsecc.cli.app import app, main

@@ -61,7 +61,7 @@ def _bar() -> Progress:
                     TimeElapsedColumn(), console=console, transient=True, disable=settings.quiet)
 
 
-@app.command("bench")
+@app.command("bench", short_help="Time sparse against dense; or time model files.")
 def bench_cmd(
     targets: list[Path] = typer.Argument(..., metavar="BUNDLE_OR_FILE",
                                          help="Bundle folders (sparsecc compile), or .onnx / .pte files: one is "
@@ -241,7 +241,7 @@ def _bench_tensorrt(bundles: list[Path], backends: list[str], seed: int, out_jso
     emit(results[0] if len(results) == 1 else results)
 
 
-@app.command("report")
+@app.command("report", short_help="Summarise one bench record or compare several.")
 def report_cmd(
     runs: list[Path] = typer.Argument(..., metavar="RUN_JSON", help="Records written by sparsecc bench --out."),
     html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML report."),

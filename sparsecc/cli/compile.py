@@ -37,7 +37,7 @@ def parse_targets(text: str) -> list[str]:
     return targets
 
 
-@app.command("compile")
+@app.command("compile", short_help="MODEL + recipe -> a verified deployment bundle.")
 def compile_cmd(
     model: str = MODEL_ARG,
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", metavar="RECIPE",

@@ -24,7 +24,7 @@ def _tasks(task: str, spec) -> list[str]:
     return tasks
 
 
-@app.command("eval")
+@app.command("eval", short_help="Quality on real data, sparse beside dense.")
 def eval_cmd(
     target: str = typer.Argument(..., metavar="BUNDLE_OR_MODEL",
                                  help="A bundle folder (sparsecc compile), or MODEL."),

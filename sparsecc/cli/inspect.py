@@ -23,7 +23,7 @@ def models_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
     emit({"reference": list(REFERENCE_MODELS), "pretrained": list(PRETRAINED_MODELS)})
 
 
-@app.command("recipes")
+@app.command("recipes", short_help="List the built-in recipes.")
 def recipes_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
     """List the built-in recipes (use one with -r NAME from any folder)."""
     from rich.table import Table
@@ -40,7 +40,7 @@ def recipes_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
     emit({name: {"path": str(path), "description": found[name]} for name, path in builtin_recipes().items()})
 
 
-@app.command()
+@app.command(short_help="Prunable layers of MODEL: shape, params, FLOPs.")
 def inspect(model: str = MODEL_ARG, shapes: Optional[str] = SHAPES_OPTION,
             json_out: Optional[str] = JSON_OPTION) -> None:
     """List the prunable layers of MODEL with shape, params and FLOPs per call."""
@@ -59,7 +59,7 @@ def inspect(model: str = MODEL_ARG, shapes: Optional[str] = SHAPES_OPTION,
     })
 
 
-@app.command("groups")
+@app.command("groups", short_help="Structured-pruning groups of MODEL.")
 def groups_cmd(
     model: str = MODEL_ARG,
     ratio: float = typer.Option(0.5, "--ratio", metavar="FLOAT",

@@ -15,7 +15,7 @@ from sparsecc.errors import SparseccError
 __all__: list[str] = []
 
 
-@app.command()
+@app.command(short_help="The sparse program and a per-layer report.")
 def sparsify(
     model: str = MODEL_ARG,
     recipe: str = typer.Option(..., "--recipe", "-r", metavar="RECIPE",

@@ -27,7 +27,7 @@ def _levels(levels: str, scores: str) -> list[float]:
         raise UsageError(f"{flag}: {str(e).split(': ', 1)[1]}") from None
 
 
-@app.command("sensitivity")
+@app.command("sensitivity", short_help="Loss increase per layer at a few sparsities.")
 def sensitivity_cmd(
     model: str = MODEL_ARG,
     out_path: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Sensitivity table to write (JSON)."),
@@ -94,7 +94,7 @@ def sensitivity_cmd(
           "delta": table.delta})
 
 
-@app.command("sweep")
+@app.command("sweep", short_help="Quality against sparsity, per criterion/pattern.")
 def sweep_cmd(
     model: str = MODEL_ARG,
     out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for sweep.json, .md, .png."),
