@@ -56,9 +56,11 @@ from sparsecc.plan.recovery_options import RecoveryOptions, parse_recovery, reco
 from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 from sparsecc.plan.quantize_options import QuantizeOptions, parse_quantize
 from sparsecc.plan.recipe_error import RecipeError
+from sparsecc.errors import UsageError
 
 __all__ = [
     "RecipeError",
+    "RecipeFileError",
     "LayerSelection",
     "Override",
     "Recipe",
@@ -67,6 +69,10 @@ __all__ = [
     "load_recipe",
     "plan_masks",
 ]
+
+
+class RecipeFileError(UsageError, FileNotFoundError):
+    """A recipe file that is missing or not text; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -333,8 +339,11 @@ def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:
     path = Path(text)
     if "\n" not in text and (path.suffix in (".yaml", ".yml", ".json") or path.exists()):
         if not path.is_file():
-            raise FileNotFoundError(f"recipe file not found: {path}")
-        text = path.read_text()
+            raise RecipeFileError(f"recipe file not found: {path}")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as e:
+            raise RecipeFileError(f"recipe {path} is not a text YAML file (byte {e.start} is not UTF-8)") from None
     try:
         data = yaml.load(text, Loader=_RecipeLoader)
     except yaml.YAMLError as e:

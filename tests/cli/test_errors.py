@@ -182,3 +182,16 @@ def test_corrupt_pte_is_named(tmp_path: Path):
         ExecuTorchRunner(bad, [TensorSpec("x", (1, 4), "float32")])
     res = invoke("bench", bad)  # and through the CLI, as a plain file
     assert res.exit_code == 1 and str(bad) in flat(res.output)
+
+
+def test_load_recipe_names_a_missing_or_binary_file(tmp_path: Path):
+    from sparsecc.plan.recipe import RecipeFileError, load_recipe
+
+    with pytest.raises(RecipeFileError, match="recipe file not found"):
+        load_recipe(tmp_path / "absent.yaml")
+    bad = tmp_path / "r.yaml"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(RecipeFileError, match=f"{bad} is not a text YAML file"):
+        load_recipe(bad)
+    with pytest.raises(FileNotFoundError):  # the built-in base callers may catch
+        load_recipe(tmp_path / "absent.yaml")
