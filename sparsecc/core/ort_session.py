@@ -23,14 +23,14 @@ _ORT_DTYPES = {"float": "float32", "double": "float64", "float16": "float16", "b
                "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool"}
 
 
-def _fits(spec: tuple[str, str, int], arg: Any) -> bool:
-    _name, dtype, rank = spec
+def _fits(spec: tuple[str, str, int | None], arg: Any) -> bool:
+    _name, dtype, rank = spec  # dtype "" / rank None: not known to the caller
     ort_dtype = _ORT_DTYPES.get(str(arg.type).removeprefix("tensor(").removesuffix(")"))
     shape = arg.shape if isinstance(arg.shape, (list, tuple)) else None
-    return (ort_dtype is None or ort_dtype == dtype) and (shape is None or len(shape) == rank)
+    return (not dtype or ort_dtype is None or ort_dtype == dtype) and (rank is None or shape is None or len(shape) == rank)
 
 
-def feed_order(specs: Sequence[tuple[str, str, int]], session_inputs: Sequence[Any]) -> list[int]:
+def feed_order(specs: Sequence[tuple[str, str, int | None]], session_inputs: Sequence[Any]) -> list[int]:
     """For each session input, the index of the program input (name, dtype, rank) that feeds it.
 
     Matched by name first; the rest by position among the unmatched ones (the

@@ -265,7 +265,7 @@ def _onnx_features(path: Path, names: list[str], flatten) -> Callable:
         import onnx
         import onnxruntime as ort
 
-        from sparsecc.core.ort_session import session_options
+        from sparsecc.core.ort_session import feed_order, session_options
 
         model = onnx.load(str(path))
         nodes = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
@@ -279,12 +279,14 @@ def _onnx_features(path: Path, names: list[str], flatten) -> Callable:
             onnx.save(model, p)
             state["session"] = ort.InferenceSession(p, sess_options=session_options(None),
                                                     providers=["CPUExecutionProvider"])
-        state["fed"] = {i.name for i in state["session"].get_inputs()}
+        args = state["session"].get_inputs()  # by name, else position: the exporter renames `input` inputs
+        state["feed"] = list(zip([a.name for a in args], feed_order([(n, "", None) for n in names], args)))
 
     def run(args, kwargs):
         if not state:
             load()
-        feed = {n: t.numpy() for n, t in zip(names, flatten(args, kwargs)) if n in state["fed"]}
+        flat = flatten(args, kwargs)
+        feed = {n: flat[i].numpy() for n, i in state["feed"]}
         return torch.from_numpy(np.asarray(state["session"].run([state["output"]], feed)[0]))
 
     return run
