@@ -225,31 +225,15 @@ def compile(
     target_results: dict[str, TargetResult] = {}
     dense_results: dict[str, TargetResult] = {}
     with staged_output(out_dir, force) as tmp:
-        save_program(program, tmp / "program.pt2")
-        (tmp / "inputs").mkdir()
-        np.savez(tmp / "inputs" / "example.npz", *[t.numpy() for t in input_sets[0][3]])
-        stored = save_reference(tmp / REFERENCE_FILE, [(lab, ins, outs) for lab, _a, _k, ins, outs in input_sets])
-        if rec is not None:
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        stored = _write_program_and_inputs(tmp, program, rec, input_sets)
         for backend in backends:
             tr = _lower_target(backend, program, tmp / backend.name, options, specs, input_sets, symbols, say)
             target_results[backend.name] = tr
             timings[backend.name] = sum(v for k, v in tr.timings.items() if "." not in k)
         if dense_reference and rec is not None:
-            # The unpruned model, lowered the same way, so `sparsecc bench` can run
-            # dense and sparse side by side from the bundle alone.
             dense_sets = _reference_outputs(dense_program, (example_args, example_kwargs or {}), make_inputs, symbols)
-            (tmp / "dense").mkdir()
-            save_program(dense_program, tmp / "dense" / "program.pt2")
-            dense_options = LowerOptions(sparse_initializers=False, extra={
-                "dynamic_axes": axis_names, "model_name": model_name,
-                "example_inputs": dense_sets[0][3], "example_outputs": dense_sets[0][4]})
-            for backend in backends:
-                say(f"dense reference: {backend.name}")
-                dense_results[backend.name] = _lower_target(
-                    backend, dense_program, tmp / "dense" / backend.name, dense_options, [], dense_sets, symbols,
-                    lambda msg: None,
-                )
+            dense_results = _lower_dense(backends, dense_program, tmp / "dense", dense_sets, axis_names, model_name,
+                                         symbols, say)
             timings["dense_reference"] = sum(
                 v for tr in dense_results.values() for k, v in tr.timings.items() if "." not in k)
 
@@ -259,18 +243,51 @@ def compile(
         record.structured = structured_report
         record.recovery = ([RecoveryRecord.from_dict(r, "recovery") for r in recovery_run.records]
                            if recovery_run is not None else None)
-        record.model_source = _copy_model_file(model_name, tmp)
-        if dense_results:
-            record.dense_reference = DenseReference("dense/program.pt2", {
-                k: TargetRecord.from_dict(v.to_dict(), f"dense_reference.targets.{k}", f"dense/{k}")
-                for k, v in dense_results.items()})
-        (tmp / "README.md").write_text(_bundle_readme(model_name, record.to_dict()))
+        _finish_record(record, tmp, model_name, dense_results)
         manifest = write_manifest(tmp, record)  # last: it hashes every other file
     for tr in target_results.values():
         tr.artifact.root = out_dir / tr.target
     for tr in dense_results.values():
         tr.artifact.root = out_dir / "dense" / tr.target
     return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results, record)
+
+
+def _write_program_and_inputs(tmp: Path, program: ExportedProgram, rec: Recipe | None, input_sets) -> list[bool]:
+    """program.pt2, the example inputs, the parity inputs with reference outputs, the recipe."""
+    save_program(program, tmp / "program.pt2")
+    (tmp / "inputs").mkdir()
+    np.savez(tmp / "inputs" / "example.npz", *[t.numpy() for t in input_sets[0][3]])
+    stored = save_reference(tmp / REFERENCE_FILE, [(lab, ins, outs) for lab, _a, _k, ins, outs in input_sets])
+    if rec is not None:
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+    return stored
+
+
+def _finish_record(record: Manifest, tmp: Path, model_name: str, dense_results: dict[str, TargetResult]) -> None:
+    """The model file copied in, the dense reference recorded, the bundle README written."""
+    record.model_source = _copy_model_file(model_name, tmp)
+    if dense_results:
+        record.dense_reference = DenseReference("dense/program.pt2", {
+            k: TargetRecord.from_dict(v.to_dict(), f"dense_reference.targets.{k}", f"dense/{k}")
+            for k, v in dense_results.items()})
+    (tmp / "README.md").write_text(_bundle_readme(model_name, record.to_dict()))
+
+
+def _lower_dense(backends, dense_program, folder: Path, dense_sets, axis_names, model_name, symbols,
+                 say) -> dict[str, TargetResult]:
+    """The unpruned model, lowered the same way into ``dense/``, so `sparsecc bench` can run
+    dense and sparse side by side from the bundle alone."""
+    folder.mkdir()
+    save_program(dense_program, folder / "program.pt2")
+    options = LowerOptions(sparse_initializers=False, extra={
+        "dynamic_axes": axis_names, "model_name": model_name,
+        "example_inputs": dense_sets[0][3], "example_outputs": dense_sets[0][4]})
+    results = {}
+    for backend in backends:
+        say(f"dense reference: {backend.name}")
+        results[backend.name] = _lower_target(backend, dense_program, folder / backend.name, options, [], dense_sets,
+                                              symbols, lambda msg: None)
+    return results
 
 
 def _reference_outputs(program: ExportedProgram, example: tuple, make_inputs: Any,
