@@ -101,3 +101,18 @@ def test_hashes_name_the_changed_and_missing_files(tmp_path):
         require_unchanged(tmp_path, recorded)
     assert isinstance(e.value, VerificationError) and e.value.exit_code == 4
     assert not check_hashes(tmp_path, {}).recorded  # an older bundle: nothing recorded, nothing refused
+
+
+def test_bench_reader_opens_a_format_1_bundle(tmp_path):
+    from sparsecc.bundle.reader import DENSE, SPARSE, Bundle
+
+    (tmp_path / "manifest.json").write_text(json.dumps(FORMAT_1))
+    (tmp_path / "program.pt2").write_bytes(b"")
+    b = Bundle(tmp_path)
+    assert b.model_ref == "mlp" and b.backends() == ["onnx", "torch"] and b.has_dense()
+    assert b.variant("onnx", SPARSE).path == tmp_path / "onnx" / "model.onnx"
+    assert b.variant("onnx", DENSE).path == tmp_path / "dense" / "onnx" / "model.onnx"
+    assert b.variant("torch", DENSE).path == tmp_path / "dense" / "program.pt2"
+    assert [x["layer"] for x in b.sparse_layers] == ["fc1"]
+    assert b.check_reason("onnx", "fc1") == {"support": "runs dense", "reason": "r"}
+    assert not b.check_files().recorded  # no hashes recorded: nothing to refuse
