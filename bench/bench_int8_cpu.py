@@ -23,6 +23,14 @@ measured where the best ISA beats ORT int8 (and ORT fp32).
         [--json out.json] [--quick]
 
 Run it alone on the machine: timings taken while other work runs are wrong.
+
+``--quality`` instead measures quality (no timing): SmolLM2-135M perplexity
+on the README protocol (2:4 SparseGPT, 64 calibration windows of 256 tokens,
+the first ``--eval-windows`` evaluation windows) for 2:4 fp32, 2:4 + int8
+weights (fake-quantized) and 2:4 + int8 through the int8 kernels (int8
+activations per token too), next to dense fp32 and dense int8; and MiniLM's
+Lee similarity (Spearman, cosine to the dense fp32 embeddings) for the same
+variants at 2:4 magnitude (MiniLM has no calibration protocol).
 """
 
 from __future__ import annotations
@@ -101,6 +109,60 @@ def break_even(rows: list[dict], key: str) -> dict[tuple, float | None]:
     return out
 
 
+def _variants(program):
+    """fp32, int8 weights (fake-quantized), int8 kernels (every candidate layer on int8_g4)."""
+    from sparsecc.backends.torch_sparse.kernel_select import fixed_kernels
+    from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import RewriteSparseKernelsPass
+    from sparsecc.passes import QuantizeWeightsPass
+
+    q = QuantizeWeightsPass()(program).program
+    return program, q, RewriteSparseKernelsPass(fixed_kernels(q, "int8_g4").choices)(q).program
+
+
+def minilm_quality() -> None:
+    from sparsecc import capture, sparsify
+    from sparsecc.models import get_model
+    from sparsecc.quality.evaluate import evaluate, reference_outputs
+
+    spec = get_model("minilm")
+    program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+    ref = reference_outputs("lee-similarity", spec)
+    print("# MiniLM Lee similarity: spearman / cosine to dense fp32 embeddings")
+    print("| weights | fp32 | int8 weights (fake-quantized) | int8 kernels (int8 weights and activations) |")
+    print("|---|---:|---:|---:|")
+    for name, prog in (("dense", program), ("2:4 magnitude", sparsify(program, {"pattern": "2:4"}, fold=True).program)):
+        cells = []
+        for p in _variants(prog):
+            m = evaluate(p, "lee-similarity", model=spec, reference_raw=ref).metrics
+            cells.append(f"{m['spearman']:.4f} / {m['cosine_to_dense']:.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def quality(eval_windows: int, criterion: str = "sparsegpt") -> None:
+    """SmolLM2 perplexity: fp32 / int8 weights / int8 kernels, dense and 2:4 (README protocol)."""
+    from sparsecc import capture, sparsify
+    from sparsecc.data.datasets import calibration_inputs
+    from sparsecc.models import get_model
+    from sparsecc.plan.calibrate import CalibrationData
+    from sparsecc.quality.evaluate import EvalOptions, evaluate, reference_outputs
+
+    spec = get_model("smollm2")
+    program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+    opts = EvalOptions(max_windows=eval_windows)
+    ref = reference_outputs("perplexity", spec, options=opts)
+    recipe = {"pattern": "2:4", "criterion": criterion, "calibration": {"samples": 64, "seq_len": 256}}
+    data = CalibrationData(calibration_inputs(spec, 64, 256))
+    sparse = sparsify(program, recipe, fold=True, calibration=data).program
+    print(f"# SmolLM2-135M perplexity, {eval_windows} windows of 256 tokens; 2:4 = {criterion}; "
+          "lm_head (tied embedding) stays fp32 dense", flush=True)
+    print("| weights | fp32 | int8 weights (fake-quantized) | int8 kernels (int8 weights and activations) |")
+    print("|---|---:|---:|---:|")
+    for name, prog in (("dense", program), ("2:4", sparse)):
+        ppl = [evaluate(p, "perplexity", model=spec, reference_raw=ref, options=opts).metrics["perplexity"]
+               for p in _variants(prog)]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in ppl) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="3072x768,768x3072")
@@ -112,7 +174,14 @@ def main() -> None:
     ap.add_argument("--sample-ms", type=float, default=3.0, help="target duration of one timed sample")
     ap.add_argument("--quick", action="store_true", help="a tiny configuration that only shows the bench runs")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--quality", action="store_true", help="SmolLM2 perplexity with int8 (no timing), then exit")
+    ap.add_argument("--eval-windows", type=int, default=40)
+    ap.add_argument("--criterion", default="sparsegpt", help="2:4 criterion of the SmolLM2 rows (--quality)")
     args = ap.parse_args()
+    if args.quality:
+        kernels.load()
+        minilm_quality()
+        return quality(args.eval_windows, args.criterion)
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
