@@ -163,8 +163,10 @@ def _time_engines_here(bundle: Path, folder: Path, build: Path, seed: int, round
 
     from sparsecc.backends.tensorrt.runtime import TensorRTRunner
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    record = manifest["targets"].get(folder.name, {}).get("artifact", {})
+    from sparsecc.bundle.manifest import read_manifest
+
+    target = read_manifest(bundle).targets.get(folder.name)
+    record = target.artifact if target is not None else {}
     specs = [TensorSpec.from_dict(t) for t in record.get("inputs", [])]
     example = np.load(bundle / "inputs" / "example.npz")
     inputs = [torch.from_numpy(example[f"arr_{i}"]) for i in range(len(specs))]
