@@ -117,7 +117,7 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 save_program(sparse, cache)
-    m = evaluate(sparse, cfg, spec, ref_raw, args)
+    m = evaluate(sparse, cfg, spec, ref_raw, args) if not args.skip_oneshot_eval else {}
     record["data"] = {"calibration": f"{cal_samples} calibration batches (sparsecc.data.calibration_inputs)",
                       "training": f"recovery data '{args.data}' ({args.samples} samples)",
                       "evaluation": cfg["task"] + " protocol (README)"}
@@ -127,7 +127,9 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     log(f"one-shot {m} ({c.wall:.0f}s)")
     save()
     stages = [RecoveryOptions("reconstruct", samples=args.samples, batch_size=args.batch_size, data=args.data,
-                              seq_len=args.seq_len, extra={"damp": args.damp})]
+                              seq_len=args.seq_len, extra={"damp": args.damp, "cg_iters": args.cg_iters,
+                                                           **({"loss_batches": args.loss_batches}
+                                                              if args.loss_batches else {})})]
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
@@ -159,10 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--data", default="calibration", help="training data (sparsecc.flows.recover)")
     p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative")
+    p.add_argument("--cg-iters", type=int, default=20, help="reconstruction: conjugate-gradient steps")
+    p.add_argument("--loss-batches", type=int, default=0, help="reconstruction: report its loss on N batches")
     p.add_argument("--distill-steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
+    p.add_argument("--skip-oneshot-eval", action="store_true", help="do not evaluate the one-shot program again")
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model (perplexity)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))

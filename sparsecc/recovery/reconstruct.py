@@ -23,7 +23,8 @@ steps on top (masks fixed) are the ``distill`` method, run after this one.
 ``extra`` keys: ``damp`` (ridge λ relative to the mean diagonal of ``Hs``,
 default 0.01), ``exact_flops`` (a layer whose row-by-row factorisations would
 cost more, and more than the conjugate-gradient steps, is solved by those,
-default 2e9), ``cg_iters`` (default 20).
+default 2e9), ``cg_iters`` (default 20), ``loss_batches`` (the loss before
+and after is reported on this many batches; default all).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def masked_least_squares(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, 
         return result
     counts = mask.sum(1)
     cost = float((counts.double() ** 3).sum() / 3)
-    if method == "auto":  # exact when it is the cheaper (or cheap enough)
-        method = "exact" if warm is None or cost <= max(exact_flops, 2.0 * iters * out * k * k) else "cg"
+    if method == "auto":  # exact when cheap; batched small factorisations run ~10x slower per flop than products
+        method = "exact" if warm is None or cost <= max(exact_flops, 0.1 * 2.0 * iters * out * k * k) else "cg"
     if method == "exact":
         return _exact_rows(hs.double(), g.double(), mask, lam, max_elements)
     start = warm if warm is not None else torch.zeros(out, k)
@@ -300,8 +301,10 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     if not masks:
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")
     dense = _dense_state(teacher)
-    targets = teacher_outputs(teacher, batches)
-    loss_before = output_loss(program, targets, batches, options)
+    # the reported loss on the first ``loss_batches`` batches (a full pass of a large LM costs minutes)
+    scored = batches[:int(options.extra.get("loss_batches", len(batches)))]
+    targets = teacher_outputs(teacher, scored)
+    loss_before = output_loss(program, targets, scored, options)
     analysis, taps, per_weight, skipped = _plan(program, masks, dense)
     runner = _GraphRunner(program)
     index = {n: i for i, n in enumerate(runner.nodes)}
@@ -360,7 +363,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
             start = point
     result_program = program_with_weights(program, solved)
     assert_zeros_kept(result_program, masks)
-    loss_after = output_loss(result_program, targets, batches, options)
+    loss_after = output_loss(result_program, targets, scored, options)
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
     details = {
         "layers": len(solved), "skipped": len(skipped), "skipped_layers": dict(skipped), "damp": damp,
