@@ -138,7 +138,7 @@ def minilm_quality() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def quality(eval_windows: int, criterion: str = "sparsegpt") -> None:
+def quality(eval_windows: int, criterion: str = "sparsegpt", rows: tuple[str, ...] = ("dense", "2:4")) -> None:
     """SmolLM2 perplexity: fp32 / int8 weights / int8 kernels, dense and 2:4 (README protocol)."""
     from sparsecc import capture, sparsify
     from sparsecc.data.datasets import calibration_inputs
@@ -158,6 +158,8 @@ def quality(eval_windows: int, criterion: str = "sparsegpt") -> None:
     print("| weights | fp32 | int8 weights (fake-quantized) | int8 kernels (int8 weights and activations) |")
     print("|---|---:|---:|---:|")
     for name, prog in (("dense", program), ("2:4", sparse)):
+        if name not in rows:
+            continue
         ppl = [evaluate(p, "perplexity", model=spec, reference_raw=ref, options=opts).metrics["perplexity"]
                for p in _variants(prog)]
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in ppl) + " |", flush=True)
@@ -177,11 +179,16 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true", help="SmolLM2 perplexity with int8 (no timing), then exit")
     ap.add_argument("--eval-windows", type=int, default=40)
     ap.add_argument("--criterion", default="sparsegpt", help="2:4 criterion of the SmolLM2 rows (--quality)")
+    ap.add_argument("--quality-models", default="minilm,smollm2", help="which --quality tables to make")
+    ap.add_argument("--smollm2-rows", default="dense,2:4", help="which SmolLM2 rows to make (--quality)")
     args = ap.parse_args()
     if args.quality:
         kernels.load()
-        minilm_quality()
-        return quality(args.eval_windows, args.criterion)
+        if "minilm" in args.quality_models:
+            minilm_quality()
+        if "smollm2" in args.quality_models:
+            quality(args.eval_windows, args.criterion, tuple(args.smollm2_rows.split(",")))
+        return
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
