@@ -1,7 +1,9 @@
 """Writing output folders atomically: all or nothing, never half-written.
 
-- ``force`` replaces only an earlier bundle (a folder with a manifest) or an
-  empty folder; any other existing path is refused (`OutputExistsError`).
+- ``force`` replaces only an earlier output of sparsecc (a bundle's
+  ``manifest.json``, or the ``OUTPUT_MARKER`` file every staged folder gets)
+  or an empty folder; any other existing path is refused (`OutputExistsError`),
+  so ``--force`` never deletes a user's own files.
 - A SIGINT during the staged write is recorded by a handler (a
   ``KeyboardInterrupt`` raised inside a torch cleanup callback can be
   swallowed) and checked before the final rename: the run stops with
@@ -24,8 +26,18 @@ from typing import Iterator
 from sparsecc.bundle.manifest import is_bundle
 from sparsecc.errors import UsageError
 
-__all__ = ["staged_output", "check_replaceable", "clean_leftovers", "OutputExistsError", "interrupted_check",
+__all__ = ["staged_output", "check_replaceable", "OUTPUT_MARKER", "is_sparsecc_output", "clean_leftovers", "OutputExistsError", "interrupted_check",
            "interrupt_guard", "record_interrupts"]
+
+
+# Written into every folder staged_output produces (sparsify, recover, sweep, compile), so that
+# --force can tell an earlier output of sparsecc from a folder of the user's own files.
+OUTPUT_MARKER = ".sparsecc-output"
+
+
+def is_sparsecc_output(path: str | os.PathLike) -> bool:
+    """True for a folder sparsecc wrote: a bundle (manifest.json) or one holding `OUTPUT_MARKER`."""
+    return is_bundle(path) or (Path(path) / OUTPUT_MARKER).is_file()
 
 
 class OutputExistsError(UsageError, FileExistsError):
@@ -33,19 +45,20 @@ class OutputExistsError(UsageError, FileExistsError):
 
 
 def check_replaceable(out_dir: str | os.PathLike, force: bool) -> None:
-    """Raise `OutputExistsError` unless ``out_dir`` is absent, or ``force`` and an earlier bundle / empty folder."""
+    """Raise `OutputExistsError` unless ``out_dir`` is absent, or ``force`` and an earlier output / empty folder."""
     out_dir = Path(out_dir)
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if not force:
         raise OutputExistsError(f"{out_dir} exists; pass --force (force=True) to replace it")
     if out_dir.is_symlink() or not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} is a file, not a bundle folder; --force replaces only an earlier "
-                                "bundle (a folder with manifest.json) or an empty folder")
-    if not is_bundle(out_dir) and any(out_dir.iterdir()):
-        raise OutputExistsError(f"{out_dir} is a folder with files but no manifest.json, not an earlier bundle; "
-                                "--force replaces only a bundle or an empty folder: remove it yourself or "
-                                "pick another --out")
+        raise OutputExistsError(f"{out_dir} is a file, not an output folder; --force replaces only an earlier "
+                                "output of sparsecc (a bundle with manifest.json, or a folder holding "
+                                f"{OUTPUT_MARKER}) or an empty folder")
+    if not is_sparsecc_output(out_dir) and any(out_dir.iterdir()):
+        raise OutputExistsError(f"{out_dir} is a folder with files but no manifest.json or {OUTPUT_MARKER}, not "
+                                "an earlier output of sparsecc; --force replaces only such an output or an empty "
+                                "folder: remove it yourself or pick another --out")
 
 
 def clean_leftovers(out_dir: str | os.PathLike) -> list[Path]:
@@ -143,6 +156,7 @@ def staged_output(out_dir: str | os.PathLike, force: bool = False) -> Iterator[P
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the bundle is not
+            (tmp / OUTPUT_MARKER).write_text("written by sparsecc; `--force` may replace this folder\n")
             yield tmp
             _committing[0] = True
             try:

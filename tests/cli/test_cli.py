@@ -75,7 +75,7 @@ def test_sparsify_writes_program_report_and_recipe(tmp_path: Path, recipe_24: Pa
     out = tmp_path / "out"
     res = invoke("sparsify", "mlp", "--recipe", recipe_24, "--out", out)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["program.pt2", "recipe.yaml", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".sparsecc-output", "program.pt2", "recipe.yaml", "report.json"]
 
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "mlp"
@@ -123,15 +123,9 @@ def test_sparsify_refuses_existing_folder_then_force_replaces(tmp_path: Path, re
     assert str(out) in msg and "exists" in msg and "--force" in msg
     assert _listing(out) == before
 
-    # --force replaces only a bundle or an empty folder (issue 16, defect 2): not a folder of files
+    # --force replaces an earlier output of sparsecc (it holds the output marker) ...
     r90 = tmp_path / "r90.yaml"
     r90.write_text("pattern: unstructured\nsparsity: 0.9\n")
-    res = invoke("sparsify", "mlp", "--recipe", r90, "--out", out, "--force")
-    assert res.exit_code == 2 and "no manifest.json" in flat(res.output)
-    assert _listing(out) == before
-
-    for f in out.iterdir():
-        f.unlink()
     res = invoke("sparsify", "mlp", "--recipe", r90, "--out", out, "--force")
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
@@ -139,6 +133,14 @@ def test_sparsify_refuses_existing_folder_then_force_replaces(tmp_path: Path, re
     assert all(row["achieved"] == pytest.approx(0.9, abs=1e-3) for row in report["layers"])
     assert sparsecc.load_recipe(out / "recipe.yaml").sparsity == 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r24.yaml", "r90.yaml"]
+
+    # ... but never a folder of the user's own files (issue 16, defect 2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    res = invoke("sparsify", "mlp", "--recipe", r90, "--out", mine, "--force")
+    assert res.exit_code == 2 and "not an earlier output" in flat(res.output)
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.txt"] and (mine / "thesis.txt").read_text() == "x"
 
 
 def test_output_folder_has_ordinary_permissions(tmp_path: Path, recipe_24: Path):

@@ -110,7 +110,7 @@ def test_force_never_deletes_a_users_folder(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     (d / "thesis.txt").write_text("x")
-    with pytest.raises(OutputExistsError, match="not an earlier bundle"):
+    with pytest.raises(OutputExistsError, match="not an earlier output of sparsecc"):
         compile(torch.nn.Linear(4, 4), None, d, example_args=(torch.randn(1, 4),), targets=["onnx"], force=True)
     assert [p.name for p in d.iterdir()] == ["thesis.txt"]
 

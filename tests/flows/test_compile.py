@@ -82,7 +82,7 @@ def test_existing_bundle_is_refused_then_replaced_with_force(zoo, tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         _compile(zoo, "mlp", "2:4", out)
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(FileExistsError, match="not an earlier bundle"):  # --force replaces bundles only
+    with pytest.raises(FileExistsError, match="not an earlier output of sparsecc"):  # --force replaces bundles only
         _compile(zoo, "mlp", "2:4", out, force=True)
     assert (out / "keep.txt").read_text() == "mine"
     (out / "manifest.json").write_text("{}")  # now an earlier bundle

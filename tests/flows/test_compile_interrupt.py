@@ -38,6 +38,8 @@ def test_sigint_at_any_point_keeps_the_previous_bundle(tmp_path):
         assert proc.poll() is None, f"the compile finished before {fraction:.0%} of a full run"
         proc.send_signal(signal.SIGINT)
         log = proc.communicate(timeout=120)[0].decode()
-        assert proc.returncode == 130, (fraction, full, log[-2000:])
+        # 130 from the CLI, or death by SIGINT itself when the signal lands while the interpreter is still
+        # starting (Python re-raises an unhandled interrupt as the signal): a shell reports both as $? = 130.
+        assert proc.returncode in (130, -signal.SIGINT), (fraction, full, log[-2000:])
         assert hash_files(out) == before, fraction
         assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], fraction

@@ -85,7 +85,7 @@ def test_mnist_sweep_random_falls_off_before_magnitude(tmp_path):
     assert mag[1].quality > rnd[1].quality + 0.2
     assert res.essential()["magnitude unstructured"] == {"essential": 0.5, "falls_off_at": 0.9}
     out = sw.write_sweep(res, tmp_path / "sweep")
-    assert {p.name for p in out.iterdir()} == {"sweep.json", "sweep.md", "sweep.png"}
+    assert {p.name for p in out.iterdir()} == {".sparsecc-output", "sweep.json", "sweep.md", "sweep.png"}
 
 
 @pytest.mark.slow
