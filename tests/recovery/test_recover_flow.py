@@ -1,0 +1,84 @@
+"""The recipe's recovery: section, run by flows.recover and by compile, on every small zoo model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sparsecc.errors import UsageError
+from sparsecc.flows.recover import recover
+from sparsecc.flows.sparsify import sparsify
+from sparsecc.models import list_models
+from sparsecc.plan.recipe import load_recipe
+from sparsecc.recovery import masks_of
+from sparsecc.recovery.base import assert_zeros_kept
+
+from ..conftest import captured_zoo_model
+
+SMALL = list_models(pretrained=False)
+TWO_STAGES = [{"method": "reconstruct", "samples": 4, "batch_size": 2},
+              {"method": "distill", "steps": 2, "samples": 4, "batch_size": 2, "lr": 1e-4}]
+
+
+def test_the_section_parses_in_order_with_defaults_and_round_trips():
+    rec = load_recipe({"pattern": "2:4", "recovery": TWO_STAGES})
+    assert [o.method for o in rec.recovery] == ["reconstruct", "distill"]
+    assert rec.recovery[1].steps == 2 and rec.recovery[0].steps == 200 and rec.recovery[0].data == "calibration"
+    assert load_recipe(rec.to_dict()).recovery == rec.recovery
+    assert load_recipe({"pattern": "2:4", "recovery": "distill"}).recovery[0].method == "distill"
+
+
+@pytest.mark.parametrize("section, key, why", [
+    ({"method": "finetune"}, "recovery.method", "is not a recovery method"),
+    ({"steps": 3}, "recovery.method", "is required"),
+    ({"method": "distill", "lr": "fast"}, "recovery.lr", "must be a positive number"),
+    ({"method": "distill", "stepz": 3}, "recovery.stepz", "is not a known key"),
+    ({"method": "distill", "teacher": "other.pt2"}, "recovery.teacher", "is not a known teacher"),
+    ([{"method": "reconstruct"}, {"method": "distill", "loss": "l2"}], r"recovery\[1\].loss", "must be one of"),
+    ([], "recovery", "empty list"),
+])
+def test_a_bad_section_fails_naming_the_key(section, key, why):
+    with pytest.raises(UsageError, match=rf"recipe key '{key}'.*{why}"):
+        load_recipe({"pattern": "2:4", "recovery": section})
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_two_step_recovery_on_every_small_zoo_model(name):
+    spec, dense = captured_zoo_model(name)
+    sparse = sparsify(dense, {"pattern": "unstructured", "sparsity": 0.5}, fold=True).program
+    stages = load_recipe({"pattern": "2:4", "recovery": TWO_STAGES}).recovery
+    run = recover(sparse, dense, stages, spec=spec)
+    assert [r["method"] for r in run.records] == ["reconstruct", "distill"]
+    for r in run.records:
+        assert r["data"] in ("calibration", "synthetic")
+        assert math.isfinite(r["loss_before"]) and math.isfinite(r["loss_after"]) and r["tokens"] > 0
+    assert run.records[1]["steps"] == 2
+    assert run.records[0]["loss_after"] <= run.records[0]["loss_before"] * (1 + 1e-6)
+    assert_zeros_kept(run.program, masks_of(sparse))
+
+
+def test_compile_runs_the_section_records_it_and_lowers_to_every_backend(tmp_path):
+    from sparsecc.flows.compile import compile
+
+    spec, dense = captured_zoo_model("mlp")
+    recipe = {"pattern": "2:4", "recovery": TWO_STAGES}
+    result = compile(spec, recipe, tmp_path / "b", targets=("onnx", "executorch"), program=dense,
+                     dense_reference=False)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    records = manifest["recovery"]
+    assert [r["method"] for r in records] == ["reconstruct", "distill"]
+    assert {"steps", "data", "loss_before", "loss_after", "seconds", "tokens", "options"} <= set(records[0])
+    for target in ("onnx", "executorch"):
+        assert manifest["targets"][target]["parity"]["ok"]
+        assert manifest["targets"][target]["pattern_verification"]["ok"]
+    assert "recovery" in load_recipe(str(tmp_path / "b" / "recipe.yaml")).to_dict()
+    assert_zeros_kept(result.program, masks_of(result.program))
+
+
+def test_recovery_without_data_or_model_is_a_usage_error():
+    spec, dense = captured_zoo_model("mlp")
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    with pytest.raises(UsageError, match="training data"):
+        recover(sparse, dense, load_recipe({"pattern": "2:4", "recovery": "distill"}).recovery)
