@@ -295,6 +295,11 @@ def test_cpuinfo_lines_from_cpp_are_dropped_and_the_rest_kept():
     assert res.stderr == "kept line\npython line\n[cpuinfo_utils.cpp:9] after\n"
 
 
+def _stamp(line: str) -> float:
+    """The elapsed seconds an Activity line starts with: ``[   9.6s] ...``."""
+    return float(line.split("]", 1)[0].strip("[ s"))
+
+
 @pytest.mark.slow
 def test_a_piped_compile_prints_at_least_every_10_seconds(tmp_path: Path):
     """The ExecuTorch lowering of even a small MLP is one call of 20-30 s: the heartbeat fills it."""
@@ -312,7 +317,12 @@ def test_a_piped_compile_prints_at_least_every_10_seconds(tmp_path: Path):
     assert proc.wait(timeout=600) == 0, "".join(lines)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 12, (max(gaps), lines)
-    assert any("still executorch: lower" in line for line in lines), lines
+    # a fast machine may lower in under 10 s; where the step ran longer, the heartbeat must have filled it
+    lower_at = [i for i, line in enumerate(lines) if line.rstrip().endswith("executorch: lower")]
+    assert lower_at, lines
+    start, end = _stamp(lines[lower_at[0]]), _stamp(lines[lower_at[0] + 1])
+    if end - start > 11:
+        assert any("still executorch: lower" in line for line in lines), lines
     # the bundle's .pte is a plain file bench can time too
     res = invoke("bench", tmp_path / "b" / "executorch" / "model.pte", "--runs", "3", "--warmup", "1", "--json")
     assert res.exit_code == 0, res.output
