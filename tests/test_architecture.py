@@ -99,3 +99,31 @@ def test_no_package_file_is_over_500_lines():
     assert len(counts) > 100  # every package folder was walked
     over = {p: n for p, n in counts.items() if n > MAX_LINES}
     assert not over, f"files over {MAX_LINES} lines (split them along their seams): {over}"
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def _long_functions() -> dict[str, int]:
+    """``file:function`` -> lines, for every function of the package over the limit
+    whose body does not say why (a comment containing "long because")."""
+    import ast
+
+    out = {}
+    for src in _package_dirs().values():
+        for path in src.rglob("*.py"):
+            text = path.read_text()
+            lines = text.splitlines()
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                n = node.end_lineno - node.lineno + 1
+                body = "\n".join(lines[node.lineno - 1:node.end_lineno])
+                if n > MAX_FUNCTION_LINES and "long because" not in body:
+                    out[f"{path.relative_to(ROOT)}:{node.name}"] = n
+    return out
+
+
+def test_no_package_function_is_over_100_lines_unless_it_says_why():
+    long = _long_functions()
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them, or say why in a comment): {long}"

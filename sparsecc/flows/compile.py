@@ -182,36 +182,11 @@ def compile(
     symbols = _symbol_names(program, axis_names)
 
     t0 = time.perf_counter()
-    report = None
-    structured_report = None
     dense_program = program
-    if rec is not None:
-        if calibration is None and recipe_needs_calibration(rec):
-            if spec is None:
-                raise ValueError(f"criterion {rec.criterion!r} needs calibration data: pass calibration=... "
-                                 "or a zoo ModelSpec, whose loader provides it")
-            say("calibration data")
-            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
-        if rec.structured is not None:
-            # Channel / head removal: a physically smaller program, checked against the masked one.
-            say("structured pruning")
-            verify_sets = [(a, k or {}) for _l, a, k in _input_sets((example_args, example_kwargs or {}), make_inputs)]
-            structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
-            program, structured_report = structured_result.program, structured_result.report
-        else:
-            say("sparsify")
-            result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
-                              calibration=calibration)
-            program, report = result.program, result.report
-    timings["sparsify"] = time.perf_counter() - t0
-    recovery_run = None
-    if rec is not None and rec.recovery:
-        t0 = time.perf_counter()
-        given = None if spec is not None else (calibration.batches if calibration is not None
-                                               else [(tuple(example_args), dict(example_kwargs or {}))])
-        recovery_run = recover(program, dense_program, rec.recovery, spec=spec, batches=given, progress=say)
-        program = recovery_run.program
-        timings["recovery"] = time.perf_counter() - t0
+    program, report, structured_report, recovery_run = _transform(
+        program, rec, spec, calibration, (example_args, example_kwargs or {}), make_inputs, model_name,
+        say, mask_progress, timings)
+    timings["sparsify"] = time.perf_counter() - t0 - timings.get("recovery", 0.0)
     specs = list(mask_specs(program).values())
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
@@ -250,6 +225,45 @@ def compile(
     for tr in dense_results.values():
         tr.artifact.root = out_dir / "dense" / tr.target
     return CompileResult(out_dir, program, report, target_results, timings, manifest, dense_results, record)
+
+
+def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibration: CalibrationData | None,
+               example: tuple[tuple, dict], make_inputs: Any, model_name: str, say: Callable,
+               mask_progress: Any, timings: dict[str, float]) -> tuple[ExportedProgram, Any, Any, Any]:
+    """The recipe's transform stage: structured removal or masking, then recovery.
+
+    Returns the program with the sparsity report, the structured report and the
+    recovery run (each None where the recipe has no such part); ``timings`` gains "recovery".
+    """
+    if rec is None:
+        return program, None, None, None
+    dense_program, report, structured_report = program, None, None
+    if calibration is None and recipe_needs_calibration(rec):
+        if spec is None:
+            raise ValueError(f"criterion {rec.criterion!r} needs calibration data: pass calibration=... "
+                             "or a zoo ModelSpec, whose loader provides it")
+        say("calibration data")
+        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+    if rec.structured is not None:
+        # Channel / head removal: a physically smaller program, checked against the masked one.
+        say("structured pruning")
+        verify_sets = [(a, k or {}) for _l, a, k in _input_sets(example, make_inputs)]
+        structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
+        program, structured_report = structured_result.program, structured_result.report
+    else:
+        say("sparsify")
+        result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
+                          calibration=calibration)
+        program, report = result.program, result.report
+    recovery_run = None
+    if rec.recovery:
+        t0 = time.perf_counter()
+        given = None if spec is not None else (calibration.batches if calibration is not None
+                                               else [(tuple(example[0]), dict(example[1]))])
+        recovery_run = recover(program, dense_program, rec.recovery, spec=spec, batches=given, progress=say)
+        program = recovery_run.program
+        timings["recovery"] = time.perf_counter() - t0
+    return program, report, structured_report, recovery_run
 
 
 def _write_program_and_inputs(tmp: Path, program: ExportedProgram, rec: Recipe | None, input_sets) -> list[bool]:

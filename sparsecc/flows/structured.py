@@ -207,32 +207,7 @@ def prune_structured(
     if verify_inputs:
         say("verify shrunk == masked")
         t0 = time.perf_counter()
-        masked = MaskChannelsPass(plan)(program).program
-        ms, mm = small.module(), masked.module()
-        for i, (args, kwargs) in enumerate(verify_inputs):
-            try:
-                with torch.no_grad():
-                    want = tensor_leaves(mm(*args, **kwargs))
-            except Exception as e:
-                if i == 0:
-                    raise
-                # another shape the program does not allow (static batch, say): recorded, not checked
-                checks.append({"inputs": i, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:120]}"})
-                continue
-            with torch.no_grad():
-                got = tensor_leaves(ms(*args, **kwargs))
-            worst = 0.0
-            for g, w in zip(got, want, strict=True):
-                if g.shape != w.shape:
-                    raise ShrinkMismatchError(f"input set {i}: output shape {list(g.shape)} != masked {list(w.shape)}")
-                if w.is_floating_point() and w.numel():
-                    worst = max(worst, float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)))
-            checks.append({"inputs": i, "max_rel_err": worst, "ok": worst <= SHRINK_RTOL})
-            if worst > SHRINK_RTOL:
-                raise ShrinkMismatchError(
-                    f"shrunk program differs from the channel-masked one by {worst:.2e} of the output scale "
-                    f"(allowed {SHRINK_RTOL:g}) on input set {i}: a coupling the analysis missed"
-                )
+        checks = _check_shrunk_equals_masked(small, MaskChannelsPass(plan)(program).program, verify_inputs)
         timings["verify"] = time.perf_counter() - t0
     reconstructed: list[str] = []
     repair_notes: dict[str, str] = {}
@@ -271,3 +246,35 @@ def prune_structured(
         "timings_s": timings,
     }
     return StructuredResult(small, plan, report)
+
+
+def _check_shrunk_equals_masked(small: ExportedProgram, masked: ExportedProgram,
+                                verify_inputs: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[dict]:
+    """One record per input set; `ShrinkMismatchError` where the shrunk program differs from the masked one."""
+    checks: list[dict] = []
+    ms, mm = small.module(), masked.module()
+    for i, (args, kwargs) in enumerate(verify_inputs):
+        try:
+            with torch.no_grad():
+                want = tensor_leaves(mm(*args, **kwargs))
+        except Exception as e:
+            if i == 0:
+                raise
+            # another shape the program does not allow (static batch, say): recorded, not checked
+            checks.append({"inputs": i, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:120]}"})
+            continue
+        with torch.no_grad():
+            got = tensor_leaves(ms(*args, **kwargs))
+        worst = 0.0
+        for g, w in zip(got, want, strict=True):
+            if g.shape != w.shape:
+                raise ShrinkMismatchError(f"input set {i}: output shape {list(g.shape)} != masked {list(w.shape)}")
+            if w.is_floating_point() and w.numel():
+                worst = max(worst, float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)))
+        checks.append({"inputs": i, "max_rel_err": worst, "ok": worst <= SHRINK_RTOL})
+        if worst > SHRINK_RTOL:
+            raise ShrinkMismatchError(
+                f"shrunk program differs from the channel-masked one by {worst:.2e} of the output scale "
+                f"(allowed {SHRINK_RTOL:g}) on input set {i}: a coupling the analysis missed"
+            )
+    return checks
