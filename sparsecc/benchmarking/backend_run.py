@@ -14,6 +14,7 @@ from typing import Any, Callable
 from sparsecc.bundle.reader import DENSE, SPARSE, Bundle
 from sparsecc.errors import BenchError
 from .inputs import build_inputs
+from .int8_reference import INT8_DENSE, int8_dense_variant
 from .layers import coverage, layer_table
 from .measure import time_interleaved
 from .memory import PEAK_RSS_METHOD, peak_rss_mb, rss_mb
@@ -21,7 +22,9 @@ from .runners import load_variant
 from .sizes import file_sizes
 from .stats import bootstrap_ratio, summarize, verdict
 
-__all__ = ["run_backend", "PROFILE_NOTES"]
+__all__ = ["run_backend", "PROFILE_NOTES", "CPU_BACKENDS"]
+
+CPU_BACKENDS = ("onnx", "torch", "torch-sparse", "executorch")
 
 PROFILE_NOTES = {
     "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
@@ -55,8 +58,10 @@ def run_backend(
     bundle_path: str, backend: str, threads: int | None, *, batch: int | None = None, seq: int | None = None,
     warmup: int = 10, runs: int | None = 100, time_budget_s: float | None = None, profile: bool = True,
     profile_runs: int = 20, seed: int = 0, progress: Callable[[float, float], None] | None = None,
+    int8_reference: bool = True,
 ) -> dict[str, Any]:
-    """A run record (see schema.py, ``runs[]``)."""
+    """A run record (see schema.py, ``runs[]``). CPU backends are also timed against ONNX Runtime's
+    dense int8 model (``int8_reference``, when the bundle has a dense ONNX build)."""
     rec: dict[str, Any] = {"backend": backend, "threads": threads, "status": "ok", "error": None}
     t_start = time.perf_counter()
     try:
@@ -67,6 +72,8 @@ def run_backend(
         variants = {n: bundle.variant(backend, n) for n in (SPARSE, DENSE)}
         variants = {n: v for n, v in variants.items() if v is not None}
         variants.update(bundle.reference_variants(backend))
+        if int8_reference and backend in CPU_BACKENDS and (int8 := int8_dense_variant(bundle)) is not None:
+            variants[INT8_DENSE] = int8
         if SPARSE not in variants:
             raise BenchError(f"bundle {bundle.path} has no {backend} artifact (targets: {', '.join(bundle.backends())})")
         loaded, vrec = [], {}
@@ -75,7 +82,9 @@ def run_backend(
             ld = load_variant(v, threads)
             after = rss_mb()
             loaded.append(ld)
-            vrec[name] = {"model_file": str(v.path.relative_to(bundle.path)), **_variant_files(v),
+            in_bundle = v.path.is_relative_to(bundle.path)
+            vrec[name] = {"model_file": str(v.path.relative_to(bundle.path) if in_bundle else v.path),
+                          **_variant_files(v),
                           "first_load_s": ld.load_s, "load_s": ld.load_s,
                           "rss_growth_mb": (after - before) if before and after else None}
         timing = time_interleaved(loaded, inputs, warmup=warmup, runs=runs, time_budget_s=time_budget_s,

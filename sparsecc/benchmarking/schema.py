@@ -17,8 +17,10 @@ Schema id ``sparsecc-bench/1``. Field meanings::
             load_s (load and initialisation, second load in the process), first_load_s (first load,
             with the runtime's one-time set-up), first_run_ms, rss_growth_mb,
             latency_ms {n, min, p50, p90, p99, mean, std, throughput_per_s}, samples_ms [...]
-        references   (torch-sparse) {"onnx-dense": comparison of ONNX Runtime's dense model, timed
-                     interleaved with the two above, against sparse}; its variant is in variants too
+        references   {name: comparison against sparse of another dense model timed interleaved with
+                     the two above}; its variant is in variants too. "onnx-dense" (torch-sparse):
+                     ONNX Runtime's fp32 dense model; "onnx-int8-dense" (CPU backends): ONNX Runtime's
+                     quantize_dynamic of it (int8 per-channel weights), the best dense alternative
         comparison   ratio (dense p50 / sparse p50, above 1: sparse faster), ci95 [lo, hi]
                      (paired moving-block percentile bootstrap), n, resamples, seed, method,
                      label ("faster" | "slower" | "no measurable change"), definition

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sparsecc.cli.app import JSON_OPTION, SHAPES_OPTION, activity, app, console, emit, int_list, out, settings
 from sparsecc.errors import BenchError, SparseccError, UsageError
 
-__all__: list[str] = ["LOAD_WARNING", "speed_verdict"]
+__all__: list[str] = ["LOAD_WARNING", "speed_verdict", "best_dense_verdict"]
 
 # A 1-minute load average above this (per machine, not per core: the bench uses 1-2 threads)
 # means other work competes for the cores and absolute times are not to be trusted.
@@ -34,6 +34,31 @@ def speed_verdict(rows: list[tuple[str, dict[str, Any] | None]], what: str = "sp
     if unchanged:
         parts.append(f"no speed-up on {', '.join(unchanged)} (95% interval includes 1)")
     return "verdict: " + ("; ".join(parts) if faster or slower else "no speed-up (" + parts[-1] + ")")
+
+
+def best_dense_verdict(runs: Any) -> str:
+    """One line against the fastest dense model of each run (fp32 or ONNX Runtime int8), or "" when a
+    run has no dense model besides its own: the comparison a user deciding on sparsity makes."""
+    from sparsecc.benchmarking.stats import FASTER, SLOWER
+
+    parts = []
+    for _b, r in runs:
+        if r["status"] != "ok" or not r.get("references"):
+            continue
+        cands = {"dense": r.get("comparison"), **r["references"]}
+        cands = {k: c for k, c in cands.items() if c and c.get("ratio")}
+        if not cands:
+            continue
+        # the smallest ratio (reference p50 / sparse p50) is the fastest dense model
+        name, c = min(cands.items(), key=lambda kv: kv[1]["ratio"])
+        where = f"{r['backend']} (best dense: {r['backend'] if name == 'dense' else name})"
+        if c["label"] == FASTER:
+            parts.append(f"sparse is {c['ratio']:.2f}x faster than the best dense model on {where}")
+        elif c["label"] == SLOWER:
+            parts.append(f"sparse is {1 / c['ratio']:.2f}x slower than the best dense model on {where}")
+        else:
+            parts.append(f"no measurable change against the best dense model on {where}")
+    return ("against the best dense: " + "; ".join(parts)) if parts else ""
 
 
 def _warn_if_loaded() -> float | None:
@@ -132,6 +157,9 @@ def bench_cmd(
              + (f" with {r['threads']} threads" if len(int_list(threads, "--threads")) > 1 else ""),
              r.get("comparison")) for b, r in result.runs() if r["status"] == "ok"]
     out.print(speed_verdict(rows), highlight=False, soft_wrap=True)
+    best = best_dense_verdict(result.runs())
+    if best:
+        out.print(best, highlight=False, soft_wrap=True)
     emit(result.data)
     if result.interrupted:
         console.print("interrupted: wrote the results measured so far", style="yellow", markup=False)

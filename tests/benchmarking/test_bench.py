@@ -47,7 +47,9 @@ def test_result_matches_schema_and_survives_json(result, tmp_path):
     assert again.data["schema"] == "sparsecc-bench/1"
     (b, run), = again.runs()
     assert run["status"] == "ok", run.get("error")
-    assert set(run["variants"]) == {"sparse", "dense"}
+    # the dense int8 model a CPU user tries first is timed beside fp32 dense
+    assert set(run["variants"]) == {"sparse", "dense", "onnx-int8-dense"}
+    assert run["references"]["onnx-int8-dense"]["label"] in (FASTER, SLOWER, NO_CHANGE)
     for v in run["variants"].values():
         assert v["latency_ms"]["n"] == 8 and len(v["samples_ms"]) == 8
         assert v["bytes"] > 0 and v["zstd_bytes"] > 0
@@ -156,6 +158,7 @@ def test_cli_bench_and_report(bundle, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "## sparsecc bench" in res.stdout and md.read_text() and page.read_text().startswith("<!doctype html>")
+    assert "against onnx-int8-dense" in res.stdout and "against the best dense: " in res.stdout
     BenchResult.load(run)
     res = subprocess.run([sys.executable, "-m", "sparsecc", "report", str(run), str(run)], capture_output=True,
                          text=True, timeout=120)
@@ -187,3 +190,45 @@ def test_executorch_runs_in_its_own_process_with_an_operator_profile(zoo, tmp_pa
     assert prof["operators"] and prof["layers"] == [] and not prof["layer_mapping"]
     assert sorted(prof["missing"]) == sorted(lay["layer"] for lay in Bundle(out).sparse_layers)
     assert "Per operator: executorch" in res.markdown()
+
+
+def test_the_int8_copy_keeps_the_dense_outputs_within_int8_error(bundle):
+    """ONNX Runtime's quantize_dynamic of the dense build: int8 MatMuls, outputs close to fp32."""
+    import onnx
+    import onnxruntime as ort
+
+    from sparsecc.benchmarking.int8_reference import INT8_DENSE, int8_dense_variant
+
+    b = Bundle(bundle)
+    v = int8_dense_variant(b)
+    assert v is not None and v.name == INT8_DENSE and v.path.is_file()
+    ops = {n.op_type for n in onnx.load(str(v.path)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    dense = b.variant("onnx", "dense").path
+    x = {i.name: np.random.default_rng(0).standard_normal([2 if isinstance(d, str) else d for d in i.shape]
+                                                          ).astype(np.float32)
+         for i in ort.InferenceSession(str(dense)).get_inputs()}
+    want = ort.InferenceSession(str(dense)).run(None, x)[0]
+    got = ort.InferenceSession(str(v.path)).run(None, x)[0]
+    pruned = ort.InferenceSession(str(b.variant("onnx", "sparse").path)).run(None, x)[0]
+
+    def rel(y):
+        return np.linalg.norm(y - want) / np.linalg.norm(want)
+
+    # int8 costs this random MLP far less than pruning half its weights does
+    assert 0 < rel(got) < rel(pruned) / 2, (rel(got), rel(pruned))
+
+
+def test_best_dense_verdict_names_the_fastest_dense_model():
+    from sparsecc.cli.bench import best_dense_verdict
+
+    def cmp(ratio, label):
+        return {"ratio": ratio, "label": label}
+
+    runs = [({}, {"status": "ok", "backend": "onnx", "comparison": cmp(1.8, FASTER),
+                  "references": {"onnx-int8-dense": cmp(0.7, SLOWER)}})]
+    assert best_dense_verdict(runs) == ("against the best dense: sparse is 1.43x slower than the best dense model "
+                                        "on onnx (best dense: onnx-int8-dense)")
+    runs[0][1]["references"]["onnx-int8-dense"] = cmp(2.5, FASTER)
+    assert "sparse is 1.80x faster than the best dense model on onnx (best dense: onnx)" in best_dense_verdict(runs)
+    assert best_dense_verdict([({}, {"status": "ok", "backend": "onnx", "comparison": cmp(1.1, NO_CHANGE)})]) == ""
