@@ -148,6 +148,10 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
                                  "loss_after": rec["loss_after"], "data": rec["data"],
                                  "options": rec["options"]})
         log(f"{opts.method} {m} ({c.wall:.0f}s, {rec['tokens']} tokens)")
+        if cache is not None:  # the recovered program, for bench_frontier.py --program
+            stage_file = cache.with_name(f"{opts.method}-{name.replace(':', 'of')}.pt2")
+            save_program(current, stage_file)
+            record["stages"][-1]["program"] = str(stage_file)
         save()
     return record
 
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model (perplexity)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--cache-dir", default="", help="keep / reuse the one-shot program here")
+    p.add_argument("--cache-dir", default="", help="keep / reuse the one-shot program here, and write each "
+                   "recovered stage's program beside it (<method>-<config>.pt2)")
     args = p.parse_args(argv)
     args.methods = args.methods.split(",")
     if args.threads:
