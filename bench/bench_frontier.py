@@ -68,6 +68,20 @@ def as_callable(runner: Any, names: list[str]) -> Callable[..., list[torch.Tenso
     return call
 
 
+def with_weights(model: torch.nn.Module, program: Any) -> torch.nn.Module:
+    """A copy of ``model`` holding ``program``'s weights (same FQNs), to capture again at another example shape."""
+    import copy
+
+    model = copy.deepcopy(model)
+    state = {**program.state_dict, **{k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if len(missing) == len(own):
+        raise SystemExit(f"the program's weights do not match {type(model).__name__}'s names")
+    model.load_state_dict({k: state.get(k, v) for k, v in own.items()})
+    return model
+
+
 def lower(backend_name: str, program: Any, folder: Path, axis_names: dict, threads: int, seq: int,
           example: tuple[tuple, dict]) -> tuple[Any, Any]:
     """(artifact, loaded runner) of ``program`` on one backend, timed kernels chosen with ``threads``."""
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         variants["dense torch"] = {"call": module, "dense": True, "note": "PyTorch, the dense program"}
     for item in args.program:
         name, _, path = item.partition("=")
-        program = capture(load_program(path).module(), cap_args, cap_kwargs, spec.dynamic_shapes)
+        program = capture(with_weights(spec.model, load_program(path)), cap_args, cap_kwargs, spec.dynamic_shapes)
         todo = [(name, program)]
         if args.int8:
             todo.append((f"{name} int8", QuantizeWeightsPass()(program).program))
