@@ -90,7 +90,8 @@ def test_existing_bundle_is_refused_then_replaced_with_force(zoo, tmp_path):
     assert not (out / "keep.txt").exists() and json.loads((out / "manifest.json").read_text())["files"]
 
 
-@torch.library.custom_op("sparsecc_test::mystery", mutates_args=())
+# its own op name: two test modules registering one name in a worker leave a dead schema behind
+@torch.library.custom_op("sparsecc_test::compile_mystery", mutates_args=())
 def mystery(x: torch.Tensor) -> torch.Tensor:
     return x.sin()
 

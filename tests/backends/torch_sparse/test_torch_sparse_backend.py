@@ -94,7 +94,7 @@ def test_compile_and_bench_side_by_side_with_onnx_runtime(zoo, tmp_path):
     validate(res.data)
     (run,) = res.data["bundles"][0]["runs"]
     assert run["status"] == "ok", run.get("error")
-    assert set(run["variants"]) == {"sparse", "dense", "onnx-dense"}
+    assert set(run["variants"]) == {"sparse", "dense", "onnx-dense", "onnx-int8-dense"}
     ref = run["references"]["onnx-dense"]
     assert ref["ratio"] > 0 and len(run["variants"]["onnx-dense"]["samples_ms"]) == 3
     assert "against onnx-dense" in to_markdown(res)
