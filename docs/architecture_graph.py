@@ -15,24 +15,11 @@ from __future__ import annotations
 
 import collections
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _UNDRAWN = {"errors", "core"}  # imported by nearly every stage
-
-
-def _link_tree(dest: Path, package_dirs: dict[str, str]) -> None:
-    """The package laid out as installed (grimp walks folders): sparsecc/passes -> passes/ ..."""
-    top = dest / "sparsecc"
-    top.mkdir()
-    for entry in (ROOT / "sparsecc").iterdir():
-        if entry.name != "__pycache__":
-            (top / entry.name).symlink_to(entry)
-    for name, src in package_dirs.items():
-        if name != "sparsecc" and name.count(".") == 1:
-            (top / name.split(".")[1]).symlink_to(ROOT / src)
 
 
 def stage_graph() -> tuple[list[list[str]], dict[tuple[str, str], int], dict[str, int]]:
@@ -42,13 +29,13 @@ def stage_graph() -> tuple[list[list[str]], dict[tuple[str, str], int], dict[str
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "layers")
     rows = [[m.strip().removeprefix("sparsecc.") for m in layer.split("|")] for layer in reversed(contract["layers"])]
-    with tempfile.TemporaryDirectory() as tmp:
-        _link_tree(Path(tmp), config["tool"]["setuptools"]["package-dir"])
-        sys.path.insert(0, tmp)
-        try:
-            graph = grimp.build_graph("sparsecc", cache_dir=None)
-        finally:
-            sys.path.remove(tmp)
+    # sparsecc/passes, backends, models and recipes link to the top-level folders, so the
+    # repository root holds the package laid out as installed
+    sys.path.insert(0, str(ROOT))
+    try:
+        graph = grimp.build_graph("sparsecc", cache_dir=None)
+    finally:
+        sys.path.remove(str(ROOT))
     stages = {s for row in rows for s in row}
 
     def stage(module: str) -> str | None:

@@ -62,6 +62,18 @@ def test_the_package_keeps_its_import_contracts(tree):
     assert "0 broken" in run.stdout
 
 
+def test_plain_lint_imports_at_the_root_sees_the_installed_layout():
+    """sparsecc/<sub> links to each top-level folder of the package-dir mapping, so `lint-imports`
+    run by hand at the repository root checks the same package as the install."""
+    for name, src in _package_dirs().items():
+        if name != "sparsecc":
+            link = ROOT.joinpath(*name.split("."))
+            assert link.is_symlink() and link.resolve() == src.resolve(), f"{link} should link to {src}"
+    run = _lint_imports(ROOT, ROOT / "pyproject.toml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout
+
+
 def test_an_upward_import_breaks_the_layers(tmp_path):
     config = _lay_out(tmp_path)
     ir = tmp_path / "sparsecc" / "core" / "ir.py"
