@@ -82,7 +82,7 @@ def with_weights(model: torch.nn.Module, program: Any) -> torch.nn.Module:
     return model
 
 
-def lower(backend_name: str, program: Any, folder: Path, axis_names: dict, threads: int, seq: int,
+def lower(backend_name: str, program: Any, folder: Path, axis_names: dict, threads: int,
           example: tuple[tuple, dict]) -> tuple[Any, Any]:
     """(artifact, loaded runner) of ``program`` on one backend, timed kernels chosen with ``threads``."""
     from sparsecc.backends import LowerOptions, get_backend
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "frontier"))
     args = p.parse_args(argv)
 
+    from sparsecc.backends import Artifact, get_backend
     from sparsecc.benchmarking.int8_reference import quantize_dense_onnx
     from sparsecc.core.capture import capture, dynamic_axis_names
     from sparsecc.core.machine import machine_info
@@ -135,16 +136,14 @@ def main(argv: list[str] | None = None) -> None:
 
     variants: dict[str, dict[str, Any]] = {}  # name -> {"call", "kind", "note"}
     tmp = Path(tempfile.mkdtemp(prefix="sparsecc-frontier-"))
-    art, run = lower("onnx", dense, tmp / "dense-onnx", axis_names, args.threads, args.seq, example)
+    art, run = lower("onnx", dense, tmp / "dense-onnx", axis_names, args.threads, example)
     names = [t.name for t in art.inputs]
     variants["dense onnx fp32"] = {"call": as_callable(run, names), "dense": True,
                                    "note": "ONNX Runtime, the dense program"}
-    int8_art = type(art)(art.backend, tmp / "dense-onnx-int8", {"model": "model.onnx"}, art.inputs, art.outputs,
-                         dict(art.meta))
+    int8_art = Artifact(art.backend, tmp / "dense-onnx-int8", {"model": "model.onnx"}, art.inputs, art.outputs,
+                        dict(art.meta))
     int8_art.root.mkdir()
     quantize_dense_onnx(art.path(), int8_art.path())
-    from sparsecc.backends import get_backend
-
     variants["dense onnx int8"] = {"call": as_callable(get_backend("onnx").load(int8_art, args.threads), names),
                                    "dense": True, "note": "ONNX Runtime quantize_dynamic (int8 per-channel weights)"}
     if args.torch_dense:
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         for vname, prog in todo:
             log(f"{vname}: lower to torch-sparse (kernels timed per layer)")
             art, run = lower("torch-sparse", prog, tmp / vname.replace(" ", "-"), axis_names, args.threads,
-                             args.seq, example)
+                             example)
             chosen = art.meta.get("kernels") or {}
             variants[vname] = {"call": as_callable(run, [t.name for t in art.inputs]), "dense": False,
                                "note": f"torch-sparse from {path}", "kernels": chosen}

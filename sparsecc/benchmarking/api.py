@@ -10,6 +10,7 @@ from sparsecc.bundle.reader import BACKENDS, Bundle
 from sparsecc.errors import BenchError
 from .host import host_info, load_average
 from .inputs import resolve_dims
+from .int8_reference import CPU_BACKENDS, int8_dense_copy
 from .result import BenchResult
 from .schema import SCHEMA_ID
 
@@ -96,6 +97,8 @@ def bench(
             rec = _bundle_record(b)
             data["bundles"].append(rec)
             present = b.backends()
+            # quantized once per bundle, here, for every CPU backend's run (workers read the copy)
+            int8 = int8_dense_copy(b) if set(wanted or present) & set(CPU_BACKENDS) else None
             for be in wanted or present:
                 if be not in present:
                     rec["runs"].append({"backend": be, "threads": None, "status": "error",
@@ -106,7 +109,8 @@ def bench(
                     step = (lambda d, n, desc=desc: progress(desc, d, n)) if progress else None
                     kwargs = dict(bundle_path=str(b.path), backend=be, threads=t, batch=batch, seq=seq,
                                   warmup=warmup, runs=runs, time_budget_s=time_budget_s, profile=profile,
-                                  profile_runs=profile_runs, seed=seed)
+                                  profile_runs=profile_runs, seed=seed,
+                                  int8_model=str(int8) if int8 is not None and be in CPU_BACKENDS else None)
                     if isolate or be == "executorch":
                         from .worker import run_in_subprocess
                         run, interrupted = run_in_subprocess(kwargs, step)

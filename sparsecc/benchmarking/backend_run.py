@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from sparsecc.bundle.reader import DENSE, SPARSE, Bundle
@@ -22,9 +23,7 @@ from .runners import load_variant
 from .sizes import file_sizes
 from .stats import bootstrap_ratio, summarize, verdict
 
-__all__ = ["run_backend", "PROFILE_NOTES", "CPU_BACKENDS"]
-
-CPU_BACKENDS = ("onnx", "torch", "torch-sparse", "executorch")
+__all__ = ["run_backend", "PROFILE_NOTES"]
 
 PROFILE_NOTES = {
     "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
@@ -58,10 +57,10 @@ def run_backend(
     bundle_path: str, backend: str, threads: int | None, *, batch: int | None = None, seq: int | None = None,
     warmup: int = 10, runs: int | None = 100, time_budget_s: float | None = None, profile: bool = True,
     profile_runs: int = 20, seed: int = 0, progress: Callable[[float, float], None] | None = None,
-    int8_reference: bool = True,
+    int8_model: str | None = None,
 ) -> dict[str, Any]:
-    """A run record (see schema.py, ``runs[]``). CPU backends are also timed against ONNX Runtime's
-    dense int8 model (``int8_reference``, when the bundle has a dense ONNX build)."""
+    """A run record (see schema.py, ``runs[]``). ``int8_model``: ONNX Runtime's int8 copy of the dense
+    model (`int8_reference.int8_dense_copy`), timed as one more dense reference."""
     rec: dict[str, Any] = {"backend": backend, "threads": threads, "status": "ok", "error": None}
     t_start = time.perf_counter()
     try:
@@ -72,8 +71,8 @@ def run_backend(
         variants = {n: bundle.variant(backend, n) for n in (SPARSE, DENSE)}
         variants = {n: v for n, v in variants.items() if v is not None}
         variants.update(bundle.reference_variants(backend))
-        if int8_reference and backend in CPU_BACKENDS and (int8 := int8_dense_variant(bundle)) is not None:
-            variants[INT8_DENSE] = int8
+        if int8_model:
+            variants[INT8_DENSE] = int8_dense_variant(bundle, Path(int8_model))
         if SPARSE not in variants:
             raise BenchError(f"bundle {bundle.path} has no {backend} artifact (targets: {', '.join(bundle.backends())})")
         loaded, vrec = [], {}

@@ -4,9 +4,10 @@ Sparse builds are timed against it beside fp32 dense, so a verdict says
 whether sparsity beat the best dense alternative, not only fp32. The settings
 are ONNX Runtime's one-call defaults with per-channel int8 weights (signed,
 symmetric), the same as the per-layer int8 reference of the torch-sparse
-kernel choice (backends/torch_sparse/dense_reference.py). The quantized copy
-is written to a temporary folder that lives as long as the process: a bundle
-is never written to after compile (its files are hashed).
+kernel choice (backends/torch_sparse/dense_reference.py). `bench` quantizes
+once per bundle, into a temporary folder that lives as long as the process
+(its worker processes read it there): a bundle is never written to after
+compile (its files are hashed).
 """
 
 from __future__ import annotations
@@ -20,17 +21,10 @@ from pathlib import Path
 
 from sparsecc.bundle.reader import DENSE, Bundle, Variant
 
-__all__ = ["INT8_DENSE", "int8_dense_variant", "quantize_dense_onnx"]
+__all__ = ["CPU_BACKENDS", "INT8_DENSE", "int8_dense_copy", "int8_dense_variant", "quantize_dense_onnx"]
 
 INT8_DENSE = "onnx-int8-dense"
-_TMP: list[Path] = []
-
-
-def _scratch() -> Path:
-    if not _TMP:
-        _TMP.append(Path(tempfile.mkdtemp(prefix="sparsecc-int8-")))
-        atexit.register(shutil.rmtree, _TMP[0], True)
-    return _TMP[0]
+CPU_BACKENDS = ("onnx", "torch", "torch-sparse", "executorch")  # the backends timed against it
 
 
 def quantize_dense_onnx(src: Path, dst: Path) -> Path:
@@ -50,16 +44,23 @@ def quantize_dense_onnx(src: Path, dst: Path) -> Path:
     return dst
 
 
-def int8_dense_variant(bundle: Bundle) -> Variant | None:
-    """The int8 copy of the bundle's dense ONNX build as a variant, or None (no dense ONNX build,
-    or no quantizer in this onnxruntime)."""
+def int8_dense_copy(bundle: Bundle) -> Path | None:
+    """The int8 copy of the bundle's dense ONNX build, in a temporary folder removed at exit; None
+    without a dense ONNX build or without onnxruntime's quantizer."""
     dense = bundle.variant("onnx", DENSE)
     if dense is None or not dense.path.is_file():
         return None
+    folder = Path(tempfile.mkdtemp(prefix="sparsecc-int8-"))
+    atexit.register(shutil.rmtree, folder, True)
     try:
-        path = quantize_dense_onnx(dense.path, _scratch() / f"{abs(hash(str(dense.path)))}-{dense.path.name}")
+        return quantize_dense_onnx(dense.path, folder / dense.path.name)
     except ImportError:
         return None
-    # the dense build's record (its inputs), with the quantized copy as its only file
-    artifact = {**(dense.artifact or {}), "files": {"model": path.name}}
+
+
+def int8_dense_variant(bundle: Bundle, path: Path) -> Variant:
+    """The int8 copy at ``path`` as a variant: the dense build's record (its inputs), the copy its only file."""
+    dense = bundle.variant("onnx", DENSE)
+    record = dense.artifact if dense is not None and dense.artifact else {}
+    artifact = {**record, "files": {"model": path.name}}
     return Variant(INT8_DENSE, "onnx", path, artifact, path.parent)

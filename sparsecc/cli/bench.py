@@ -37,28 +37,20 @@ def speed_verdict(rows: list[tuple[str, dict[str, Any] | None]], what: str = "sp
 
 
 def best_dense_verdict(runs: Any) -> str:
-    """One line against the fastest dense model of each run (fp32 or ONNX Runtime int8), or "" when a
-    run has no dense model besides its own: the comparison a user deciding on sparsity makes."""
-    from sparsecc.benchmarking.stats import FASTER, SLOWER
-
-    parts = []
+    """`speed_verdict` against the fastest dense model of each run (fp32 or ONNX Runtime int8), or ""
+    when no run has a dense model besides its own: the comparison a user deciding on sparsity makes."""
+    rows = []
     for _b, r in runs:
         if r["status"] != "ok" or not r.get("references"):
             continue
-        cands = {"dense": r.get("comparison"), **r["references"]}
+        cands = {r["backend"]: r.get("comparison"), **r["references"]}
         cands = {k: c for k, c in cands.items() if c and c.get("ratio")}
-        if not cands:
-            continue
-        # the smallest ratio (reference p50 / sparse p50) is the fastest dense model
-        name, c = min(cands.items(), key=lambda kv: kv[1]["ratio"])
-        where = f"{r['backend']} (best dense: {r['backend'] if name == 'dense' else name})"
-        if c["label"] == FASTER:
-            parts.append(f"sparse is {c['ratio']:.2f}x faster than the best dense model on {where}")
-        elif c["label"] == SLOWER:
-            parts.append(f"sparse is {1 / c['ratio']:.2f}x slower than the best dense model on {where}")
-        else:
-            parts.append(f"no measurable change against the best dense model on {where}")
-    return ("against the best dense: " + "; ".join(parts)) if parts else ""
+        if cands:  # the smallest ratio (reference p50 / sparse p50) is the fastest dense model
+            name, c = min(cands.items(), key=lambda kv: kv[1]["ratio"])
+            rows.append((f"{r['backend']} (best dense: {name})", c))
+    if not rows:
+        return ""
+    return "against the best dense: " + speed_verdict(rows, base="the best dense model").removeprefix("verdict: ")
 
 
 def _warn_if_loaded() -> float | None:

@@ -181,12 +181,10 @@ def compile(
     axis_names = dynamic_axis_names(program, model, example_args, example_kwargs, dynamic_shapes)
     symbols = _symbol_names(program, axis_names)
 
-    t0 = time.perf_counter()
     dense_program = program
     program, report, structured_report, recovery_run = _transform(
         program, rec, spec, calibration, (example_args, example_kwargs or {}), make_inputs, model_name,
         say, mask_progress, timings)
-    timings["sparsify"] = time.perf_counter() - t0 - timings.get("recovery", 0.0)
     specs = list(mask_specs(program).values())
     if sparse_initializers is None:
         sparse_initializers = rec is not None and rec.pattern.kind == "unstructured" and rec.sparsity >= 0.67
@@ -233,9 +231,12 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
     """The recipe's transform stage: structured removal or masking, then recovery.
 
     Returns the program with the sparsity report, the structured report and the
-    recovery run (each None where the recipe has no such part); ``timings`` gains "recovery".
+    recovery run (each None where the recipe has no such part); ``timings`` gains
+    "sparsify" and, with recovery, "recovery".
     """
+    t0 = time.perf_counter()
     if rec is None:
+        timings["sparsify"] = time.perf_counter() - t0
         return program, None, None, None
     dense_program, report, structured_report = program, None, None
     if calibration is None and recipe_needs_calibration(rec):
@@ -255,6 +256,7 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
         result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
                           calibration=calibration)
         program, report = result.program, result.report
+    timings["sparsify"] = time.perf_counter() - t0
     recovery_run = None
     if rec.recovery:
         t0 = time.perf_counter()

@@ -197,11 +197,11 @@ def test_the_int8_copy_keeps_the_dense_outputs_within_int8_error(bundle):
     import onnx
     import onnxruntime as ort
 
-    from sparsecc.benchmarking.int8_reference import INT8_DENSE, int8_dense_variant
+    from sparsecc.benchmarking.int8_reference import INT8_DENSE, int8_dense_copy, int8_dense_variant
 
     b = Bundle(bundle)
-    v = int8_dense_variant(b)
-    assert v is not None and v.name == INT8_DENSE and v.path.is_file()
+    v = int8_dense_variant(b, int8_dense_copy(b))
+    assert v.name == INT8_DENSE and v.path.is_file()
     ops = {n.op_type for n in onnx.load(str(v.path)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
     dense = b.variant("onnx", "dense").path
