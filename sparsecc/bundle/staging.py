@@ -27,7 +27,7 @@ from sparsecc.bundle.manifest import is_bundle
 from sparsecc.errors import UsageError
 
 __all__ = ["staged_output", "check_replaceable", "OUTPUT_MARKER", "is_sparsecc_output", "clean_leftovers", "OutputExistsError", "interrupted_check",
-           "interrupt_guard", "record_interrupts"]
+           "interrupt_guard"]
 
 
 # Written into every folder staged_output produces (sparsify, recover, sweep, compile), so that
@@ -86,7 +86,6 @@ class _SigintGuard:
 
     def __init__(self) -> None:
         self.hit = False
-        self.process_wide = False
         self._previous = None
 
     def __enter__(self) -> "_SigintGuard":
@@ -118,18 +117,6 @@ def _handle(signum, frame) -> None:
 def interrupt_guard() -> _SigintGuard:
     """A context manager that records SIGINT, so no interrupt is lost before `staged_output`'s rename."""
     return _SigintGuard()
-
-
-def record_interrupts() -> None:
-    """Record every SIGINT from now on for this process (the CLI calls this first).
-
-    An interrupt swallowed anywhere later (a library import that catches
-    everything, a torch cleanup callback) still stops `staged_output` before its rename.
-    """
-    if not any(g.process_wide for g in _guards):
-        guard = _SigintGuard()
-        guard.process_wide = True
-        guard.__enter__()
 
 
 def interrupted_check() -> None:

@@ -321,7 +321,10 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from sparsecc.bundle.staging import record_interrupts
+    from sparsecc.bundle.staging import interrupt_guard
 
-    record_interrupts()  # a Ctrl-C swallowed by a library still stops a compile before its bundle is replaced
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="sparsecc")
+    # Record every Ctrl-C of this command from its start, so one swallowed by a library (an import
+    # that catches everything, a torch cleanup callback) still stops a compile before its bundle is
+    # replaced; the record ends with the command (a later command in this process starts clean).
+    with interrupt_guard():
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="sparsecc")
