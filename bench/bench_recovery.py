@@ -133,7 +133,11 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
-                                      temperature=args.temperature))
+                                      temperature=args.temperature,
+                                      extra={k: v for k, v in (("hidden", args.hidden),
+                                                                ("hidden_weight", args.hidden_weight),
+                                                                ("lr_schedule", args.lr_schedule),
+                                                                ("warmup", args.warmup)) if v}))
     current = sparse
     for opts in stages:
         if opts.method not in args.methods:
@@ -149,7 +153,8 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
                                  "options": rec["options"]})
         log(f"{opts.method} {m} ({c.wall:.0f}s, {rec['tokens']} tokens)")
         if cache is not None:  # the recovered program, for bench_frontier.py --program
-            stage_file = cache.with_name(f"{opts.method}-{name.replace(':', 'of')}.pt2")
+            tag = f"-{args.tag}" if args.tag else ""
+            stage_file = cache.with_name(f"{opts.method}-{name.replace(':', 'of')}{tag}.pt2")
             save_program(current, stage_file)
             record["stages"][-1]["program"] = str(stage_file)
         save()
@@ -170,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--distill-steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--hidden", default="", help="distill: also match hidden states at these points "
+                   "(auto, norm, linear; sparsecc.recovery.hidden)")
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="distill: weight of the hidden-state loss (1)")
+    p.add_argument("--lr-schedule", default="", help="distill: constant (default) or cosine")
+    p.add_argument("--warmup", type=int, default=0, help="distill: linear warm-up steps")
+    p.add_argument("--tag", default="", help="suffix of the result and cached program names")
     p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
     p.add_argument("--skip-oneshot-eval", action="store_true", help="do not evaluate the one-shot program again")
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model (perplexity)")
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs.split(","):
         if name not in CONFIGS:
             p.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-        out = out_dir / f"recovery-{name.replace(':', 'of')}.json"
+        out = out_dir / f"recovery-{name.replace(':', 'of')}{'-' + args.tag if args.tag else ''}.json"
         record = run_config(name, args, out)
         for s in record["stages"]:
             print(f"{name:18s} {s['stage']:12s} {record['metric']}={s['metrics'].get(record['metric'])} "

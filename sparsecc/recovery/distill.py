@@ -38,8 +38,10 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc.core.program import ProgramEditor
+from sparsecc.recovery.schedules import interpolate
 from sparsecc.recovery.base import (
     RecoveryError,
+    RecoveryOptions,
     RecoveryResult,
     TrainingLoop,
     apply_masks_,
@@ -51,6 +53,7 @@ from sparsecc.recovery.base import (
     register_method,
     trainable_copy,
 )
+from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
 from sparsecc.recovery.outputs import batch_loss, distillation_loss, output_loss, teacher_outputs
 
 __all__ = ["DistillResult", "distill", "distill_fixed_masks", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
@@ -265,7 +268,11 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     zero; `assert_zeros_kept` checks the result. Works for unstructured, N:M, block
     and channel masks alike, and for structured (shrunk) programs, which have no
     mask: every weight trains. ``extra``: ``weight_decay`` (0), ``train`` (globs of
-    parameters to train; default all), ``grad_clip`` (1.0; 0 turns it off).
+    parameters to train; default all), ``grad_clip`` (1.0; 0 turns it off),
+    ``hidden`` (off; ``auto``, ``norm`` or ``linear``: also match the teacher's hidden
+    states at those points, `sparsecc.recovery.hidden`), ``hidden_weight`` (1.0),
+    ``lr_schedule`` (``constant`` or ``cosine``: decay to 0 over the steps) and
+    ``warmup`` (steps of linear warm-up, 0).
     """
     t0 = time.perf_counter()
     batches = list(batches)
@@ -290,10 +297,16 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     apply_masks_(module, masks)  # an unfolded program's stored weights may hold nonzeros under the mask
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=float(options.extra.get("weight_decay", 0.0)))
     clip = float(options.extra.get("grad_clip", 1.0))
+    lr_at = lr_schedule(options)
+    taps = _hidden_taps(module, teacher, options)
 
     def step(i: int, b: int) -> tuple[float, int]:
         args, kwargs = batches[b]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i)  # a pure function of the step: a resumed run sees the same rates
         loss = batch_loss(module(*args, **kwargs), targets[b], options)
+        if taps is not None:
+            loss = loss + taps.loss(args, kwargs)
         if not torch.isfinite(loss):
             raise RecoveryError(f"distill: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
         opt.zero_grad(set_to_none=True)
@@ -313,4 +326,56 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     return RecoveryResult(result, "distill", loop.step, loss_before, loss_after, time.perf_counter() - t0,
                           loop.tokens, history, {"resumed_from": loop.resumed_from,
                                                  "train_seconds": round(loop.seconds, 3),
-                                                 "masked_weights": len(masks)})
+                                                 "masked_weights": len(masks),
+                                                 "hidden_states": len(taps.student) if taps else 0})
+
+
+def lr_schedule(options: RecoveryOptions) -> Callable[[int], float]:
+    """The learning rate at each step: ``options.lr``, after ``extra.warmup`` steps of linear warm-up,
+    held (``lr_schedule: constant``) or decayed to 0 along a half cosine (``cosine``)."""
+    kind = str(options.extra.get("lr_schedule", "constant"))
+    if kind not in ("constant", "cosine"):
+        raise RecoveryError(f"distill: lr_schedule must be constant or cosine, got {kind!r}")
+    warmup = int(options.extra.get("warmup", 0))
+    if warmup < 0 or warmup >= max(options.steps, 1):
+        raise RecoveryError(f"distill: warmup must lie in [0, steps={options.steps}), got {warmup}")
+
+    def at(step: int) -> float:
+        if step < warmup:
+            return options.lr * (step + 1) / warmup
+        return interpolate(options.lr, 0.0, step - warmup, options.steps - warmup,
+                           "cosine" if kind == "cosine" else "constant")
+
+    return at
+
+
+class _HiddenTargets:
+    """The student's and the teacher's hidden-state taps, and the weighted loss between them."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, points: str, weight: float) -> None:
+        self.student, self.teacher = HiddenTaps(student, points), HiddenTaps(teacher, points)
+        self.teacher_module, self.weight = teacher, weight
+        if len(self.student) != len(self.teacher):
+            raise RecoveryError(f"distill: the student has {len(self.student)} {self.student.points} points, "
+                                f"the teacher {len(self.teacher)}; hidden-state distillation needs the same graph")
+
+    def loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Call after the student's forward on (args, kwargs): runs the teacher and compares the taps."""
+        self.teacher.clear()
+        with torch.no_grad():
+            self.teacher_module(*args, **kwargs)
+        value = self.weight * hidden_loss(self.student.values, self.teacher.values)
+        self.student.clear()
+        self.teacher.clear()
+        return value
+
+
+def _hidden_taps(module: torch.nn.Module, teacher: Any, options: RecoveryOptions) -> _HiddenTargets | None:
+    points = options.extra.get("hidden")
+    if not points:
+        return None
+    if not isinstance(teacher, ExportedProgram):
+        raise RecoveryError("distill: hidden-state distillation needs the teacher as a captured program")
+    weight = float(options.extra.get("hidden_weight", 1.0))
+    # teacher.module() builds a new module on each call: tapping it leaves the teacher program as it was
+    return _HiddenTargets(module, teacher.module(), "auto" if points is True else str(points), weight)

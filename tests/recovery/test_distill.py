@@ -54,12 +54,14 @@ def test_distillation_of_a_structured_result():
     assert result.program.state_dict["a.weight"].shape == shrunk.state_dict["a.weight"].shape
 
 
-def test_interrupted_and_resumed_distillation_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+# the second case: hidden-state targets and a warm-up + cosine learning rate resume exactly too
+@pytest.mark.parametrize("extra", [{}, {"hidden": "auto", "lr_schedule": "cosine", "warmup": 3}])
+def test_interrupted_and_resumed_distillation_equals_the_uninterrupted_run(tmp_path, monkeypatch, extra):
     dense = mlp_program()
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
     batches = mlp_batches(3)
     make = lambda d: RecoveryOptions("distill", steps=20, lr=1e-3, loss="mse", seed=3,  # noqa: E731
-                                     checkpoint_dir=d, checkpoint_every=4)
+                                     checkpoint_dir=d, checkpoint_every=4, extra=extra)
     whole = get_method("distill")(sparse, dense, batches, make(None), None)
     real, calls = distill_module.batch_loss, {"n": 0}
 
