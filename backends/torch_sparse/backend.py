@@ -20,6 +20,11 @@ dense; ``"torch"``: torch's only). Layers quantized by
 `sparsecc.passes.QuantizeWeightsPass` are timed against dense int8 too. Layers are timed with ``LowerOptions.threads``
 intra-op threads (default 1: the count a latency-bound deployment usually
 runs, and the only one that times cleanly on a busy machine).
+
+Activation sparsity: linear layers whose inputs carry
+`sparsecc.passes.ActivationSparsityPass` thresholds run the activation-sparse
+kernel (`RewriteActivationSparsePass`), and with ``exact_relu`` (False) so do
+linear layers fed by a ReLU; ``Artifact.meta["activation_kernels"]`` lists them.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from sparsecc.backends.torch_sparse.kernel_select import (
 )
 from sparsecc.plan.masks import check_pattern
 from sparsecc.backends.torch_sparse.int8_select import INT8_KERNELS
+from sparsecc.backends.torch_sparse.rewrite_activation_sparse import RewriteActivationSparsePass
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import (RewriteSparseKernelsPass, compressed_targets,
                                                                     int8_targets)
 from sparsecc.core.program import load_program, save_program, state_tensor, tensor_leaves
@@ -168,12 +174,16 @@ class TorchSparseBackend(Backend):
         timings["select_kernels"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
         rewritten = RewriteSparseKernelsPass(plan.choices)(program).program
+        # activation sparsity: thresholded inputs (ActivationSparsityPass) and, if asked, ReLU's exact zeros
+        act = RewriteActivationSparsePass(exact_relu=bool(options.extra.get("exact_relu", False)))
+        rewritten = act(rewritten).program
         timings["rewrite"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
         save_program(rewritten, out_dir / MODEL_FILE)
         (out_dir / KERNELS_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
         timings["save"] = round(time.perf_counter() - t0, 4)
-        meta: dict[str, Any] = {"kernels": plan.to_dict(), "threads": options.threads, "timings_s": timings}
+        meta: dict[str, Any] = {"kernels": plan.to_dict(), "threads": options.threads, "timings_s": timings,
+                                "activation_kernels": act.rewritten}
         return Artifact(self.name, out_dir, {"model": MODEL_FILE, "kernels": KERNELS_FILE},
                         user_input_specs(program), _output_specs(rewritten), meta)
 

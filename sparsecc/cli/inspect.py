@@ -40,10 +40,26 @@ def recipes_cmd(json_out: Optional[str] = JSON_OPTION) -> None:
     emit({name: {"path": str(path), "description": found[name]} for name, path in builtin_recipes().items()})
 
 
-@app.command(short_help="Prunable layers of MODEL: shape, params, FLOPs.")
+@app.command(short_help="Prunable layers of MODEL: shape, params, FLOPs (or activation sparsity).")
 def inspect(model: str = MODEL_ARG, shapes: Optional[str] = SHAPES_OPTION,
+            activations: bool = typer.Option(
+                False, "--activations",
+                help="Instead: run calibration data and report, per linear layer, the share of zero and "
+                     "near-zero inputs and the |x| thresholds for 40/50/70% activation sparsity."),
+            samples: int = typer.Option(16, "--samples", min=1, metavar="N",
+                                        help="With --activations: calibration batches to run."),
             json_out: Optional[str] = JSON_OPTION) -> None:
-    """List the prunable layers of MODEL with shape, params and FLOPs per call."""
+    """List the prunable layers of MODEL with shape, params and FLOPs per call.
+
+    With --activations, measure where activation sparsity exists before choosing
+    it: the inputs of every linear layer on the model's calibration data (never
+    its evaluation data), exact zeros (after ReLU), near zeros (|x| <= 1% of the
+    layer's RMS input), and the magnitude thresholds that would zero 40, 50 or
+    70% of them.
+    """
+    if activations:
+        _inspect_activations(model, shapes, samples)
+        return
     from sparsecc.core.analyze import find_prunable_weights
     from sparsecc.flows.report import inspect_table
 
@@ -57,6 +73,23 @@ def inspect(model: str = MODEL_ARG, shapes: Optional[str] = SHAPES_OPTION,
         "weights": [w.to_dict() for w in analysis.weights],
         "not_prunable": {s.fqn: s.reason for s in analysis.skipped},
     })
+
+
+def _inspect_activations(model: str, shapes: Optional[str], samples: int) -> None:
+    from sparsecc.cli.app import activity
+    from sparsecc.flows.report import activation_table
+    from sparsecc.plan.activation_sparsity import measure_activations
+    from sparsecc.plan.calibrate import calibration_for
+
+    spec, program = capture_model(model, shapes)
+    with activity(spec.name) as act:
+        act.step(f"reading calibration data ({samples} batches)")
+        data = calibration_for(spec, samples)
+        act.step("running it through every linear layer")
+        stats = measure_activations(program, data.batches,
+                                    progress=lambda i, n: act.detail(f"batch {i}/{n}"))
+    out.print(activation_table(stats, title=f"linear-layer inputs - {spec.name} ({samples} calibration batches)"))
+    emit({"model": spec.name, "samples": samples, "layers": [s.to_dict() for s in stats]})
 
 
 @app.command("groups", short_help="Structured-pruning groups of MODEL.")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sparsecc.core.analyze import Analysis
 
-__all__ = ["LayerRow", "SparsityReport", "inspect_table", "bundle_summary", "quality_table", "human"]
+__all__ = ["LayerRow", "SparsityReport", "inspect_table", "activation_table", "bundle_summary", "quality_table", "human"]
 
 
 def human(n: float) -> str:
@@ -152,6 +152,24 @@ def inspect_table(analysis: Analysis, title: str = "prunable layers") -> Table:
         note = f"tied: {', '.join(w.tied_uses)}" if w.tied else (f"groups={w.groups}" if w.groups > 1 else "")
         t.add_row(w.layer, w.fqn, w.role, "x".join(map(str, w.shape)), human(w.numel), human(w.flops), note)
     t.caption = f"{len(analysis.weights)} prunable weights, {human(analysis.total_params)} params, {human(analysis.total_flops)} FLOPs per call"
+    return t
+
+
+def activation_table(stats: Sequence[Any], title: str = "linear-layer inputs") -> Table:
+    """One row per linear layer: its input's producer, zero and near-zero shares, thresholds (`measure_activations`)."""
+    t = Table(title=title)
+    for col, kw in (("weight", {}), ("input from", {}), ("in", {"justify": "right"}), ("zero", {"justify": "right"}),
+                    ("near zero", {"justify": "right"}), ("|x| 40%", {"justify": "right"}),
+                    ("|x| 50%", {"justify": "right"}), ("|x| 70%", {"justify": "right"})):
+        t.add_column(col, **kw)
+    for s in stats:
+        t.add_row(s.fqn, s.producer, str(s.in_features), f"{s.zero:.1%}", f"{s.near_zero:.1%}",
+                  *(f"{s.threshold(q):.3g}" for q in (0.4, 0.5, 0.7)))
+    if stats:
+        mean_zero = sum(s.zero for s in stats) / len(stats)
+        mean_near = sum(s.near_zero for s in stats) / len(stats)
+        t.caption = (f"{len(stats)} linear layers; mean exact zeros {mean_zero:.1%}, near zeros {mean_near:.1%} "
+                     "(|x| <= 1% of the layer's RMS input)")
     return t
 
 

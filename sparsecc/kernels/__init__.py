@@ -12,7 +12,10 @@ rebuilt only when the source changes) and registers:
 - ``torch.ops.sparsecc.kernel_isa(request)``: the instruction set in use;
 - ``torch.ops.sparsecc.int8_linear(...)``: int8 sparse weight x int8
   activations (``int8_spmm.cpp`` + ``int8_body.h``; see `sparsecc.kernels.int8`),
-  and ``int8_isa(request)``, the instruction set an int8 call runs with.
+  and ``int8_isa(request)``, the instruction set an int8 call runs with;
+- ``torch.ops.sparsecc.act_sparse_linear(x, weight_t, bias, threshold)``: dense
+  weight x sparse activations, skipping inputs with ``|x| <= threshold``
+  (``act_sparse.cpp``; see `act_sparse_linear`).
 
 ``kernel`` is ``"csr"`` or ``"bsr"`` (sparsecc's kernels: AVX-512, AVX2+FMA
 or portable code, picked from the CPU at load) or ``"torch_csr"`` /
@@ -54,6 +57,7 @@ __all__ = [
     "compress_int8",
     "int8_linear",
     "dense_int8_linear",
+    "act_sparse_linear",
 ]
 
 KERNELS = ("csr", "bsr", "torch_csr", "torch_bsr")
@@ -137,7 +141,7 @@ def load() -> None:
 
     if shutil.which("ninja") is None:  # the ninja wheel installs beside this Python, maybe not on PATH
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    sources = [str(_SOURCE_DIR / "spmm.cpp"), str(_SOURCE_DIR / "int8_spmm.cpp")]
+    sources = [str(_SOURCE_DIR / "spmm.cpp"), str(_SOURCE_DIR / "int8_spmm.cpp"), str(_SOURCE_DIR / "act_sparse.cpp")]
     try:
         built = any(Path(cpp_extension._get_build_directory(_EXT_NAME, verbose=False)).glob("*.so"))
     except Exception:  # a private helper of torch's: only decides whether to announce the build
@@ -180,6 +184,10 @@ def _register_fakes() -> None:
     def _(x, crow_indices, col_indices, values, wscale, row_sums, bias, out_features, act_scale, isa):
         return x.new_empty((*x.shape[:-1], out_features))
 
+    @torch.library.register_fake("sparsecc::act_sparse_linear")
+    def _(x, weight_t, bias, threshold):
+        return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
+
     load._fakes = True  # type: ignore[attr-defined]
 
 
@@ -212,3 +220,17 @@ def int8_isa(request: str = "") -> str:
     """The instruction set an int8 call with ``isa=request`` runs (``""``: follows `isa`, narrowed to the CPU)."""
     load()
     return torch.ops.sparsecc.int8_isa(request)
+
+
+def act_sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      threshold: float = 0.0, *, weight_t: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` using only the inputs with ``|x| > threshold`` (``threshold < 0``: all).
+
+    ``weight`` is ``[N, K]`` as in ``F.linear``; pass ``weight_t`` (``weight.T``,
+    contiguous) instead to avoid transposing per call. With ``threshold=0`` the
+    result is bitwise the kernel's dense result (``threshold=-1``): exact zeros
+    change nothing when skipped.
+    """
+    load()
+    wt = weight_t if weight_t is not None else weight.detach().t().contiguous()
+    return torch.ops.sparsecc.act_sparse_linear(x, wt, bias, float(threshold))

@@ -53,6 +53,18 @@ def test_inspect_lists_layers():
     assert "3 prunable weights" in flat(res.stdout)
 
 
+def test_inspect_activations_reports_relu_zeros_per_layer():
+    res = invoke("inspect", "mlp", "--activations", "--samples", "3", "--json")
+    assert res.exit_code == 0, res.output
+    layers = {d["fqn"]: d for d in json.loads(res.stdout)["result"]["layers"]}
+    assert list(layers) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert layers["fc1.weight"]["zero"] == 0.0  # the model input
+    for fqn in ("fc2.weight", "fc3.weight"):  # each reads a ReLU
+        assert layers[fqn]["producer"] == "relu" and 0.2 < layers[fqn]["zero"] < 0.8, layers[fqn]
+    table = invoke("inspect", "mlp", "--activations", "--samples", "2")
+    assert table.exit_code == 0 and "near zero" in table.stdout and "relu" in table.stdout
+
+
 def test_inspect_json_is_valid_json():
     res = invoke("inspect", "mlp", "--json")
     assert res.exit_code == 0, res.output
