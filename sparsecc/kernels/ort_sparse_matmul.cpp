@@ -1,0 +1,257 @@
+// ONNX Runtime custom-op library: the domain `sparsecc` with the op
+//
+//   sparsecc.SparseMatMul(X[..., K] f32, crow_indices i32, col_indices i32, values f32, bias? f32[N]) -> Y[..., N]
+//   attributes: out_features (N), in_features (K), block (1 = CSR, else square BSR blocks of 2, 4, 8, 16)
+//
+// Y = X @ W^T + bias with W [N, K] stored compressed (CSR values [nnz], BSR values [nnz_blocks, B, B]),
+// computed by the same kernels as the torch operators (spmm_isa.h / spmm_body.h). Only the ONNX Runtime
+// C API is used (headers only; the runtime hands its API table to RegisterCustomOps), so the library
+// links against nothing but libc and runs under any ONNX Runtime from 1.21 (C API version 21) on.
+// Bad inputs fail the call with a message naming the node, never read out of bounds.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_c_api.h>
+
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "spmm_isa.h"
+
+namespace {
+
+using sparsecc::Isa;
+
+const char* kDomain = "sparsecc";
+const char* kOpName = "SparseMatMul";
+const char* kLibrary = "libsparsecc_ort.so";
+const Isa* g_isa = sparsecc::best_isa();
+
+struct Kernel {
+  const OrtApi* api;
+  std::string node;  // "SparseMatMul node 'name'" for messages
+  int64_t n, k, block;
+};
+
+OrtStatus* fail(const OrtApi* api, const std::string& where, const std::string& what) {
+  return api->CreateStatus(ORT_INVALID_ARGUMENT, (std::string("sparsecc.SparseMatMul ") + where + ": " + what).c_str());
+}
+
+#define SPARSECC_TRY(expr)                  \
+  do {                                      \
+    if (OrtStatus* _s = (expr)) return _s;  \
+  } while (0)
+
+// Shape and element type of one input.
+OrtStatus* describe(const OrtApi* api, const OrtValue* v, std::vector<int64_t>& dims, ONNXTensorElementDataType& type) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  SPARSECC_TRY(api->GetTensorTypeAndShape(v, &info));
+  size_t n = 0;
+  OrtStatus* s = api->GetDimensionsCount(info, &n);
+  if (!s) {
+    dims.assign(n, 0);
+    s = api->GetDimensions(info, dims.data(), n);
+  }
+  if (!s) s = api->GetTensorElementType(info, &type);
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  return s;
+}
+
+int64_t count(const std::vector<int64_t>& dims) {
+  int64_t c = 1;
+  for (int64_t d : dims) c *= d;
+  return c;
+}
+
+const void* data_of(const OrtApi* api, const OrtValue* v, OrtStatus** status) {
+  void* p = nullptr;  // the C API has no const getter; inputs are only read
+  *status = api->GetTensorMutableData(const_cast<OrtValue*>(v), &p);
+  return p;
+}
+
+// The compressed weight must index inside [N, K]: checked on every call, O(rows + nnz), small
+// against the product's O(nnz * B * B * tokens).
+OrtStatus* check_weight(const Kernel& kn, const int32_t* crow, int64_t crow_n, const int32_t* col, int64_t nnz) {
+  const int64_t rows = kn.n / kn.block, cols = kn.k / kn.block;
+  if (crow_n != rows + 1)
+    return fail(kn.api, kn.node, "crow_indices has " + std::to_string(crow_n) + " entries, expected " +
+                                     std::to_string(rows + 1));
+  if (crow[0] != 0 || crow[rows] != nnz)
+    return fail(kn.api, kn.node, "crow_indices must run from 0 to the " + std::to_string(nnz) + " stored entries");
+  for (int64_t r = 0; r < rows; ++r)
+    if (crow[r + 1] < crow[r]) return fail(kn.api, kn.node, "crow_indices decrease at row " + std::to_string(r));
+  for (int64_t i = 0; i < nnz; ++i)
+    if (col[i] < 0 || col[i] >= cols)
+      return fail(kn.api, kn.node, "col_indices[" + std::to_string(i) + "] = " + std::to_string(col[i]) +
+                                       " is outside [0, " + std::to_string(cols) + ")");
+  return nullptr;
+}
+
+// ORT's intra-op pool as the driver's parallel loop: each range [b, e) is cut into grain-sized tasks.
+struct ParallelFor {
+  const OrtApi* api;
+  const OrtKernelContext* ctx;
+  template <class Fn>
+  void operator()(int64_t b, int64_t e, int64_t grain, const Fn& fn) const {
+    struct Task {
+      const Fn* fn;
+      int64_t b, e, grain;
+    } task{&fn, b, e, grain};
+    const int64_t tasks = (e - b + grain - 1) / grain;
+    auto run = [](void* data, size_t i) {
+      const Task* t = static_cast<const Task*>(data);
+      const int64_t lo = t->b + static_cast<int64_t>(i) * t->grain;
+      (*t->fn)(lo, std::min(t->e, lo + t->grain));
+    };
+    if (tasks <= 1) {
+      if (e > b) fn(b, e);
+      return;
+    }
+    if (OrtStatus* s = api->KernelContext_ParallelFor(ctx, run, static_cast<size_t>(tasks), 0, &task)) {
+      api->ReleaseStatus(s);  // no pool: run here
+      for (int64_t i = 0; i < tasks; ++i) run(&task, static_cast<size_t>(i));
+    }
+  }
+};
+
+OrtStatus* compute(Kernel& kn, OrtKernelContext* ctx) {
+  const OrtApi* api = kn.api;
+  size_t n_in = 0;
+  SPARSECC_TRY(api->KernelContext_GetInputCount(ctx, &n_in));
+  const OrtValue* in[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  for (size_t i = 0; i < n_in && i < 5; ++i) SPARSECC_TRY(api->KernelContext_GetInput(ctx, i, &in[i]));
+  for (int i = 0; i < 4; ++i)
+    if (!in[i]) return fail(api, kn.node, "input " + std::to_string(i) + " is missing");
+  std::vector<int64_t> xd, cd, id, vd, bd;
+  ONNXTensorElementDataType xt, ct, it, vt, bt = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  SPARSECC_TRY(describe(api, in[0], xd, xt));
+  SPARSECC_TRY(describe(api, in[1], cd, ct));
+  SPARSECC_TRY(describe(api, in[2], id, it));
+  SPARSECC_TRY(describe(api, in[3], vd, vt));
+  if (in[4]) SPARSECC_TRY(describe(api, in[4], bd, bt));
+  const auto F = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, I = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  if (xt != F || vt != F || bt != F || ct != I || it != I)
+    return fail(api, kn.node, "X, values and bias must be float32, crow_indices and col_indices int32");
+  if (xd.empty() || xd.back() != kn.k)
+    return fail(api, kn.node, "X must end in in_features = " + std::to_string(kn.k) + " columns");
+  const int64_t nnz = vd.empty() ? 0 : vd[0];
+  const bool shape_ok = kn.block == 1 ? vd.size() == 1 : (vd.size() == 3 && vd[1] == kn.block && vd[2] == kn.block);
+  if (!shape_ok || count(id) != nnz)
+    return fail(api, kn.node, "values must be [nnz] (block 1) or [nnz, B, B] with one col_indices entry each");
+  if (in[4] && count(bd) != kn.n) return fail(api, kn.node, "bias must have out_features entries");
+  OrtStatus* s = nullptr;
+  const float* x = static_cast<const float*>(data_of(api, in[0], &s));
+  SPARSECC_TRY(s);
+  const int32_t* crow = static_cast<const int32_t*>(data_of(api, in[1], &s));
+  SPARSECC_TRY(s);
+  const int32_t* col = static_cast<const int32_t*>(data_of(api, in[2], &s));
+  SPARSECC_TRY(s);
+  const float* val = static_cast<const float*>(data_of(api, in[3], &s));
+  SPARSECC_TRY(s);
+  const float* bias = nullptr;
+  if (in[4]) {
+    bias = static_cast<const float*>(data_of(api, in[4], &s));
+    SPARSECC_TRY(s);
+  }
+  SPARSECC_TRY(check_weight(kn, crow, count(cd), col, nnz));
+
+  std::vector<int64_t> yd = xd;
+  yd.back() = kn.n;
+  OrtValue* out = nullptr;
+  SPARSECC_TRY(api->KernelContext_GetOutput(ctx, 0, yd.data(), yd.size(), &out));
+  float* y = nullptr;
+  SPARSECC_TRY(api->GetTensorMutableData(out, reinterpret_cast<void**>(&y)));
+  const int64_t T = count(xd) / kn.k;
+  if (T == 0) return nullptr;
+  // One panel per calling thread, reused: a fresh one per call would be mapped and faulted in each time.
+  thread_local std::vector<float> panel;
+  panel.resize(static_cast<size_t>(kn.k * sparsecc::panel_tokens(kn.k, T, *g_isa)));
+  sparsecc::spmm_tiles(x, kn.k, 1, y, kn.n, 1, T, kn.k, kn.n, crow, col, val, bias, kn.block, *g_isa, panel.data(),
+                       ParallelFor{api, ctx});
+  return nullptr;
+}
+
+OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** out) {
+  std::string node = "node";
+  size_t size = 0;
+  if (OrtStatus* s = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
+    api->ReleaseStatus(s);
+  } else if (size > 1) {
+    std::vector<char> name(size);
+    if (OrtStatus* s2 = api->KernelInfo_GetNodeName(info, name.data(), &size)) api->ReleaseStatus(s2);
+    else node = "node '" + std::string(name.data()) + "'";
+  }
+  int64_t n = 0, k = 0, block = 1;
+  SPARSECC_TRY(api->KernelInfoGetAttribute_int64(info, "out_features", &n));
+  SPARSECC_TRY(api->KernelInfoGetAttribute_int64(info, "in_features", &k));
+  if (OrtStatus* s = api->KernelInfoGetAttribute_int64(info, "block", &block)) {
+    api->ReleaseStatus(s);  // absent: CSR
+    block = 1;
+  }
+  if (block != 1 && block != 2 && block != 4 && block != 8 && block != 16)
+    return fail(api, node, "block " + std::to_string(block) + " has no kernel (1, 2, 4, 8, 16)");
+  if (n <= 0 || k <= 0 || n % block || k % block)
+    return fail(api, node, "block " + std::to_string(block) + " must divide out_features " + std::to_string(n) +
+                               " and in_features " + std::to_string(k));
+  *out = new Kernel{api, node, n, k, block};
+  return nullptr;
+}
+
+OrtCustomOp make_op() {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = ORT_API_VERSION;
+  op.GetName = [](const OrtCustomOp*) { return kOpName; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 5; };
+  op.GetInputType = [](const OrtCustomOp*, size_t i) {
+    return i == 1 || i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+  op.GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+    return i == 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  };
+  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
+    return create_kernel(api, info, kernel);
+  };
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute(*static_cast<Kernel*>(kernel), ctx); };
+  op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+  return op;
+}
+
+const OrtCustomOp g_op = make_op();
+std::mutex g_mutex;
+std::vector<OrtCustomOpDomain*> g_domains;  // each must outlive the sessions that use it: kept until exit
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                  const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {  // an older runtime: its version-1 table can still carry the message
+    std::string msg = std::string(kLibrary) + " needs ONNX Runtime 1." + std::to_string(ORT_API_VERSION) +
+                      " or newer (C API " + std::to_string(ORT_API_VERSION) + "); this runtime is " +
+                      base->GetVersionString();
+    return base->GetApi(1)->CreateStatus(ORT_FAIL, msg.c_str());
+  }
+  OrtCustomOpDomain* domain = nullptr;
+  SPARSECC_TRY(api->CreateCustomOpDomain(kDomain, &domain));
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_domains.push_back(domain);
+  }
+  SPARSECC_TRY(api->CustomOpDomain_Add(domain, &g_op));
+  return api->AddCustomOpDomain(options, domain);
+}
+
+// The instruction set the kernels run with here ("avx512", "avx2", "portable"), for reports.
+__attribute__((visibility("default"))) const char* SparseccOrtIsa() { return g_isa->name; }
+
+}  // extern "C"
