@@ -17,6 +17,16 @@ Backend-specific `LowerOptions.extra` keys:
 - ``int8_qdq`` (default True): weights quantized by `QuantizeWeightsPass`
   are stored as int8 + DequantizeLinear (`backends.onnx.quantize`), recorded
   in ``Artifact.meta["int8_qdq"]``.
+- ``custom_ops`` (default False; on for the ``onnx-custom-ops`` target): each
+  sparse layer whose ``sparsecc.SparseMatMul`` measures faster than ONNX
+  Runtime's dense MatMul runs it, its weight stored compressed
+  (`backends.onnx.custom_ops`); ``libsparsecc_ort.so`` and a loading example
+  go beside the model, the per-layer timings and choices in
+  ``Artifact.meta["custom_ops"]``. ``custom_ops_threads`` (default: the
+  options' threads, else 1), ``custom_ops_rounds`` (7) and
+  ``custom_ops_tokens`` (default: each layer's own on the example inputs)
+  steer the measurement; ``custom_ops_margin`` (0.95) is the most time,
+  as a fraction of dense, that the sparse op may take and be chosen.
 
 `Artifact.meta` holds ``provenance`` (per weight FQN: initializer, layout,
 permutation, consumers), ``tensorrt_2_4`` (per Conv/MatMul/Gemm: 2:4
@@ -26,6 +36,8 @@ eligible or why not), ``dynamic_axes``, ``cleanup``, ``sparse_initializers``
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +63,7 @@ from sparsecc.core.program import state_tensor
 from . import _deps
 from .checks import check_program
 from .cleanup import clean_graph
+from .custom_ops import DEFAULT_MARGIN, apply_custom_ops
 from .export import dim_names, export_program, rename_dims, rename_symbols
 from .patterns import check_patterns
 from .provenance import find_provenance
@@ -59,10 +72,19 @@ from .runtime import OrtRunner
 from .sparse_initializers import to_sparse_initializers
 from .verify_nm import check_nm
 
-__all__ = ["OnnxBackend", "MODEL_FILE", "DATA_FILE", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["OnnxBackend", "OnnxCustomOpsBackend", "MODEL_FILE", "DATA_FILE", "EXTERNAL_DATA_THRESHOLD",
+           "LIBRARY_FILE", "EXAMPLE_FILE"]
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+LIBRARY_FILE = "libsparsecc_ort.so"
+EXAMPLE_FILE = "load_custom_ops.py"
+# Three lines that run the model with plain onnxruntime, from this folder (a path with a slash:
+# a bare file name would be looked up on the system's library path, not here).
+_EXAMPLE = f"""import onnxruntime as ort  # sparsecc.SparseMatMul runs from {LIBRARY_FILE}: register it first
+opts = ort.SessionOptions(); opts.register_custom_ops_library('./{LIBRARY_FILE}')
+sess = ort.InferenceSession('{MODEL_FILE}', opts, providers=['CPUExecutionProvider'])
+"""
 # protobuf refuses messages of 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
@@ -123,6 +145,28 @@ def _save(model: Any, out_dir: Path, external: bool) -> dict[str, str]:
         raise LoweringError(f"the cleaned ONNX model is invalid: {e}") from e
 
 
+def _custom_ops(model: Any, program: ExportedProgram, provenance: dict, options: LowerOptions,
+                out_dir: Path) -> dict[str, Any]:
+    """Swap in sparsecc.SparseMatMul where it measured faster; the library and example go beside the model."""
+    from sparsecc.kernels.ort_library import build_library  # g++ and the ORT headers, only when asked for
+
+    try:
+        library = build_library()
+    except Exception as e:
+        raise LoweringError(f"custom_ops: the ONNX Runtime custom-op library could not be built: {e}") from e
+    x = options.extra
+    record = apply_custom_ops(
+        model, provenance, str(library), example=x.get("example_inputs"),
+        input_specs=[(s.name, s.dtype, len(s.shape)) for s in user_input_specs(program)],
+        threads=int(x.get("custom_ops_threads") or options.threads or 1), rounds=int(x.get("custom_ops_rounds", 7)),
+        tokens=x.get("custom_ops_tokens"), margin=float(x.get("custom_ops_margin", DEFAULT_MARGIN)))
+    if record["replaced"]:
+        shutil.copy2(library, out_dir / LIBRARY_FILE)
+        (out_dir / EXAMPLE_FILE).write_text(_EXAMPLE)
+    record["library"] = LIBRARY_FILE if record["replaced"] else None
+    return record
+
+
 class OnnxBackend(Backend):
     """ONNX files for ONNX Runtime (runs dense) and TensorRT (2:4 eligibility checked)."""
 
@@ -163,6 +207,10 @@ class OnnxBackend(Backend):
         qdq = apply_qdq(model, program, provenance) if options.extra.get("int8_qdq", True) else None
         if qdq is not None and (qdq["weights"] or qdq["skipped"]):  # int8 weights (QuantizeWeightsPass)
             lap("qdq_int8")
+        custom = None
+        if options.extra.get("custom_ops"):
+            custom = _custom_ops(model, program, provenance, options, out_dir)
+            lap("custom_ops")
         trt = [e.to_dict() for e in check_nm(model, 2, 4)]
         lap("check_nm")
 
@@ -188,9 +236,13 @@ class OnnxBackend(Backend):
         if qdq is not None and (qdq["weights"] or qdq["skipped"]):
             meta["int8_qdq"] = qdq
         meta["tensorrt_2_4"] = trt
+        if custom is not None:
+            meta["custom_ops"] = custom
 
         threshold = int(options.extra.get("external_data_threshold", EXTERNAL_DATA_THRESHOLD))
         files = _save(model, out_dir, external=_payload_bytes(model) > threshold)
+        if custom is not None and custom["replaced"]:
+            files.update(custom_ops_library=LIBRARY_FILE, custom_ops_example=EXAMPLE_FILE)
         lap("save")
         meta["timings_s"] = timings
 
@@ -201,9 +253,21 @@ class OnnxBackend(Backend):
     def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
         if threads is None:
             threads = artifact.meta.get("threads")
-        return OrtRunner(artifact.path("model"), artifact.inputs, threads)
+        library = artifact.path("custom_ops_library") if "custom_ops_library" in artifact.files else None
+        return OrtRunner(artifact.path("model"), artifact.inputs, threads, library)
 
     def verify_pattern(self, artifact: Artifact, specs: Sequence[MaskSpec]) -> list[PatternCheck]:
         onnx = _deps.onnx()
         model = onnx.load(str(artifact.path("model")))
         return check_patterns(model, artifact.meta.get("provenance", {}), specs)
+
+
+class OnnxCustomOpsBackend(OnnxBackend):
+    """The ONNX target with ``custom_ops`` on: sparse layers that measure faster run sparsecc.SparseMatMul."""
+
+    name = "onnx-custom-ops"
+
+    def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions | None = None) -> Artifact:
+        options = options or LowerOptions()
+        extra = {**options.extra, "custom_ops": True}
+        return super().lower(program, out_dir, dataclasses.replace(options, extra=extra))

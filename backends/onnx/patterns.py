@@ -19,6 +19,7 @@ from sparsecc.core.analyze import as_matrix
 from sparsecc.backends.base import PatternCheck
 from sparsecc.core.ir import MaskSpec
 
+from .custom_ops import decompress_np
 from .graph_index import GraphIndex
 from .verify_nm import _zero_point, check_nm, nm_violation, zero_mask
 
@@ -51,7 +52,14 @@ def _check_one(
         return PatternCheck(spec.fqn, pattern, "", "", False, 0.0, f"not found in the ONNX model: {why}")
     name = prov["initializer"]
     location = f"initializer '{name}'" + (" (sparse)" if index.is_sparse(name) else "")
-    values = index.array(name)
+    op = prov.get("custom_op")
+    if op is not None:  # replaced by sparsecc.SparseMatMul: the [out, in] weight rebuilt from its compressed form
+        dense = decompress_np(index.array(op["crow_indices"]), index.array(op["col_indices"]),
+                              index.array(op["values"]), op["shape"])
+        values = dense.transpose(prov["perm"])
+        location = f"SparseMatMul node '{op['node']}' ({op['format']}, initializer '{op['values']}')"
+    else:
+        values = index.array(name)
     dq = next((n for n, i in index.consumers.get(name, []) if n.op_type == "DequantizeLinear" and i == 0), None)
     if dq is not None:  # int8 integers: a weight is zero where it equals the zero point
         zero = _zero_point(index, dq, values.shape)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sparsecc.backends.base import Runner, TensorSpec, check_inputs
-from sparsecc.core.ort_session import feed_order, session_options
+from sparsecc.core.ort_session import feed_order, open_session, session_options
 
 from . import _deps
 
@@ -29,14 +29,17 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class OrtRunner(Runner):
-    """An ONNX Runtime CPU session that takes and returns flat torch tensors."""
+    """An ONNX Runtime CPU session that takes and returns flat torch tensors.
 
-    def __init__(self, model_path: Path, inputs: Sequence[TensorSpec], threads: int | None = None):
-        ort = _deps.onnxruntime()
+    ``custom_ops_library``: ``libsparsecc_ort.so``, registered for models with ``sparsecc.SparseMatMul`` nodes.
+    """
+
+    def __init__(self, model_path: Path, inputs: Sequence[TensorSpec], threads: int | None = None,
+                 custom_ops_library: Path | None = None):
+        _deps.onnxruntime()
         self.inputs = list(inputs)
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        # open_session names libsparsecc_ort.so when the model uses sparsecc's ops without it
+        self.session = open_session(model_path, session_options(threads), custom_ops_library)
         # Session inputs matched to the program's by name, else position (the exporter
         # renames some, `input_1` -> `input`, and drops those the graph does not read).
         args = self.session.get_inputs()

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sparsecc.core.ort_session import feed_order, session_options
+from sparsecc.core.ort_session import feed_order, open_session, session_options
 
 from sparsecc.bundle.reader import Variant
 from sparsecc.errors import BenchError
@@ -41,10 +41,10 @@ def _ort():
 
 
 def _load_onnx(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
-    ort = _ort()
+    _ort()
+    library = v.files().get("custom_ops_library")  # the onnx-custom-ops target: sparsecc.SparseMatMul's .so
     t0 = time.perf_counter()
-    session = ort.InferenceSession(str(v.path), sess_options=session_options(threads, profile_prefix),
-                                   providers=["CPUExecutionProvider"])
+    session = open_session(v.path, session_options(threads, profile_prefix), library)
     load_s = time.perf_counter() - t0
     specs = v.artifact["inputs"] if v.artifact else []
     args = session.get_inputs()

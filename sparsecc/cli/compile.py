@@ -17,7 +17,8 @@ __all__: list[str] = []
 TARGET_HELP = (
     "onnx, executorch, tensorrt-bundle (FP16 ONNX + trtexec build.sh for the "
     "device), tensorrt (engines built here; needs TensorRT and a GPU), "
-    "torch-sparse (CPU sparse kernels where they measured faster), or all = "
+    "torch-sparse (CPU sparse kernels where they measured faster), onnx-custom-ops "
+    "(ONNX with sparsecc's ONNX Runtime custom op where it measured faster), or all = "
     "onnx,executorch; comma-separated."
 )
 

@@ -8,11 +8,17 @@ in one process steal each other's cores and skew every timing.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
-from sparsecc.errors import UsageError
+from sparsecc.errors import DependencyError, UsageError
 
-__all__ = ["onnxruntime_module", "session_options", "FeedMismatchError", "feed_order"]
+__all__ = ["onnxruntime_module", "session_options", "FeedMismatchError", "feed_order", "CUSTOM_OP_DOMAIN",
+           "CUSTOM_OP_LIBRARY", "CustomOpLibraryError", "open_session"]
+
+CUSTOM_OP_DOMAIN = "sparsecc"  # sparsecc.SparseMatMul, in libsparsecc_ort.so (sparsecc.kernels.ort_library)
+CUSTOM_OP_LIBRARY = "libsparsecc_ort.so"
 
 
 class FeedMismatchError(UsageError, ValueError):
@@ -78,3 +84,40 @@ def session_options(threads: int | None = None, profile_prefix: str | None = Non
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     return opts
+
+
+class CustomOpLibraryError(DependencyError, RuntimeError):
+    """An ONNX model uses sparsecc's custom ops and their library is not loaded or not found."""
+
+
+def _names_our_domain(message: str) -> bool:
+    # ORT: "sparsecc:SparseMatMul(-1) is not a registered function/op" (or an unknown-domain complaint)
+    return re.search(rf"\b{CUSTOM_OP_DOMAIN}\b", message) is not None and (
+        "not a registered" in message or "domain" in message.lower())
+
+
+def open_session(model: str | Path | bytes, opts: Any, custom_ops_library: str | Path | None = None) -> Any:
+    """A CPU `InferenceSession`, with sparsecc's custom-op library registered when given.
+
+    A model that uses the ``sparsecc`` domain without the library fails with
+    `CustomOpLibraryError` naming the model and ``libsparsecc_ort.so``, not
+    ONNX Runtime's bare unknown-op message.
+    """
+    ort = onnxruntime_module()
+    label = "the ONNX model" if isinstance(model, bytes) else str(model)
+    if custom_ops_library is not None:
+        lib = Path(custom_ops_library)
+        if not lib.is_file():
+            raise CustomOpLibraryError(f"{label} uses sparsecc's custom ops, but their library {lib} is missing")
+        opts.register_custom_ops_library(str(lib))
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail / InvalidGraph types
+        if custom_ops_library is None and _names_our_domain(str(e)):
+            raise CustomOpLibraryError(
+                f"{label} uses the custom op {CUSTOM_OP_DOMAIN}.SparseMatMul: load it with the library "
+                f"{CUSTOM_OP_LIBRARY} (shipped beside the model in the bundle): "
+                f"opts.register_custom_ops_library('<folder>/{CUSTOM_OP_LIBRARY}') before InferenceSession; "
+                f"ONNX Runtime said: {str(e)[:300]}") from e
+        raise

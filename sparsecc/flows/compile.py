@@ -445,6 +445,12 @@ def _bundle_readme(name: str, m: dict[str, Any]) -> str:
                   "x = np.load('inputs/example.npz')",
                   "feeds = {i.name: x[f'arr_{n}'] for n, i in enumerate(sess.get_inputs())}",
                   "outputs = sess.run(None, feeds)", ""]
+    if "onnx-custom-ops" in m["targets"]:  # needs only onnxruntime + numpy, and the bundled library
+        lines += ["import numpy as np, onnxruntime as ort  # sparse layers run sparsecc.SparseMatMul",
+                  "opts = ort.SessionOptions(); opts.register_custom_ops_library('onnx-custom-ops/libsparsecc_ort.so')",
+                  "sess = ort.InferenceSession('onnx-custom-ops/model.onnx', opts, providers=['CPUExecutionProvider'])",
+                  "x = np.load('inputs/example.npz')",
+                  "outputs = sess.run(None, {i.name: x[f'arr_{n}'] for n, i in enumerate(sess.get_inputs())})", ""]
     if "executorch" in m["targets"]:
         lines += ["import numpy as np, torch",
                   "from executorch.runtime import Runtime",
