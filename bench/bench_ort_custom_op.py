@@ -1,0 +1,176 @@
+"""ONNX Runtime dense against ONNX Runtime with sparsecc's custom op (libsparsecc_ort.so), one model and single layers.
+
+The model (default MiniLM) is captured, sparsified with a recipe (default
+8x8 blocks at 90%, folded) and lowered twice: the dense program to ``onnx``
+and the sparse one to ``onnx-custom-ops`` (its sparse layers run
+``sparsecc.SparseMatMul`` where that measured faster at lowering). Both run in
+plain ONNX Runtime, batch 1 x ``--seq`` tokens, ``--threads`` threads, timed
+interleaved (`sparsecc.core.timing.time_interleaved`); the custom-op model is
+checked against the sparse program lowered to plain ``onnx`` (same weights,
+relative error <= 1e-4). Then single layers (3072x768 and 768x3072, same
+blocks and sparsity): a one-node MatMul + Add against SparseMatMul (BSR and CSR).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --out bench/results/ort-custom-op-minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def lower(name: str, program: Any, folder: Path, axis_names: dict, threads: int, example: list) -> Any:
+    from sparsecc.backends import LowerOptions, get_backend
+
+    extra = {"dynamic_axes": axis_names, "example_inputs": example}
+    art = get_backend(name).lower(program, folder, LowerOptions(threads=threads, extra=extra))
+    return art, get_backend(name).load(art, threads)
+
+
+def machine_record(threads: int, library: Path) -> dict[str, Any]:
+    import onnxruntime
+
+    from sparsecc.core.machine import machine_info
+    from sparsecc.kernels.ort_library import HEADERS_PACKAGE
+
+    lib = ctypes.CDLL(str(library))
+    lib.SparseccOrtIsa.restype = ctypes.c_char_p
+    return {**machine_info(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "numpy": np.__version__, "threads": threads,
+            "custom_op_isa": lib.SparseccOrtIsa().decode(),
+            "ort_headers": f"{HEADERS_PACKAGE['name']} {HEADERS_PACKAGE['version']} (Debian {HEADERS_PACKAGE['suite']})",
+            "load_avg_start": os.getloadavg()}
+
+
+def model_rows(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from sparsecc.core.capture import capture, dynamic_axis_names
+    from sparsecc.core.timing import time_interleaved
+    from sparsecc.flows.sparsify import sparsify
+    from sparsecc.models import get_model
+
+    spec = get_model(args.model)
+    # captured with two sequences of seq/2 tokens (torch.export cannot keep batch 1 dynamic); timed at 1 x seq
+    cap_args, cap_kwargs = spec.make_inputs(2, args.seq // 2)
+    dense = capture(spec.model, cap_args, cap_kwargs, spec.dynamic_shapes)
+    axis_names = dynamic_axis_names(dense, spec.model, cap_args, cap_kwargs, spec.dynamic_shapes)
+    timed_args, timed_kwargs = spec.make_inputs(1, args.seq)
+    flat = list(timed_args) + list(timed_kwargs.values())
+    from sparsecc.recipes import builtin_recipe
+
+    recipe = builtin_recipe(args.recipe) or args.recipe  # a named recipe (recipes/*.yaml) or a file
+    log(f"sparsify {args.model} with {recipe}")
+    sparse = sparsify(dense, recipe, fold=True).program
+    log("lower: dense onnx, sparse onnx (same weights, plain ORT), sparse onnx-custom-ops")
+    _a, dense_run = lower("onnx", dense, tmp / "dense", axis_names, args.threads, flat)
+    _b, plain_run = lower("onnx", sparse, tmp / "sparse-plain", axis_names, args.threads, flat)
+    art, custom_run = lower("onnx-custom-ops", sparse, tmp / "sparse-custom", axis_names, args.threads, flat)
+    want, got = plain_run(flat)[0], custom_run(flat)[0]
+    rel = float((got - want).abs().max() / want.abs().max())
+    meta = art.meta["custom_ops"]
+    log(f"{meta['replaced']}/{len(meta['layers'])} layers run SparseMatMul; relative error {rel:.2e}")
+    fns = {"ort dense": lambda: dense_run(flat), "ort custom op": lambda: custom_run(flat)}
+    med = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds).medians()
+    return {"model": args.model, "recipe": args.recipe, "rel_err_vs_plain_ort": rel,
+            "layers_replaced": meta["replaced"], "layers_timed": len(meta["layers"]),
+            "formats": sorted({e["choice"] for e in meta["layers"]}),
+            "median_ms": {k: v * 1e3 for k, v in med.items()},
+            "speedup": med["ort dense"] / med["ort custom op"]}
+
+
+def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
+    from sparsecc.backends.onnx.custom_ops import dense_matmul_model, sparse_matmul_model
+    from sparsecc.core.ort_session import open_session, session_options
+    from sparsecc.core.timing import time_interleaved
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for n, k in ((3072, 768), (768, 3072)):
+        keep = rng.random((n // 8, k // 8)) >= 0.9
+        w = rng.standard_normal((n, k)).astype(np.float32) * np.kron(keep, np.ones((8, 8), np.float32))
+        bias = rng.standard_normal(n).astype(np.float32)
+        x = rng.standard_normal((args.seq, k)).astype(np.float32)
+        models = {"dense": (dense_matmul_model(w, bias), None), "bsr 8x8": (sparse_matmul_model(w, bias, 8), library),
+                  "csr": (sparse_matmul_model(w, bias, 1), library)}
+        sess = {k2: open_session(m.SerializeToString(), session_options(args.threads), lib)
+                for k2, (m, lib) in models.items()}
+        ref = sess["dense"].run(None, {"x": x})[0]
+        errs = {k2: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max()) for k2, s in sess.items()}
+        med = time_interleaved({k2: (lambda s=s: s.run(None, {"x": x})) for k2, s in sess.items()},
+                               warmup=args.warmup, rounds=args.rounds, sample_s=0.02).medians()
+        rows.append({"weight": f"{n}x{k}", "median_ms": {k2: v * 1e3 for k2, v in med.items()},
+                     "speedup_bsr": med["dense"] / med["bsr 8x8"], "speedup_csr": med["dense"] / med["csr"],
+                     "rel_err": errs})
+        log(f"{n}x{k}: " + ", ".join(f"{k2} {v * 1e3:.3f} ms" for k2, v in med.items()))
+    return rows
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, s = r["machine"], r["settings"]
+    mr = r["model"]
+    lines = [f"{m.get('cpu', '')}, ISA {m['custom_op_isa']}, onnxruntime {m['onnxruntime']}, {s['threads']} thread, "
+             f"batch 1 x {s['seq']} tokens, {s['rounds']} interleaved rounds; load average "
+             f"{m['load_avg_start'][0]:.2f} at start, {r['load_avg_end'][0]:.2f} at end", "",
+             "| model | ONNX Runtime dense | ONNX Runtime + sparsecc.SparseMatMul | speedup | layers replaced | "
+             "rel. error |", "| --- | --- | --- | --- | --- | --- |",
+             f"| {mr['model']} {mr['recipe']} | {mr['median_ms']['ort dense']:.2f} ms | "
+             f"{mr['median_ms']['ort custom op']:.2f} ms | {mr['speedup']:.2f}x | "
+             f"{mr['layers_replaced']}/{mr['layers_timed']} | {mr['rel_err_vs_plain_ort']:.1e} |", "",
+             "| layer [N, K], 8x8 at 90% | dense MatMul+Add | SparseMatMul BSR 8x8 | SparseMatMul CSR | "
+             "speedup (BSR) |", "| --- | --- | --- | --- | --- |"]
+    for row in r["layers"]:
+        t = row["median_ms"]
+        lines.append(f"| {row['weight']} | {t['dense']:.3f} ms | {t['bsr 8x8']:.3f} ms | {t['csr']:.3f} ms | "
+                     f"{row['speedup_bsr']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--recipe", default="block8x8-90")
+    p.add_argument("--seq", type=int, default=128, help="tokens per timed call (batch 1)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--skip-model", action="store_true", help="single layers only")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "ort-custom-op-minilm.json"))
+    args = p.parse_args(argv)
+
+    from sparsecc.kernels.ort_library import build_library
+
+    torch.set_num_threads(args.threads)
+    library = build_library()
+    record: dict[str, Any] = {"machine": machine_record(args.threads, library), "settings": vars(args),
+                              "command": " ".join(["bench/bench_ort_custom_op.py", *(argv or sys.argv[1:])])}
+    log(f"machine {json.dumps(record['machine'])}")
+    with tempfile.TemporaryDirectory(prefix="sparsecc-ort-custom-op-") as tmp:
+        record["model"] = None if args.skip_model else model_rows(args, Path(tmp))
+    record["layers"] = layer_rows(args, library)
+    record["load_avg_end"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    if record["model"] is not None:
+        print(markdown(record))
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
