@@ -147,3 +147,14 @@ def test_lowered_model_without_library_names_it(lowered):
     _m, _x, _p, art = lowered
     with pytest.raises(CustomOpLibraryError, match=LIBRARY_NAME):
         open_session(art.path("model"), session_options(1))
+
+
+@pytest.mark.parametrize("block", [1, 8])
+def test_parity_on_the_intra_op_pool(library, block):
+    """Two threads: the row blocks and panel packing go through ONNX Runtime's KernelContext_ParallelFor."""
+    w = block_sparse(512, 768, block, 0.9, seed=3)
+    x = np.random.default_rng(4).standard_normal((200, 768)).astype(np.float32)
+    dense = open_session(dense_matmul_model(w, None).SerializeToString(), session_options(2)).run(None, {"x": x})[0]
+    sess = open_session(sparse_matmul_model(w, None, block).SerializeToString(), session_options(2), library)
+    got = sess.run(None, {"x": x})[0]
+    assert np.abs(got - dense).max() <= 1e-4 * np.abs(dense).max()
