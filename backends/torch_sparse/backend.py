@@ -25,6 +25,10 @@ Activation sparsity: linear layers whose inputs carry
 `sparsecc.passes.ActivationSparsityPass` thresholds run the activation-sparse
 kernel (`RewriteActivationSparsePass`), and with ``exact_relu`` (False) so do
 linear layers fed by a ReLU; ``Artifact.meta["activation_kernels"]`` lists them.
+``gemv_max_tokens`` (``"auto"``: 8 when the program has activation thresholds,
+else 0) also times the remaining linear layers called on that few tokens
+against the kernel as a dense gemv and moves the faster ones
+(``meta["gemv_timings_ms"]``).
 """
 
 from __future__ import annotations
@@ -175,7 +179,11 @@ class TorchSparseBackend(Backend):
         t0 = time.perf_counter()
         rewritten = RewriteSparseKernelsPass(plan.choices)(program).program
         # activation sparsity: thresholded inputs (ActivationSparsityPass) and, if asked, ReLU's exact zeros
-        act = RewriteActivationSparsePass(exact_relu=bool(options.extra.get("exact_relu", False)))
+        gemv = options.extra.get("gemv_max_tokens", "auto")
+        if gemv == "auto":  # a program with activation thresholds is meant for decoding: time the gemv too
+            gemv = 8 if any(n.target == torch.ops.aten.where.ScalarOther for n in rewritten.graph.nodes) else 0
+        act = RewriteActivationSparsePass(exact_relu=bool(options.extra.get("exact_relu", False)),
+                                          gemv_max_tokens=int(gemv))
         rewritten = act(rewritten).program
         timings["rewrite"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
@@ -183,7 +191,7 @@ class TorchSparseBackend(Backend):
         (out_dir / KERNELS_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
         timings["save"] = round(time.perf_counter() - t0, 4)
         meta: dict[str, Any] = {"kernels": plan.to_dict(), "threads": options.threads, "timings_s": timings,
-                                "activation_kernels": act.rewritten}
+                                "activation_kernels": act.rewritten, "gemv_timings_ms": act.timings}
         return Artifact(self.name, out_dir, {"model": MODEL_FILE, "kernels": KERNELS_FILE},
                         user_input_specs(program), _output_specs(rewritten), meta)
 

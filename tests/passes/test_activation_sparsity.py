@@ -99,7 +99,12 @@ def test_torch_sparse_runs_thresholded_layers_on_the_activation_kernel(tmp_path)
     stats = select_layers(measure_activations(program, _batches()))
     sparse = ActivationSparsityPass(thresholds_for(stats, 0.5))(program).program
     art = get_backend("torch-sparse").lower(sparse, tmp_path, LowerOptions(threads=1))
-    assert set(art.meta["activation_kernels"]) == {"up.weight", "down.weight"}
+    kernels_used = art.meta["activation_kernels"]
+    assert {f for f, t in kernels_used.items() if t >= 0} == {"up.weight", "down.weight"}
+    # the head has no threshold: timed as a dense gemv (threshold -1), moved only if that was faster
+    assert set(art.meta["gemv_timings_ms"]) == {"head.weight"}
+    timing = art.meta["gemv_timings_ms"]["head.weight"]
+    assert (kernels_used.get("head.weight") == -1.0) == (timing["torch_ms"] > 1.1 * timing["gemv_ms"])
     runner = get_backend("torch-sparse").load(art, threads=1)
     x = torch.randn(4, 32)
     torch.testing.assert_close(runner([x])[0], sparse.module()(x), rtol=1e-5, atol=1e-5)
