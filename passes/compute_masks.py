@@ -19,9 +19,9 @@ from torch.export import ExportedProgram
 
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.plan.criteria import CriterionContext, choose_mask, criterion_info
+from sparsecc.plan.masks import apply_mask
 from sparsecc.core.ir import MaskSpec, get_node_info, set_node_info
-from sparsecc.plan.masks import sparsity_of
-from sparsecc.core.pass_infra import PassBase, PassResult
+from sparsecc.core.pass_infra import PassBase, PassResult, intra_op_threads
 from sparsecc.core.program import ProgramEditor
 
 __all__ = ["ComputeMasksPass"]
@@ -82,13 +82,19 @@ class ComputeMasksPass(PassBase):
                 else:
                     ctx = CriterionContext(spec.fqn, w.output_axis, w.reduction_axis,
                                            self.stats.get(spec.fqn, {}), self.options)
-                    mask, new = choose_mask(weight, spec.criterion, spec.pattern, spec.target, ctx)
+                    # Score criteria are a few elementwise sweeps: one thread (see PassBase.threads);
+                    # solvers pick their own threads.
+                    solver = criterion_info(spec.criterion).kind == "solver"
+                    with intra_op_threads(None if solver else 1):
+                        mask, new = choose_mask(weight, spec.criterion, spec.pattern, spec.target, ctx)
                 if new is not None:
                     if tuple(new.shape) != tuple(weight.shape):
                         raise ValueError(f"new values {tuple(new.shape)} do not match weight {tuple(weight.shape)}")
-                    weight = new.detach().to(weight.dtype).masked_fill(~mask, 0)
+                    weight = apply_mask(new.detach().to(weight.dtype), mask)
                     ed.set_tensor(spec.fqn, weight)
-                achieved = sparsity_of(weight.masked_fill(~mask, 0))
+                with intra_op_threads(1):  # the zeros of the masked weight, counted on booleans
+                    kept = int(torch.count_nonzero(mask & (weight != 0)))
+                achieved = 1.0 - kept / max(1, weight.numel())
                 set_node_info(node, spec=spec.with_achieved(achieved), pending_mask=mask)
         if self.progress:
             self.progress(len(self.plan), len(self.plan), "")

@@ -12,11 +12,14 @@ from torch.export import ExportedProgram
 from sparsecc.core.ir import get_node_info, set_node_info
 from sparsecc.core.pass_infra import PassBase, PassResult
 from sparsecc.core.program import ProgramEditor
+from sparsecc.plan.masks import apply_mask
 
 __all__ = ["FoldMasksPass"]
 
 
 class FoldMasksPass(PassBase):
+    threads = 1  # one elementwise sweep per weight (see PassBase)
+
     def call(self, program: ExportedProgram) -> PassResult:
         ed = ProgramEditor(program)
         modified = False
@@ -30,7 +33,7 @@ class FoldMasksPass(PassBase):
                 fqn = ed.spec_of(weight_node).target
                 mask = ed.tensor(ed.spec_of(mask_node).target)
                 weight = ed.tensor(fqn)
-                ed.set_tensor(fqn, weight.detach().masked_fill(~mask, 0))
+                ed.set_tensor(fqn, apply_mask(weight.detach(), mask))
                 mul.replace_all_uses_with(weight_node)
                 ed.graph.erase_node(mul)
                 ed.remove_input(mask_node)

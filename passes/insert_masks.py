@@ -26,9 +26,12 @@ def mask_target(fqn: str) -> str:
 
 
 class InsertMasksPass(PassBase):
+    threads = 1  # one bool conversion per weight (see PassBase)
+
     def call(self, program: ExportedProgram) -> PassResult:
         ed = ProgramEditor(program)
         modified = False
+        position = _position(ed)  # the original nodes keep their order; new muls are never users here
         for node in list(ed.placeholders()):
             info = get_node_info(node)
             if info is None or info.pending_mask is None:
@@ -47,7 +50,7 @@ class InsertMasksPass(PassBase):
                 mask_node = ed.add_constant(target, mask, name="c_" + target.replace(".", "_"))
                 set_node_info(mask_node, mask_of=fqn)
                 users = list(node.users)
-                first = min(users, key=_position(ed))
+                first = min(users, key=position)
                 with ed.graph.inserting_before(first):
                     mul = ed.graph.call_function(aten.mul.Tensor, (node, mask_node))
                 mul.meta["val"] = ed.fake_call(aten.mul.Tensor, node, mask_node)

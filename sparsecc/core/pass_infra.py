@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import torch
 import torch.fx
 from torch.export import ExportedProgram
 from sparsecc.errors import SparseccError
@@ -34,7 +35,22 @@ __all__ = [
     "TimingInstrument",
     "GraphDumpInstrument",
     "VerifyInstrument",
+    "intra_op_threads",
 ]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads inside (None: leave as is)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
@@ -61,7 +77,14 @@ class PostconditionError(PassError):
 
 
 class PassBase(abc.ABC):
-    """One graph transform or analysis. Subclasses implement `call`."""
+    """One graph transform or analysis. Subclasses implement `call`.
+
+    ``threads``: intra-op threads for `call` (None: torch's setting). Passes
+    whose tensor work is one elementwise sweep per weight set 1: handing each
+    op to a thread pool costs more than it saves, and far more on a busy machine.
+    """
+
+    threads: int | None = None
 
     @property
     def name(self) -> str:
@@ -95,7 +118,8 @@ class PassBase(abc.ABC):
         except Exception as e:
             raise PreconditionError(self.name, str(e)) from e
         try:
-            result = self.call(program)
+            with intra_op_threads(self.threads):
+                result = self.call(program)
         except PassError:
             raise
         except Exception as e:

@@ -12,7 +12,7 @@ from torch.export import ExportedProgram
 
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.core.ir import get_node_info, set_node_info
-from sparsecc.plan.masks import check_pattern
+from sparsecc.plan.masks import apply_mask, check_pattern
 from sparsecc.core.pass_infra import PassBase, PassError, PassResult
 from sparsecc.core.program import ProgramEditor, state_tensor
 from sparsecc.errors import VerificationError
@@ -28,6 +28,8 @@ class SparsityVerificationError(PassError, VerificationError):
 
 
 class VerifySparsityPass(PassBase):
+    threads = 1  # one comparison and count per weight (see PassBase)
+
     def call(self, program: ExportedProgram) -> PassResult:
         weights = find_prunable_weights(program).by_fqn()
         violations: list[tuple[str, str]] = []
@@ -43,7 +45,7 @@ class VerifySparsityPass(PassBase):
                 continue
             weight = state_tensor(program, spec.fqn).detach()
             if info.mask is not None:
-                weight = weight.masked_fill(~state_tensor(program, info.mask), 0)
+                weight = apply_mask(weight, state_tensor(program, info.mask))
             why, achieved = check_pattern(weight, spec.pattern, spec.target, w.output_axis, w.reduction_axis)
             if why:
                 violations.append((spec.fqn, why))
