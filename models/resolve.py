@@ -26,9 +26,14 @@ class ModelFactoryError(SparseccError, RuntimeError):
 def resolve_model(ref: str) -> ModelSpec:
     """Build the model named by ``ref``.
 
-    ``file.py:factory`` calls ``factory()``, which returns a `ModelSpec`, or a
+    ``file.safetensors`` is a sparse checkpoint written by ``prune-streamed``,
+    loaded into the model it belongs to. ``file.py:factory`` calls ``factory()``, which returns a `ModelSpec`, or a
     tuple ``(model, example_args[, example_kwargs[, dynamic_shapes]])``.
     """
+    if ref.endswith(".safetensors") and Path(ref).is_file():  # a sparse checkpoint from prune-streamed
+        from .decoder_block import load_decoder_checkpoint
+
+        return load_decoder_checkpoint(ref)
     if ":" in ref and ref.split(":", 1)[0].endswith(".py"):
         path_text, factory_name = ref.rsplit(":", 1)
         return _from_file(Path(path_text), factory_name, ref)

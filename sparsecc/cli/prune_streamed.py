@@ -1,0 +1,75 @@
+"""`sparsecc prune-streamed`: a decoder checkpoint pruned block by block into a sparse checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sparsecc.cli.app import JSON_OPTION, activity, app, emit, out
+
+__all__: list[str] = []
+
+
+@app.command("prune-streamed", short_help="Prune a checkpoint larger than memory, one block at a time.")
+def prune_streamed_cmd(
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT",
+                                     help="A Llama-shaped .safetensors file (Hugging Face names), a .gguf file, "
+                                          "or smollm2 (the GGUF file the zoo's SmolLM2 loads)."),
+    out_path: Path = typer.Option(..., "--out", "-o", metavar="OUT.safetensors", help="The sparse checkpoint."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG.json",
+                                          help="Hugging Face Llama config.json of a safetensors checkpoint "
+                                               "(default: config.json beside it)."),
+    pattern: str = typer.Option("2:4", "--pattern", "-p", help="unstructured, N:M (2:4) or RxC blocks."),
+    sparsity: float = typer.Option(0.5, "--sparsity", "-s", help="Fraction of zeros (implied by N:M)."),
+    criterion: str = typer.Option("sparsegpt", "--criterion", "-c", help="sparsegpt, wanda, magnitude or random."),
+    samples: int = typer.Option(64, "--samples", metavar="N", help="Calibration windows."),
+    seq_len: int = typer.Option(256, "--seq-len", metavar="N", help="Tokens per calibration window."),
+    micro_batch: int = typer.Option(8, "--micro-batch", metavar="N", help="Windows per forward call."),
+    calibration: str = typer.Option("lee", "--calibration",
+                                    help="lee (calibration half of lee_background, needs a tokenizer) or random "
+                                         "(seeded token ids)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", metavar="DIR",
+                                            help="Tokenizer folder for lee calibration of a safetensors checkpoint."),
+    damp: float = typer.Option(0.01, "--damp", help="SparseGPT dampening (fraction of the mean Hessian diagonal)."),
+    blocksize: int = typer.Option(128, "--blocksize", help="SparseGPT columns per lazy update."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random calibration tokens."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    json_out: Optional[str] = JSON_OPTION,
+) -> None:
+    """Prune a decoder checkpoint one block at a time, without loading it whole.
+
+    Reads each block's weights from CHECKPOINT when its turn comes, prunes them
+    on the calibration hidden states of the already-pruned blocks before it
+    (SparseGPT's sequential order, the same solver as `sparsecc sparsify`),
+    writes them to OUT and frees them: peak memory is about one block's weights,
+    activations and Hessians, whatever the depth. OUT is written under a
+    temporary name and renamed when complete; its header metadata ("sparsecc")
+    records pattern, sparsity, criterion, calibration, config and per-tensor
+    mask fingerprints. Load it with `sparsecc eval OUT.safetensors` or
+    `sparsecc compile OUT.safetensors --recipe 2of4` (magnitude at the same
+    pattern keeps exactly its zeros).
+
+    Example: sparsecc prune-streamed smollm2 --pattern 2:4 --criterion sparsegpt --out smollm2-2of4.safetensors
+    """
+    from sparsecc.flows.streamed import StreamedOptions, prune_streamed
+
+    opts = StreamedOptions(pattern=pattern, sparsity=sparsity, criterion=criterion,
+                           criterion_options={"damp": damp, "blocksize": blocksize} if criterion == "sparsegpt" else {},
+                           samples=samples, seq_len=seq_len, micro_batch=micro_batch, calibration=calibration,
+                           tokenizer=tokenizer, seed=seed)
+    with activity(checkpoint) as act:
+        act.step(f"pruning block by block ({pattern} {criterion})")
+
+        def progress(done: int, total: int, text: str) -> None:
+            act.step(f"{done}/{total} {text}")
+
+        result = prune_streamed(checkpoint, out_path, opts, config=config, force=force, progress=progress)
+    n = sum(m["numel"] for m in result.masks.values())
+    nz = sum(m["nonzero"] for m in result.masks.values())
+    out.print(f"wrote {out_path}: {len(result.masks)} weights pruned to {1 - nz / max(1, n):.1%} zeros in "
+              f"{result.seconds:.1f}s; peak RSS {result.peak_rss_mb:.0f} MB ({result.peak_rss_mb - result.rss_start_mb:.0f}"
+              f" MB above the start; one block's weights, activations and Hessians: {result.budget_mb:.0f} MB)",
+              highlight=False)
+    emit(result.to_dict())
