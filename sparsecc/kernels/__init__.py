@@ -15,7 +15,10 @@ rebuilt only when the source changes) and registers:
   and ``int8_isa(request)``, the instruction set an int8 call runs with;
 - ``torch.ops.sparsecc.act_sparse_linear(x, weight_t, bias, threshold)``: dense
   weight x sparse activations, skipping inputs with ``|x| <= threshold``
-  (``act_sparse.cpp``; see `act_sparse_linear`).
+  (``act_sparse.cpp``; see `act_sparse_linear`);
+- ``torch.ops.sparsecc.block_attention(q, k, v, attn_mask, is_causal, scale, block, kept)``:
+  softmax attention over the kept key blocks only (``block_attention.cpp``; the
+  block mask and the reference op are in `sparsecc.kernels.attention`).
 
 ``kernel`` is ``"csr"`` or ``"bsr"`` (sparsecc's kernels: AVX-512, AVX2+FMA
 or portable code, picked from the CPU at load) or ``"torch_csr"`` /
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import torch
 from sparsecc.errors import DependencyError
+from sparsecc.kernels.attention import register_kernel_fake as _register_block_attention_fake
 from sparsecc.kernels.int8 import (INT8_BLOCKS, Int8Weight, compress_int8, dense_int8_linear, int8_linear,
                                    quantize_per_channel)
 
@@ -58,6 +62,7 @@ __all__ = [
     "int8_linear",
     "dense_int8_linear",
     "act_sparse_linear",
+    "block_attention",
 ]
 
 KERNELS = ("csr", "bsr", "torch_csr", "torch_bsr")
@@ -141,7 +146,8 @@ def load() -> None:
 
     if shutil.which("ninja") is None:  # the ninja wheel installs beside this Python, maybe not on PATH
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    sources = [str(_SOURCE_DIR / "spmm.cpp"), str(_SOURCE_DIR / "int8_spmm.cpp"), str(_SOURCE_DIR / "act_sparse.cpp")]
+    sources = [str(_SOURCE_DIR / "spmm.cpp"), str(_SOURCE_DIR / "int8_spmm.cpp"), str(_SOURCE_DIR / "act_sparse.cpp"),
+               str(_SOURCE_DIR / "block_attention.cpp")]
     try:
         built = any(Path(cpp_extension._get_build_directory(_EXT_NAME, verbose=False)).glob("*.so"))
     except Exception:  # a private helper of torch's: only decides whether to announce the build
@@ -188,6 +194,7 @@ def _register_fakes() -> None:
     def _(x, weight_t, bias, threshold):
         return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
+    _register_block_attention_fake()
     load._fakes = True  # type: ignore[attr-defined]
 
 
@@ -234,3 +241,13 @@ def act_sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     load()
     wt = weight_t if weight_t is not None else weight.detach().t().contiguous()
     return torch.ops.sparsecc.act_sparse_linear(x, wt, bias, float(threshold))
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+                    block: int = 64) -> torch.Tensor:
+    """Attention over the ``kept`` blocks (``bool [B, H, nQ, nK]``, e.g. from
+    `sparsecc.kernels.attention.select_blocks`) on the C++ kernel; fp32, ``scale`` defaults to 1/sqrt(D)."""
+    load()
+    return torch.ops.sparsecc.block_attention(q, k, v, attn_mask, is_causal,
+                                              q.shape[-1] ** -0.5 if scale is None else float(scale), block, kept)
