@@ -29,6 +29,10 @@ linear layers fed by a ReLU; ``Artifact.meta["activation_kernels"]`` lists them.
 else 0) also times the remaining linear layers called on that few tokens
 against the kernel as a dense gemv and moves the faster ones
 (``meta["gemv_timings_ms"]``).
+
+Block-sparse attention (`sparsecc.passes.BlockSparseAttentionPass`) runs on the
+kernel that skips the unkept key blocks (`RewriteBlockSparseAttentionPass`);
+``meta["block_sparse_attention"]`` lists the call sites.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from sparsecc.backends.torch_sparse.kernel_select import (
 from sparsecc.plan.masks import check_pattern
 from sparsecc.backends.torch_sparse.int8_select import INT8_KERNELS
 from sparsecc.backends.torch_sparse.rewrite_activation_sparse import RewriteActivationSparsePass
+from sparsecc.backends.torch_sparse.rewrite_block_sparse_attention import RewriteBlockSparseAttentionPass
 from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import (RewriteSparseKernelsPass, compressed_targets,
                                                                     int8_targets)
 from sparsecc.core.program import load_program, save_program, state_tensor, tensor_leaves
@@ -185,13 +190,16 @@ class TorchSparseBackend(Backend):
         act = RewriteActivationSparsePass(exact_relu=bool(options.extra.get("exact_relu", False)),
                                           gemv_max_tokens=int(gemv))
         rewritten = act(rewritten).program
+        attention = RewriteBlockSparseAttentionPass()  # BlockSparseAttentionPass's op onto the block-skipping kernel
+        rewritten = attention(rewritten).program
         timings["rewrite"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
         save_program(rewritten, out_dir / MODEL_FILE)
         (out_dir / KERNELS_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
         timings["save"] = round(time.perf_counter() - t0, 4)
         meta: dict[str, Any] = {"kernels": plan.to_dict(), "threads": options.threads, "timings_s": timings,
-                                "activation_kernels": act.rewritten, "gemv_timings_ms": act.timings}
+                                "activation_kernels": act.rewritten, "gemv_timings_ms": act.timings,
+                                "block_sparse_attention": attention.rewritten}
         return Artifact(self.name, out_dir, {"model": MODEL_FILE, "kernels": KERNELS_FILE},
                         user_input_specs(program), _output_specs(rewritten), meta)
 
