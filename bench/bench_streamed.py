@@ -3,7 +3,7 @@
 Every measurement runs in a fresh subprocess, so its VmHWM is its own.
 
 - ``--sweep``: random Llama-shaped checkpoints written to disk from a config
-  (`sparsecc.testing`-free: `write_random_checkpoint` below), pruned streamed
+  (`sparsecc.models.decoder_checkpoint.write_random_checkpoint`), pruned streamed
   at 2:4 with SparseGPT on random tokens, at several depths and widths. Peak
   RSS above the process's RSS after imports should stay flat as depth grows;
   time per block gives the extrapolation to 7B / 70B shapes (per-block cost
@@ -37,29 +37,6 @@ WIDTHS = {"w512": (512, 1536, 8, 2), "w1024": (1024, 2816, 16, 4)}
 TARGETS = {"llama-7b": (4096, 11008, 32, 32, 32), "llama-70b": (8192, 28672, 64, 8, 80)}
 
 
-def write_random_checkpoint(path: Path, hidden: int, ffn: int, heads: int, kv_heads: int, layers: int,
-                            vocab: int = 1024, seed: int = 0) -> Path:
-    """A Llama-shaped checkpoint of random float32 weights, written tensor by tensor (never whole in memory)."""
-    import torch
-
-    from sparsecc.core.safetensors_io import SafetensorsWriter
-    from sparsecc.models.decoder_checkpoint import DecoderShape
-
-    shape = DecoderShape(hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, vocab=vocab,
-                         max_positions=4096)
-    gen = torch.Generator().manual_seed(seed)
-    names = shape.tensor_names()
-    with SafetensorsWriter(path, [(n, torch.float32, shape.tensor_shape(n)) for n in names]) as w:
-        for n in names:
-            s = shape.tensor_shape(n)
-            t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) / math.sqrt(s[-1])
-            w.write(n, t)
-        w.finish({})
-    cfg = shape.hf_config().to_dict()
-    path.with_name("config.json").write_text(json.dumps(cfg))
-    return path
-
-
 def _child(code: str, timeout: float = 900) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
@@ -82,6 +59,8 @@ print(json.dumps(r.to_dict()))
 
 
 def sweep(args) -> list[dict]:
+    from sparsecc.models.decoder_checkpoint import DecoderShape, write_random_checkpoint
+
     rows = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
         for wname in args.widths.split(","):
@@ -89,7 +68,8 @@ def sweep(args) -> list[dict]:
             for depth in [int(x) for x in args.depths.split(",")]:
                 src = Path(d) / f"{wname}-{depth}" / "model.safetensors"
                 src.parent.mkdir()
-                write_random_checkpoint(src, hidden, ffn, heads, kv, depth)
+                write_random_checkpoint(src, DecoderShape(hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv, layers=depth,
+                                                          vocab=1024, max_positions=4096))
                 size_mb = src.stat().st_size / 2**20
                 r = _child(STREAMED_CHILD.format(samples=args.samples, seq_len=args.seq_len, calibration="random",
                                                  src=str(src), out=str(src.with_name("out.safetensors"))))
@@ -97,7 +77,8 @@ def sweep(args) -> list[dict]:
                 row = {"width": wname, "hidden": hidden, "ffn": ffn, "heads": heads, "kv_heads": kv, "depth": depth,
                        "checkpoint_mb": round(size_mb, 1), "rss_start_mb": round(r["rss_start_mb"], 1),
                        "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                       "peak_above_start_mb": round(r["peak_rss_mb"] - r["rss_start_mb"], 1),
+                       "rss_setup_mb": round(r["rss_setup_mb"], 1),
+                       "peak_above_setup_mb": round(r["peak_rss_mb"] - r["rss_setup_mb"], 1),
                        "budget_mb": round(r["budget_mb"], 1), "s_per_block": round(sum(steady) / len(steady), 3),
                        "first_block_s": round(r["block_seconds"][0], 2), "total_s": round(r["seconds"], 1),
                        "load": os.getloadavg()[0]}
@@ -236,11 +217,11 @@ def _merge(streamed: Path, memory: Path, out: Path) -> None:
 
 
 def markdown(rows: list[dict], extra: list[dict]) -> str:
-    lines = ["| width (hidden/ffn) | depth | checkpoint (MB) | peak RSS above start (MB) | one block's W+A+H (MB) "
+    lines = ["| width (hidden/ffn) | depth | checkpoint (MB) | peak RSS above set-up (MB) | one block's W+A+H (MB) "
              "| s / block |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['hidden']}/{r['ffn']} | {r['depth']} | {r['checkpoint_mb']:.0f} | "
-                     f"{r['peak_above_start_mb']:.0f} | {r['budget_mb']:.0f} | {r['s_per_block']:.2f} |")
+                     f"{r['peak_above_setup_mb']:.0f} | {r['budget_mb']:.0f} | {r['s_per_block']:.2f} |")
     lines += ["", "| model | layers | s / block (extrapolated) | hours |", "|---|---:|---:|---:|"]
     for e in extra:
         lines.append(f"| {e['model']} | {e['layers']} | {e['s_per_block']:.0f} | {e['hours']:.1f} |")
@@ -261,7 +242,10 @@ def main() -> None:
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     doc["host"] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M")}
     if args.sweep:
-        rows = sweep(args)
+        new = sweep(args)
+        keys = {(r["width"], r["depth"]) for r in new}
+        old = [r for r in doc.get("sweep", {}).get("rows", []) if (r["width"], r["depth"]) not in keys]
+        rows = sorted(old + new, key=lambda r: (r["hidden"], r["depth"]))  # runs of other widths are kept
         extra = extrapolate(rows, args.samples * args.seq_len)
         doc["sweep"] = {"samples": args.samples, "seq_len": args.seq_len, "rows": rows, "extrapolation": extra}
         print(markdown(rows, extra))

@@ -21,10 +21,10 @@ from typing import Any, Iterable
 
 import torch
 
-from sparsecc.core.safetensors_io import CheckpointError, SafetensorsReader, raw_bytes
+from sparsecc.core.safetensors_io import CheckpointError, SafetensorsReader, SafetensorsWriter, raw_bytes
 
 __all__ = ["DecoderShape", "DecoderCheckpoint", "open_decoder_checkpoint", "block_prefix", "BLOCK_TENSORS",
-           "smollm2_gguf_path"]
+           "smollm2_gguf_path", "write_random_checkpoint"]
 
 # The tensors of one decoder block, relative to its prefix (``model.layers.N.``).
 BLOCK_TENSORS = (
@@ -280,15 +280,35 @@ class _Gguf(DecoderCheckpoint):
             w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
         return torch.from_numpy(w.copy()).float()
 
-    def read(self, name: str) -> torch.Tensor:
+    def _data(self, name: str, start: int = 0, stop: int | None = None):
+        """Rows ``[start, stop)`` of the stored (quantized) tensor, by a plain read: the reader's memory
+        map would keep every page it touched resident until the end."""
+        import numpy as np
+
         t = self._tensor(name)
-        return self._dequantize(name, t.data).reshape(self.tensor_shape(name))
+        shape = t.data.shape
+        row_bytes = t.n_bytes // shape[0]
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        raw = np.fromfile(self.path, dtype=np.uint8, count=(stop - start) * row_bytes,
+                          offset=t.data_offset + start * row_bytes)
+        if raw.size != (stop - start) * row_bytes:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is cut short")
+        return raw.view(t.data.dtype).reshape(stop - start, *shape[1:])
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._dequantize(name, self._data(name)).reshape(self.tensor_shape(name))
 
     def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
         t = self._tensor(name)
         if len(t.data.shape) != 2:
             raise CheckpointError(f"{self.path}: tensor {name!r} is not a table of rows")
-        return self._dequantize(name, t.data[rows.numpy()])
+        out = torch.empty(len(rows), self.tensor_shape(name)[1])
+        step = 4096  # slabs of rows, each keeping only the rows asked for
+        for r in range(0, t.data.shape[0], step):
+            at = ((rows >= r) & (rows < r + step)).nonzero().reshape(-1)
+            if len(at):
+                out[at] = self._dequantize(name, self._data(name, r, r + step)[(rows[at] - r).numpy()])
+        return out
 
     def chunks(self, name: str) -> Iterable[bytes | memoryview]:
         t = self._tensor(name)
@@ -296,7 +316,7 @@ class _Gguf(DecoderCheckpoint):
             yield raw_bytes(self.read(name))
             return
         for r in range(0, t.data.shape[0], 4096):  # an embedding table: row slabs, never the whole table
-            yield raw_bytes(self._dequantize(name, t.data[r:r + 4096]))
+            yield raw_bytes(self._dequantize(name, self._data(name, r, r + 4096)))
 
 
 def smollm2_gguf_path() -> Path:
@@ -340,3 +360,23 @@ def _safetensors_shape(path: Path, reader: SafetensorsReader, config: str | os.P
         return _safetensors_shape(path, reader, beside)
     raise CheckpointError(f"{path}: no config: pass --config config.json (Hugging Face Llama config) or put a "
                           "config.json beside the checkpoint")
+
+
+def write_random_checkpoint(path: str | os.PathLike, shape: DecoderShape, seed: int = 0,
+                            dtype: torch.dtype = torch.float32) -> Path:
+    """A checkpoint of random weights for ``shape`` (norms 1, matrices N(0, 1/K)) and its config.json beside it.
+
+    Written tensor by tensor, so it may be larger than memory: for simulating
+    models that cannot be loaded here.
+    """
+    path = Path(path)
+    gen = torch.Generator().manual_seed(seed)
+    names = shape.tensor_names()
+    with SafetensorsWriter(path, [(n, dtype, shape.tensor_shape(n)) for n in names]) as w:
+        for n in names:
+            s = shape.tensor_shape(n)
+            t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) / math.sqrt(s[-1])
+            w.write(n, t.to(dtype))
+        w.finish({})
+    path.with_name("config.json").write_text(json.dumps(shape.hf_config().to_dict()))
+    return path

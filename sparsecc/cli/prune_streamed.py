@@ -69,7 +69,7 @@ def prune_streamed_cmd(
     n = sum(m["numel"] for m in result.masks.values())
     nz = sum(m["nonzero"] for m in result.masks.values())
     out.print(f"wrote {out_path}: {len(result.masks)} weights pruned to {1 - nz / max(1, n):.1%} zeros in "
-              f"{result.seconds:.1f}s; peak RSS {result.peak_rss_mb:.0f} MB ({result.peak_rss_mb - result.rss_start_mb:.0f}"
-              f" MB above the start; one block's weights, activations and Hessians: {result.budget_mb:.0f} MB)",
+              f"{result.seconds:.1f}s; peak RSS {result.peak_rss_mb:.0f} MB, {result.peak_rss_mb - result.rss_setup_mb:.0f}"
+              f" MB above the set-up (one block's weights, activations and Hessians: {result.budget_mb:.0f} MB)",
               highlight=False)
     emit(result.to_dict())

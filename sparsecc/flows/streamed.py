@@ -38,7 +38,7 @@ from sparsecc.models.decoder_checkpoint import (BLOCK_TENSORS, DecoderCheckpoint
 from sparsecc.plan.block_pruning import BlockPruning, set_block_weights
 
 __all__ = ["StreamedOptions", "StreamedResult", "prune_streamed", "resolve_checkpoint", "memory_budget_mb",
-           "calibration_tokens"]
+           "calibration_tokens", "return_freed_memory"]
 
 FORMAT_VERSION = 1
 _PREFIX = "layer."  # the decoder layer's attribute in `DecoderBlock`: FQNs in the captured block
@@ -65,16 +65,36 @@ class StreamedResult:
     shape: DecoderShape
     block_seconds: list[float]
     masks: dict[str, dict[str, Any]]
-    rss_start_mb: float
-    peak_rss_mb: float
+    rss_start_mb: float  # when the call began
+    rss_setup_mb: float  # once the checkpoint is open and the calibration tokens exist (the fixed costs)
+    peak_rss_mb: float  # the process's high-water mark (VmHWM)
     budget_mb: float
     seconds: float
     timings: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "config": self.shape.to_dict(), "block_seconds": self.block_seconds,
-                "rss_start_mb": self.rss_start_mb, "peak_rss_mb": self.peak_rss_mb, "budget_mb": self.budget_mb,
+                "rss_start_mb": self.rss_start_mb, "rss_setup_mb": self.rss_setup_mb, "peak_rss_mb": self.peak_rss_mb, "budget_mb": self.budget_mb,
                 "seconds": self.seconds, "timings": self.timings, "tensors": len(self.masks)}
+
+
+def return_freed_memory() -> None:
+    """Have glibc hand large freed buffers back to the system at once (glibc only; elsewhere nothing).
+
+    By default glibc raises its mmap threshold as buffers are freed, so later
+    activations of a few MB come from a heap that fragments and keeps its peak:
+    a fixed 128 KiB threshold keeps the resident set at what is alive.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not os.uname().sysname == "Linux":
+        return
+    try:
+        ctypes.CDLL(name).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def resolve_checkpoint(ref: str) -> tuple[Path, str | None]:
@@ -97,18 +117,22 @@ def _smollm2_or_none() -> Path | None:
 def memory_budget_mb(shape: DecoderShape, samples: int, seq_len: int) -> dict[str, float]:
     """One block's float32 weights, calibration activations and Hessians, in MB (the target's yardstick).
 
-    Activations: the hidden states into and out of the block and its widest
-    intermediate (the FFN's, for every window at once as the solve of down_proj
-    holds them). Hessians: q/k/v, o, gate/up and down, plus the float64
-    inverse factor of the widest.
+    Activations: the hidden states into the block, the residual and the
+    widest intermediate (the FFN's), for every window at once, as the solve of
+    down_proj holds them. Hessians: q/k/v, o, gate/up and down in float32, and
+    the float64 working set of the widest one's inverse Cholesky factor
+    (SparseGPT's `inverse_hessian_factor` holds about five K x K float64
+    arrays at once: the copy, the dampened copy, the identity, the factor, the
+    inverse).
     """
     mb = 2.0**20
     rows = samples * seq_len
     weights = 4 * shape.block_params()
     acts = 4 * rows * (2 * shape.hidden + shape.ffn)
-    hessians = 4 * (3 * shape.hidden**2 + shape.ffn**2) + 16 * max(shape.hidden, shape.ffn) ** 2
-    return {"weights": weights / mb, "activations": acts / mb, "hessians": hessians / mb,
-            "total": (weights + acts + hessians) / mb}
+    hessians = 4 * (3 * shape.hidden**2 + shape.ffn**2)
+    factor = 5 * 8 * max(shape.hidden, shape.ffn) ** 2
+    return {"weights": weights / mb, "activations": acts / mb, "hessians": hessians / mb, "factor": factor / mb,
+            "total": (weights + acts + hessians + factor) / mb}
 
 
 def calibration_tokens(ckpt: DecoderCheckpoint, options: StreamedOptions) -> torch.Tensor:
@@ -165,6 +189,7 @@ def prune_streamed(
     block and the time left.
     """
     options = options or StreamedOptions()
+    return_freed_memory()
     t_start = time.perf_counter()
     rss_start = rss_mb() or 0.0
     out = Path(out)
@@ -185,7 +210,9 @@ def prune_streamed(
                            options.skip)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    hidden = _embed(ckpt, calibration_tokens(ckpt, options), options.micro_batch)
+    tokens = calibration_tokens(ckpt, options)
+    rss_setup = rss_mb() or 0.0
+    hidden = _embed(ckpt, tokens, options.micro_batch)
     timings["calibration_inputs"] = time.perf_counter() - t0
 
     names = shape.tensor_names() + sorted(set(ckpt.names()) - set(shape.tensor_names()))
@@ -230,7 +257,7 @@ def prune_streamed(
         for n in names[1 + len(BLOCK_TENSORS) * shape.layers:]:
             writer_copy(ckpt, writer, n)
         writer.finish(_metadata(ckpt, model, options, pruning, masks))
-    return StreamedResult(out, shape, block_seconds, masks, rss_start, peak_rss_mb(),
+    return StreamedResult(out, shape, block_seconds, masks, rss_start, rss_setup, peak_rss_mb(),
                           memory_budget_mb(shape, options.samples, options.seq_len)["total"],
                           time.perf_counter() - t_start, timings)
 

@@ -52,7 +52,7 @@ def set_block_weights(program: ExportedProgram, weights: dict[str, torch.Tensor]
 class BlockResult:
     new: dict[str, torch.Tensor]  # pruned weights by block-relative name (float32)
     masks: dict[str, dict[str, Any]]  # per weight: nonzeros, numel, mask fingerprint
-    outputs: list[torch.Tensor]  # the block's outputs, one per input batch
+    outputs: list[torch.Tensor]  # the block's outputs, one per input batch (the input list, overwritten)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -104,11 +104,12 @@ class BlockPruning:
         if self.needs:
             data = CalibrationData([((x,), {}) for x in batches], join_batches=False)
             sequential_solve(program, data, solve, list(weights), self.needs)
+            del data
         else:
             solve(list(weights), {})
         t1 = time.perf_counter()
         set_block_weights(program, solved)
-        outputs = run_block(program, batches)
+        outputs = run_block(program, batches)  # in place: each input batch is dropped once its output exists
         t2 = time.perf_counter()
         rel = len(self.prefix)
         return BlockResult({f[rel:]: v for f, v in solved.items()}, {f[rel:]: m for f, m in masks.items()},
@@ -116,11 +117,10 @@ class BlockPruning:
 
 
 def run_block(program: ExportedProgram, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The block's output for every batch, one batch alive at a time."""
+    """The block's output for every batch, replacing the batch in ``batches`` (which is returned)."""
     runner = GraphRunner(program)
-    outs = []
     with torch.no_grad():
-        for x in batches:
-            result = runner.run(runner.initial_env(((x,), {}), {}), 0, len(runner.nodes))
-            outs.append(result[0] if isinstance(result, (tuple, list)) else result)
-    return outs
+        for i in range(len(batches)):
+            result = runner.run(runner.initial_env(((batches[i],), {}), {}), 0, len(runner.nodes))
+            batches[i] = result[0] if isinstance(result, (tuple, list)) else result
+    return batches
