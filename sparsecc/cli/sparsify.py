@@ -26,13 +26,36 @@ def sparsify(
                               help="Bake masks into the weights (default) or keep them in the graph."),
     force: bool = typer.Option(False, "--force", help="Replace DIR if it exists."),
     shapes: Optional[str] = SHAPES_OPTION,
+    distributed: bool = typer.Option(False, "--distributed",
+                                     help="Calibrate data-parallel over the torchrun ranks (on by itself when "
+                                          "WORLD_SIZE > 1); rank 0 writes DIR."),
     json_out: Optional[str] = JSON_OPTION,
 ) -> None:
     """Sparsify MODEL with RECIPE; write the sparse program and a per-layer report.
 
     The program is saved with torch.export.save (load it with
-    sparsecc.load_program to keep sparsecc's metadata).
+    sparsecc.load_program to keep sparsecc's metadata). Under torchrun
+    (`torchrun --nproc-per-node N -m sparsecc sparsify ... --distributed`) each
+    rank calibrates on its share of the batches and solves its share of the
+    layers; the result is the single-process one (see sparsecc.plan.distributed).
     """
+    from sparsecc.plan.recipe import load_recipe
+    from sparsecc.plan.distributed import start_ranks, world_from_env
+
+    rec = load_recipe(recipe_source(recipe))
+    refuse_existing(out_dir, force)
+    ranks = start_ranks() if distributed or world_from_env() > 1 else None
+    try:
+        _run(model, rec, out_dir, fold, force, shapes, ranks)
+    except BaseException:
+        if ranks is not None:
+            ranks.close(wait=False)  # the other ranks fail in their next collective
+        raise
+    if ranks is not None:
+        ranks.close()
+
+
+def _run(model, rec, out_dir, fold, force, shapes, ranks) -> None:
     import yaml
 
     from sparsecc.bundle.staging import staged_output
@@ -40,10 +63,7 @@ def sparsify(
     from sparsecc.flows.sparsify import recipe_needs_calibration
     from sparsecc.flows.sparsify import sparsify as run_sparsify
     from sparsecc.plan.calibrate import calibration_for
-    from sparsecc.plan.recipe import load_recipe
 
-    rec = load_recipe(recipe_source(recipe))
-    refuse_existing(out_dir, force)
     spec, program = capture_model(model, shapes)
     with activity(spec.name) as act:
         calibration = None
@@ -53,7 +73,9 @@ def sparsify(
         act.step("computing masks")
         with mask_progress(act) as progress:
             result = run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name,
-                                  calibration=calibration)
+                                  calibration=calibration, ranks=ranks)
+        if ranks is not None and ranks.rank != 0:  # every rank holds the same result; rank 0 writes it
+            return
         act.step(f"writing {out_dir}")
         try:
             with staged_output(out_dir, force) as tmp:

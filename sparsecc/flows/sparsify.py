@@ -17,6 +17,7 @@ from sparsecc.plan.budgets import Allocation, allocate
 from sparsecc.plan.budgets import needs_calibration as budget_needs_calibration
 from sparsecc.plan.budgets import needs_stats as budget_needs_stats
 from sparsecc.plan.calibrate import CalibrationData, collect_stats, gradient_stats, sequential_solve
+from sparsecc.plan.distributed import Ranks
 from sparsecc.plan.criteria import CriterionContext, choose_mask, needs_calibration
 from sparsecc.core.ir import MaskSpec, get_node_info
 from sparsecc.core.program import placeholders_by_target, state_tensor
@@ -70,6 +71,7 @@ def sparsify(
     progress: Callable[[int, int, str], None] | None = None,
     instruments: Sequence[PassInstrument] = (),
     model_name: str = "",
+    ranks: Ranks | None = None,
 ) -> SparsifyResult:
     """Make ``program``'s weights sparse as ``recipe`` says.
 
@@ -81,6 +83,10 @@ def sparsify(
     Criteria that need activations or gradients (wanda, sparsegpt, taylor)
     need ``calibration`` (or precomputed ``stats``); the recipe's
     ``calibration.sequential`` prunes block by block, as their papers do.
+
+    ``ranks`` (`sparsecc.plan.distributed.start_ranks`, under torchrun) spreads
+    the calibration batches and the activation-calibrated solves over the
+    ranks; every rank returns the same program.
     """
     recipe = load_recipe(recipe)
     analysis = find_prunable_weights(program)
@@ -107,7 +113,7 @@ def sparsify(
         timings["budget"] = time.perf_counter() - t0
     if any(needs_calibration(s.criterion) for s in plan.specs):
         t0 = time.perf_counter()
-        solved = _calibrate(program, plan.specs, analysis, recipe, calibration, stats, options, progress)
+        solved = _calibrate(program, plan.specs, analysis, recipe, calibration, stats, options, progress, ranks)
         timings["calibrate"] = time.perf_counter() - t0
     # When folding, one verification of the folded weights covers both stages.
     program = mask_pipeline(plan.specs, stats=stats, solved=solved, options=options, progress=progress,
@@ -156,7 +162,8 @@ def _allocate(program: ExportedProgram, plan: Plan, analysis: Analysis, recipe: 
 
 
 def _calibrate(program: ExportedProgram, specs: list[MaskSpec], analysis: Analysis, recipe: Recipe,
-               data: CalibrationData | None, stats: dict, options: dict, progress) -> dict:
+               data: CalibrationData | None, stats: dict, options: dict, progress,
+               ranks: Ranks | None = None) -> dict:
     """Fill ``stats`` for the calibrated criteria; return masks already chosen block by block."""
     need: dict[str, frozenset[str]] = {}
     for s in specs:
@@ -180,9 +187,19 @@ def _calibrate(program: ExportedProgram, specs: list[MaskSpec], analysis: Analys
         return {}
     kinds = frozenset().union(*act.values())
     if not recipe.calibration.sequential:
-        for f, d in collect_stats(program, data, list(act), kinds, progress=progress).items():
+        for f, d in collect_stats(program, data, list(act), kinds, progress=progress, ranks=ranks).items():
             stats.setdefault(f, {}).update(d)
-        return {}
+        if ranks is None:
+            return {}
+        by_spec, weights = {s.fqn: s for s in specs}, analysis.by_fqn()
+        solved = {}
+        for f in act:  # this rank's weights; the others' arrive by broadcast
+            if ranks.owns(f):
+                w = weights[f]
+                ctx = CriterionContext(f, w.output_axis, w.reduction_axis, stats[f], options)
+                solved[f] = choose_mask(state_tensor(program, f).detach(), by_spec[f].criterion,
+                                        by_spec[f].pattern, by_spec[f].target, ctx)
+        return _share_solved(ranks, program, list(act), solved)
 
     by_spec = {s.fqn: s for s in specs}
     weights = analysis.by_fqn()
@@ -203,5 +220,26 @@ def _calibrate(program: ExportedProgram, specs: list[MaskSpec], analysis: Analys
             out[f] = (new if new is not None else weight).masked_fill(~mask, 0)
         return out
 
-    sequential_solve(program, data, solve, list(act), kinds, progress=progress)
-    return solved
+    values = sequential_solve(program, data, solve, list(act), kinds, progress=progress, ranks=ranks)
+    return solved if ranks is None else _share_solved(ranks, program, list(act), solved, values)
+
+
+def _share_solved(ranks: Ranks, program: ExportedProgram, fqns: list[str],
+                  solved: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+                  values: dict[str, torch.Tensor] | None = None) -> dict:
+    """Every rank's (mask, new values) from each weight's owner.
+
+    ``values``: the masked new values every rank already has (sequential
+    calibration broadcast them as it went), so only the masks travel.
+    """
+    out = {}
+    for f in fqns:
+        src, weight = ranks.owner_of[f], state_tensor(program, f).detach()
+        mask, new = solved.get(f, (None, None))
+        mask = ranks.broadcast(mask, weight.new_empty(weight.shape, dtype=torch.bool), src, label=f)
+        if values is not None:
+            new = new if ranks.owns(f) else values[f]
+        elif ranks.broadcast_flag(new is not None, src, label=f):
+            new = ranks.broadcast(new, weight, src, label=f)
+        out[f] = (mask, new)
+    return out

@@ -14,6 +14,7 @@ from torch.export import ExportedProgram
 
 from sparsecc.core.analyze import PrunableWeight, find_prunable_weights, weight_uses
 from sparsecc.plan.calibration_data import CalibrationData, CalibrationError, Progress
+from sparsecc.plan.distributed import Ranks
 from sparsecc.plan.graph_runner import GraphRunner, stacked, stop_index
 from sparsecc.plan.taps import Tap, tap_for
 
@@ -27,23 +28,34 @@ class Stats:
     are accumulated (`_CHUNKS` x `_CHUNKS` column blocks, 10 of 16 products)
     and the lower ones are mirrored when read. With a Hessian, ``act_sq`` is
     its diagonal.
+
+    Each batch's sums are computed in the activation's dtype and added into
+    float64 running sums, rounded once when read. Float64 holds the sum of a
+    few float32 partials of similar magnitude exactly, so the result does
+    not depend on the order the batches are summed in: data-parallel ranks
+    (`sparsecc.plan.distributed`) that each sum their share and all-reduce in
+    float64 get the single-process statistics bit for bit.
     """
 
     def __init__(self, needs: frozenset[str]):
         self.needs = needs
         self.rows = 0
-        self.act_sq: torch.Tensor | None = None  # kept only without a Hessian
-        self.hessian: torch.Tensor | None = None
+        self.act_sq: torch.Tensor | None = None  # kept only without a Hessian (float64)
+        self.hessian: torch.Tensor | None = None  # float64
+        self.dtype = torch.float32  # of the statistics handed out
+        self._read: dict[str, Any] | None = None  # the rounded statistics, until more rows arrive
 
     def add(self, mat: torch.Tensor) -> None:
         self.rows += mat.shape[-2]
+        self.dtype = torch.promote_types(mat.dtype, torch.float32)
+        self._read = None
         if "hessian" not in self.needs:
             sq = mat.square().sum(-2)
-            self.act_sq = sq if self.act_sq is None else self.act_sq.add_(sq)
+            self.act_sq = sq.double() if self.act_sq is None else self.act_sq.add_(sq)
             return
         k = mat.shape[-1]
         if self.hessian is None:
-            self.hessian = mat.new_zeros(*mat.shape[:-2], k, k)
+            self.hessian = torch.zeros(*mat.shape[:-2], k, k, dtype=torch.float64)
         if not _chunked(self.hessian):  # grouped convs, narrow activations: one product
             self.hessian.add_(mat.transpose(-1, -2) @ mat)
             return
@@ -51,18 +63,28 @@ class Stats:
         for a in range(_CHUNKS):
             rows_a = slice(edges[a], edges[a + 1])
             cols = slice(edges[a], k)  # the diagonal block and everything right of it
-            self.hessian[rows_a, cols].addmm_(mat[:, rows_a].t(), mat[:, cols])
+            self.hessian[rows_a, cols].add_(mat[:, rows_a].t() @ mat[:, cols])
 
-    def as_dict(self) -> dict[str, Any]:
+    def mirror(self) -> None:
+        """Complete a chunked Hessian's lower blocks from its upper ones (idempotent)."""
         h = self.hessian
-        if h is None:
-            return {"rows": self.rows, "act_sq": self.act_sq}
-        if _chunked(h):  # mirror the upper blocks (idempotent: more batches may follow)
+        if h is not None and _chunked(h):
             edges = _chunk_edges(h.shape[-1])
             for a in range(1, _CHUNKS):
                 upper = slice(edges[a - 1], edges[a])
                 h[edges[a]:, upper] = h[upper, edges[a]:].t()
-        return {"rows": self.rows, "act_sq": torch.diagonal(h, dim1=-2, dim2=-1).clone(), "hessian": h}
+
+    def as_dict(self) -> dict[str, Any]:
+        if self._read is not None:  # one tensor for all readers (q, k, v share one SparseGPT factor)
+            return self._read
+        if self.hessian is None:
+            sq = None if self.act_sq is None else self.act_sq.to(self.dtype)
+            self._read = {"rows": self.rows, "act_sq": sq}
+            return self._read
+        self.mirror()
+        h = self.hessian.to(self.dtype)
+        self._read = {"rows": self.rows, "act_sq": torch.diagonal(h, dim1=-2, dim2=-1).clone(), "hessian": h}
+        return self._read
 
 
 # Hessians of activations at least this wide are accumulated by upper blocks only.
@@ -149,14 +171,22 @@ def collect_stats(
     needs: Iterable[str] = ("act_sq",),
     *,
     progress: Progress | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Activation statistics of every weight in ``fqns`` (default: all but embeddings), in one pass."""
+    """Activation statistics of every weight in ``fqns`` (default: all but embeddings), in one pass.
+
+    With ``ranks`` (`sparsecc.plan.distributed`) this rank runs its share of
+    the batches, the sums go to each weight's owner, and only the weights
+    this rank owns are returned.
+    """
     needs = check_needs(needs)
     weights = weights_for(program, fqns)
     taps, per_weight = taps_for(program, weights, needs)
     runner = GraphRunner(program)
     stop = stop_index(runner, taps)
     batches = stacked(program, data.batches) if data.join_batches else data.batches
+    if ranks is not None:  # whole joined groups: each runs exactly as in one process
+        batches = ranks.share(batches)
     with torch.no_grad():
         for i, batch in enumerate(batches):
             if progress:
@@ -164,4 +194,14 @@ def collect_stats(
             runner.run(runner.initial_env(batch, {}), 0, stop, taps)
     if progress:
         progress(len(batches), len(batches), "")
-    return {w.fqn: merge_stats(per_weight[w.fqn]) for w in weights if w.fqn in per_weight}
+    fqns = [w.fqn for w in weights if w.fqn in per_weight]
+    if ranks is not None:
+        ranks.assign(fqns)
+        readers: dict[Stats, list[str]] = {}
+        for f in fqns:
+            for stats in per_weight[f]:
+                readers.setdefault(stats, []).append(f)
+        for stats, fs in readers.items():
+            ranks.reduce_stats(stats, fs, label=fs[0])
+        fqns = [f for f in fqns if ranks.owns(f)]
+    return {f: merge_stats(per_weight[f]) for f in fqns}
