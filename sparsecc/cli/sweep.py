@@ -120,6 +120,10 @@ def sweep_cmd(
                                         help="Only the first N perplexity windows / N digits (faster)."),
     window: int = typer.Option(256, "--window", metavar="N", help="Perplexity: tokens per window."),
     force: bool = typer.Option(False, "--force", help="Replace DIR if it exists."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", flag_value="local",
+                                      help="Run the grid points as Ray tasks on the cluster at ADDRESS "
+                                           "(HOST:PORT, ray://HOST:PORT, auto); --ray alone starts one here."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", metavar="N", help="CPUs each Ray task reserves."),
     json_out: Optional[str] = JSON_OPTION,
 ) -> None:
     """Quality against sparsity: every criterion x pattern x sparsity, evaluated.
@@ -131,6 +135,9 @@ def sweep_cmd(
     from sparsecc.flows.sweep import sweep, write_sweep
     from sparsecc.models.resolve import resolve_model
 
+    if ray_cpus <= 0:
+        raise UsageError("--ray-cpus must be positive")
+
     refuse_existing(out_dir, force)
     crits = [c.strip() for c in criteria.split(",") if c.strip()]
     pats = [p.strip() for p in patterns.split(",") if p.strip()]
@@ -140,9 +147,11 @@ def sweep_cmd(
         act.step("loading the model")
         spec = resolve_model(model)
         with step_progress(act) as progress:
-            result = sweep(spec, criteria=crits, patterns=pats, sparsities=levels, task=task, recipe=path,
+            # Ray workers resolve the model themselves from its name or file reference.
+            result = sweep(model if ray else spec, criteria=crits, patterns=pats, sparsities=levels, task=task, recipe=path,
                            tolerance=tolerance, options=eval_options(window, None, limit),
-                           calibration_samples=calibration_samples, progress=progress, say=act.step)
+                           calibration_samples=calibration_samples, progress=progress, say=act.step,
+                           ray=ray, ray_cpus=ray_cpus)
         write_sweep(result, out_dir, force=force)
     out.file.write(result.markdown())
     out.print(f"wrote {out_dir}/sweep.json, sweep.md, sweep.png", highlight=False)

@@ -41,8 +41,10 @@ from sparsecc.core.machine import cpu_info
 from sparsecc.flows.sparsify import sparsify
 from sparsecc.plan import criteria as criteria_module
 from sparsecc.plan.calibrate import calibration_for
-from sparsecc.plan.criteria import get_criterion
-from sparsecc.plan.recipe import RecipeError, load_recipe
+from sparsecc.core.analyze import find_prunable_weights
+from sparsecc.plan.activation_stats import collect_stats
+from sparsecc.plan.criteria import get_criterion, needs_calibration
+from sparsecc.plan.recipe import RecipeError, load_recipe, plan_masks
 from sparsecc.quality.evaluate import (
     TASKS,
     EvalError,
@@ -54,7 +56,7 @@ from sparsecc.quality.evaluate import (
 )
 
 __all__ = ["SweepPoint", "SweepResult", "sweep", "write_sweep", "sparsify_with_calibration",
-           "quality_drop", "essential_sparsity"]
+           "quality_drop", "essential_sparsity", "shared_calibration", "sweep_point"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -224,8 +226,14 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
           sparsities: Sequence[float] = (0.3, 0.5, 0.7), task: str | None = None,
           recipe: dict[str, Any] | str | os.PathLike | None = None, tolerance: float = 0.05,
           options: EvalOptions | None = None, calibration_samples: int | None = None,
-          progress: Progress | None = None, say: Callable[[str], None] | None = None) -> SweepResult:
-    """Evaluate ``model`` (zoo name, file reference or ModelSpec) dense and at every grid point."""
+          progress: Progress | None = None, say: Callable[[str], None] | None = None,
+          ray: str | None = None, ray_cpus: float = 1.0) -> SweepResult:
+    """Evaluate ``model`` (zoo name, file reference or ModelSpec) dense and at every grid point.
+
+    ``ray``: run the grid points as Ray tasks (``ray_cpus`` CPUs each) on the
+    cluster at that address (``"local"``: start one here); see `sweep_ray`.
+    The table is the one the points give run here, one after the other.
+    """
     say = say or (lambda msg: None)
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
@@ -251,40 +259,87 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
     ref_raw = reference_outputs(task, spec, options=opts, progress=_sub(progress, "dense"))
     dense = evaluate(program, task, model=spec, options=opts, reference_raw=ref_raw,
                      progress=_sub(progress, "dense program")).metrics
-    calibration = None
-    points = []
-    for i, (crit, pat, s) in enumerate(grid):
-        label = f"{crit} {pat}" + (f" {s:.0%}" if s is not None else "")
-        say(f"[{i + 1}/{len(grid)}] {label}")
-        rec = {**base, "pattern": pat, "criterion": crit}
-        rec.pop("sparsity", None)
-        if s is not None:
-            rec["sparsity"] = s
-        t0 = time.perf_counter()
-        try:
-            rec_obj = load_recipe(rec)
-            if _needs_calibration(crit) and calibration is None:
-                say("building calibration data")
-                calibration = calibration_for(spec, rec_obj.calibration.samples, rec_obj.calibration.seq_len)
-            result = sparsify_with_calibration(program, spec, rec_obj, calibration=calibration)
-        except (RecipeError, ValueError, RuntimeError) as e:
-            points.append(SweepPoint(crit, pat, s if s is not None else float("nan"), float("nan"), {},
-                                     float("nan"), float("nan"), time.perf_counter() - t0, 0.0, str(e)))
-            say(f"  failed: {e}")
-            continue
-        prune_s = time.perf_counter() - t0
-        target = rec_obj.sparsity
-        t0 = time.perf_counter()
-        r = evaluate(result.program, task, model=spec, options=opts, reference_raw=ref_raw,
-                     progress=_sub(progress, label))
-        q = r.metrics[t.primary]
-        points.append(SweepPoint(crit, pat, target, result.report.overall_sparsity, r.metrics, q,
-                                 quality_drop(q, dense[t.primary], t.higher_is_better), prune_s,
-                                 time.perf_counter() - t0))
-        say(f"  {t.primary} = {_fmt(q)} (dense {_fmt(dense[t.primary])}), pruned in {prune_s:.1f}s")
+    calibration, stats = shared_calibration(program, spec, base, criteria, [p for p, _ in _grid(patterns, sparsities)],
+                                            say)
+    if ray is None:
+        points = []
+        for i, (crit, pat, s) in enumerate(grid):
+            say(f"[{i + 1}/{len(grid)}] {_label(crit, pat, s)}")
+            points.append(sweep_point(program, spec, base, crit, pat, s, task, opts, ref_raw, dense,
+                                      calibration, stats, progress=_sub(progress, _label(crit, pat, s)), say=say))
+    else:
+        from sparsecc.flows.sweep_ray import ray_points
+
+        points = ray_points(ray, model, grid, base, task, opts, ref_raw, dense, calibration, stats,
+                            num_cpus=ray_cpus, say=say)
     machine = {"cpu": f"{cpu_info()[0]} ({os.cpu_count()} cores)", "load": round(os.getloadavg()[0], 2)}
     return SweepResult(spec.name, task, t.primary, t.higher_is_better, dense, points, tolerance, base,
                        machine, asdict(opts))
+
+
+def _label(crit: str, pat: str, s: float | None) -> str:
+    return f"{crit} {pat}" + (f" {s:.0%}" if s is not None else "")
+
+
+def shared_calibration(program: Any, spec: Any, base: dict[str, Any], criteria: Sequence[str],
+                       patterns: Sequence[str], say: Callable[[str], None]) -> tuple[Any, dict | None]:
+    """Calibration data for the grid, built once; and, unless calibration is sequential, the statistics.
+
+    Sequential calibration measures each layer on the outputs of the layers
+    pruned before it, which differ per grid point, so only the batches are
+    shared then. Otherwise the activation statistics of every layer any
+    pattern plans are collected once, for all points.
+    """
+    calibrated = [c for c in criteria if _needs_calibration(c)]
+    if not calibrated:
+        return None, None
+    rec = load_recipe({**base, "pattern": patterns[0], "criterion": calibrated[0]})
+    say("building calibration data")
+    calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+    needs = frozenset().union(*(needs_calibration(c) for c in calibrated)) - {"taylor"}
+    if rec.calibration.sequential or not needs:
+        return calibration, None
+    analysis = find_prunable_weights(program)
+    roles = {w.fqn: w.role for w in analysis.weights}
+    fqns: dict[str, None] = {}
+    for pat in patterns:
+        try:
+            plan = plan_masks(load_recipe({**base, "pattern": pat, "criterion": calibrated[0]}), analysis)
+        except (RecipeError, ValueError):
+            continue  # the point reports it
+        fqns.update((s.fqn, None) for s in plan.specs if roles[s.fqn] != "embedding")
+    say(f"collecting calibration statistics once ({', '.join(sorted(needs))}, {len(fqns)} layers)")
+    return calibration, collect_stats(program, calibration, list(fqns), needs)
+
+
+def sweep_point(program: Any, spec: Any, base: dict[str, Any], crit: str, pat: str, s: float | None, task: str,
+                opts: EvalOptions, ref_raw: Any, dense: dict[str, float], calibration: Any, stats: dict | None,
+                *, progress: Progress | None = None, say: Callable[[str], None] = lambda msg: None) -> SweepPoint:
+    """Prune ``program`` at one grid point and evaluate it (a failed point records its error)."""
+    t = TASKS[task]
+    rec = {**base, "pattern": pat, "criterion": crit}
+    rec.pop("sparsity", None)
+    if s is not None:
+        rec["sparsity"] = s
+    t0 = time.perf_counter()
+    try:
+        rec_obj = load_recipe(rec)
+        if stats is not None and _needs_calibration(crit):
+            result = sparsify(program, rec_obj, fold=True, model_name=spec.name, calibration=calibration,
+                              stats={f: dict(d) for f, d in stats.items()})
+        else:
+            result = sparsify_with_calibration(program, spec, rec_obj, calibration=calibration)
+    except (RecipeError, ValueError, RuntimeError) as e:
+        say(f"  failed: {e}")
+        return SweepPoint(crit, pat, s if s is not None else float("nan"), float("nan"), {},
+                          float("nan"), float("nan"), time.perf_counter() - t0, 0.0, str(e))
+    prune_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = evaluate(result.program, task, model=spec, options=opts, reference_raw=ref_raw, progress=progress)
+    q = r.metrics[t.primary]
+    say(f"  {t.primary} = {_fmt(q)} (dense {_fmt(dense[t.primary])}), pruned in {prune_s:.1f}s")
+    return SweepPoint(crit, pat, rec_obj.sparsity, result.report.overall_sparsity, r.metrics, q,
+                      quality_drop(q, dense[t.primary], t.higher_is_better), prune_s, time.perf_counter() - t0)
 
 
 def _sub(progress: Progress | None, prefix: str) -> Progress | None:
