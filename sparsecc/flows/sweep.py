@@ -270,8 +270,11 @@ def sweep(model: Any, *, criteria: Sequence[str] = ("magnitude",), patterns: Seq
     else:
         from sparsecc.flows.sweep_ray import ray_points
 
-        points = ray_points(ray, model, grid, base, task, opts, ref_raw, dense, calibration, stats,
-                            num_cpus=ray_cpus, say=say)
+        got = ray_points(sweep_point, ray, model, grid, base, task, opts, ref_raw, dense, calibration, stats,
+                         num_cpus=ray_cpus, say=say)
+        points = [p if not isinstance(p, Exception) else
+                  SweepPoint(c, pat, s if s is not None else float("nan"), float("nan"), {}, float("nan"),
+                             float("nan"), 0.0, 0.0, f"Ray task failed: {p}") for (c, pat, s), p in zip(grid, got)]
     machine = {"cpu": f"{cpu_info()[0]} ({os.cpu_count()} cores)", "load": round(os.getloadavg()[0], 2)}
     return SweepResult(spec.name, task, t.primary, t.higher_is_better, dense, points, tolerance, base,
                        machine, asdict(opts))

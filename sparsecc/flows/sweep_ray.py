@@ -70,10 +70,9 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                                   "with `ray start --head`, or pass --ray alone for a local one)") from None
 
 
-def _point(model: Any, point: tuple[str, str, float | None], base: dict[str, Any], task: str, opts: Any,
-           ref_raw: Any, dense: dict[str, float], calibration: Any, stats: dict | None) -> Any:
+def _point(point_fn: Callable[..., Any], model: Any, point: tuple[str, str, float | None], base: dict[str, Any],
+           task: str, opts: Any, ref_raw: Any, dense: dict[str, float], calibration: Any, stats: dict | None) -> Any:
     from sparsecc.core.capture import capture
-    from sparsecc.flows.sweep import sweep_point
     from sparsecc.quality.evaluate import _spec
 
     key = model if isinstance(model, str) else model.name
@@ -82,27 +81,28 @@ def _point(model: Any, point: tuple[str, str, float | None], base: dict[str, Any
         _CAPTURED[key] = (spec, capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes))
     spec, program = _CAPTURED[key]
     crit, pat, s = point
-    return sweep_point(program, spec, base, crit, pat, s, task, opts, ref_raw, dense, calibration, stats)
+    return point_fn(program, spec, base, crit, pat, s, task, opts, ref_raw, dense, calibration, stats)
 
 
-def ray_points(address: str, model: Any, grid: Sequence[tuple[str, str, float | None]], base: dict[str, Any],
+def ray_points(point_fn: Callable[..., Any], address: str, model: Any, grid: Sequence[tuple[str, str, float | None]], base: dict[str, Any],
                task: str, opts: Any, ref_raw: Any, dense: dict[str, float], calibration: Any, stats: dict | None,
                *, num_cpus: float = 1.0, say: Callable[[str], None] = lambda msg: None) -> list[Any]:
-    """The grid points, each a Ray task with ``num_cpus`` CPUs, in grid order."""
+    """``point_fn`` (`sweep.sweep_point`) at every grid point, each a Ray task with ``num_cpus`` CPUs.
+
+    In grid order; a task that failed (its worker died) is returned as its exception.
+    """
     ray = connect(address)
     say(f"{len(grid)} points as Ray tasks ({num_cpus:g} CPU each) on {ray.cluster_resources().get('CPU', 0):g} CPUs")
     shared = [ray.put(x) for x in (base, opts, ref_raw, dense, calibration, stats)]
     task_fn = ray.remote(num_cpus=num_cpus, max_retries=0)(_point)
-    refs = [task_fn.remote(model, point, *shared[:1], task, *shared[1:]) for point in grid]
+    refs = [task_fn.remote(point_fn, model, point, *shared[:1], task, *shared[1:]) for point in grid]
     points = []
     for (crit, pat, s), ref in zip(grid, refs):
         try:
             points.append(ray.get(ref))
-        except Exception as e:  # a worker died or the task raised: the point records it
-            from sparsecc.flows.sweep import SweepPoint
-
-            points.append(SweepPoint(crit, pat, s if s is not None else float("nan"), float("nan"), {},
-                                     float("nan"), float("nan"), 0.0, 0.0, f"Ray task failed: {e}"))
+        except Exception as e:  # a worker died or the task raised: the caller records it
+            points.append(e)
         p = points[-1]
-        say(f"  {crit} {pat} {'' if s is None else f'{s:.0%}'}: " + (p.error or f"{p.quality:.4g}"))
+        done = f"failed: {p}" if isinstance(p, Exception) else (p.error or f"{p.quality:.4g}")
+        say(f"  {crit} {pat} {'' if s is None else f'{s:.0%}'}: {done}")
     return points
