@@ -106,7 +106,9 @@ def _block_cost(hidden: int, ffn: int, heads: int, kv: int, tokens: int) -> tupl
 def extrapolate(rows: list[dict], tokens: int) -> list[dict]:
     """Seconds per block and per model for the TARGETS, from a least-squares fit of measured blocks.
 
-    Model: t_block = a * forward_flops + b * solve_flops, fitted on the measured widths (steady blocks).
+    Model: t_block = a * forward_flops + b * solve_flops, a, b >= 0, least squares on the measured widths
+    (steady blocks). Where the unconstrained fit makes a coefficient negative, that term is dropped and the
+    other refitted alone (at these widths the two terms are nearly proportional).
     """
     import numpy as np
 
@@ -115,8 +117,12 @@ def extrapolate(rows: list[dict], tokens: int) -> list[dict]:
         f, s = _block_cost(r["hidden"], r["ffn"], r["heads"], r["kv_heads"], tokens)
         xs.append([f, s])
         ys.append(r["s_per_block"])
-    (a, b), *_ = np.linalg.lstsq(np.array(xs), np.array(ys), rcond=None)
-    a, b = max(a, 0.0), max(b, 0.0)
+    x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
+    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+    if a < 0 or b < 0:
+        keep = 0 if b < 0 else 1
+        c = float(x[:, keep] @ y / (x[:, keep] @ x[:, keep]))
+        a, b = (c, 0.0) if keep == 0 else (0.0, c)
     out = []
     for name, (h, ffn, heads, kv, layers) in TARGETS.items():
         f, s = _block_cost(h, ffn, heads, kv, tokens)
@@ -232,12 +238,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--smollm2", action="store_true")
+    ap.add_argument("--smollm2-rss", action="store_true", help="only the streamed SmolLM2 run: peak RSS and time")
     ap.add_argument("--depths", default="4,8,16")
     ap.add_argument("--widths", default="w512,w1024")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-windows", type=int, default=None)
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--refit", action="store_true", help="redo the extrapolation from the stored sweep")
     args = ap.parse_args()
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     doc["host"] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M")}
@@ -249,8 +257,22 @@ def main() -> None:
         extra = extrapolate(rows, args.samples * args.seq_len)
         doc["sweep"] = {"samples": args.samples, "seq_len": args.seq_len, "rows": rows, "extrapolation": extra}
         print(markdown(rows, extra))
+    if args.refit:
+        sw = doc["sweep"]
+        sw["extrapolation"] = extrapolate(sw["rows"], sw["samples"] * sw["seq_len"])
+        print(markdown(sw["rows"], sw["extrapolation"]))
     if args.smollm2:
         doc["smollm2"] = smollm2(args)
+    if args.smollm2_rss:
+        d = Path(tempfile.mkdtemp(dir=args.tmp))
+        r = _child(STREAMED_CHILD.format(samples=args.samples, seq_len=args.seq_len, calibration="lee", src="smollm2",
+                                         out=str(d / "streamed.safetensors")), timeout=1800)
+        (d / "streamed.safetensors").unlink()
+        d.rmdir()
+        r["peak_above_setup_mb"] = r["peak_rss_mb"] - r["rss_setup_mb"]
+        r["load"] = os.getloadavg()[0]
+        doc.setdefault("smollm2", {})["streamed_rss"] = r
+        print(json.dumps(r))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -77,6 +77,12 @@ def test_patterns_hold_and_the_checkpoint_loads_as_a_model(tiny, tmp_path, patte
             assert pattern_violation(weights[n].detach(), p, sparsity, 0, 1) is None, n
     ids = torch.randint(0, SHAPE.vocab, (1, 16))
     assert spec.model(ids).logits.shape == (1, 16, SHAPE.vocab)
+    if pattern == "4:8":  # what compile runs: magnitude at the same pattern keeps exactly the checkpoint's zeros
+        program = capture(spec.model, spec.example_args, spec.example_kwargs, spec.dynamic_shapes)
+        recipe = {"pattern": pattern, "criterion": "magnitude", "layers": {"min_params": 0, "include": ["re:.*layers.*"]}}
+        lowered = sparsify(program, recipe, fold=True).program.state_dict
+        for n in SafetensorsReader(out).names():
+            assert torch.equal(lowered[n], weights[n].detach()), n
 
 
 def test_a_failed_block_leaves_no_output(tiny, tmp_path, monkeypatch):
