@@ -55,7 +55,12 @@ def _record(program, kw):
     module = BlockSparseAttentionPass(64, 1.0)(program).program.module()
     nodes = [n for n in module.graph.nodes if n.target == OP]
     flat = [a for n in nodes for a in n.args[:4] if isinstance(a, torch.fx.Node)]
-    record_values(module, flat, lambda i, v: values.__setitem__(i, v.detach()))
+    shared = {}  # one tensor per storage: every layer reads the same mask, as in the forward itself
+
+    def keep(i, v):
+        values[i] = shared.setdefault((v.data_ptr(), tuple(v.shape)), v.detach())
+
+    record_values(module, flat, keep)
     with torch.no_grad():
         module(**kw)
     out, i = [], 0
@@ -79,7 +84,7 @@ def _causal(mask, L):
     return bool(torch.equal(hidden, torch.ones(L, L, dtype=torch.bool).triu(1)))
 
 
-def op_timing(sites, L, taus, block, layers, rounds):
+def op_timing(sites, L, taus, block, layers, rounds, sink=False):
     causal = _causal(sites[0][3], L)
 
     def eager():
@@ -103,21 +108,23 @@ def op_timing(sites, L, taus, block, layers, rounds):
         def run():
             for i in layers:
                 q, k, v, m, is_causal, scale = sites[i]
-                kept = select_blocks(q, k, m, is_causal, scale, block, tau)
+                kept = select_blocks(q, k, m, is_causal, scale, block, tau, sink)
                 torch.ops.sparsecc.block_attention(q, k, v, m, is_causal, scale, block, kept)
         return run
 
     def select_only():
         for i in layers:
             q, k, v, m, is_causal, scale = sites[i]
-            select_blocks(q, k, m, is_causal, scale, block, min(taus))
+            select_blocks(q, k, m, is_causal, scale, block, min(taus), sink)
 
     variants = {"eager": eager, "sdpa": sdpa, **{f"tau={t:g}": sparse(t) for t in taus}, "select": select_only}
-    with torch.no_grad():
-        med = time_interleaved(variants, warmup=1, rounds=rounds).medians()
+    med = {}
+    if rounds:
+        with torch.no_grad():
+            med = time_interleaved(variants, warmup=1, rounds=rounds).medians()
     kept = {}
     for t in taus:
-        fr = [kept_fraction(select_blocks(q, k, m, c, s, block, t), L, L, block, is_causal=causal)
+        fr = [kept_fraction(select_blocks(q, k, m, c, s, block, t, sink), L, L, block, is_causal=causal)
               for q, k, v, m, c, s in sites]
         kept[f"tau={t:g}"] = sum(fr) / len(fr)
     return {"causal": causal, "timed_layers": list(layers), "ms": {k: v * 1e3 for k, v in med.items()},
@@ -168,15 +175,16 @@ def run_length(name, spec, L, args):
     sites = _record(program, kw)
     n_layers = len(sites)
     layers = list(range(0, n_layers, max(1, n_layers // args.timed_layers)))[: args.timed_layers]
-    result = {"length": L, "layers": n_layers, "block": args.block}
-    result["op"] = op_timing(sites, L, args.taus, args.block, layers, args.rounds)
+    result = {"length": L, "layers": n_layers, "block": args.block, "sink": args.sink}
+    result["op"] = op_timing(sites, L, args.taus, args.block, layers, 0 if args.no_timing else args.rounds, args.sink)
     print(json.dumps(result["op"]), flush=True)
     del sites
     modules = {"dense": program.module()}
     for t in args.taus:
-        sparse = BlockSparseAttentionPass(args.block, t)(program).program
+        sparse = BlockSparseAttentionPass(args.block, t, sink=args.sink)(program).program
         modules[f"tau={t:g}"] = RewriteBlockSparseAttentionPass()(sparse).program.module()
-    result["quality"] = quality(name, modules, windows)
+    if not args.no_quality:
+        result["quality"] = quality(name, modules, windows)
     if args.e2e:
         variants = {k: (lambda m=m: _forward_out(m, kw)) for k, m in modules.items()}
         med = time_interleaved(variants, warmup=1, rounds=args.e2e_rounds).medians()
@@ -192,6 +200,9 @@ def main() -> None:
     ap.add_argument("--taus", type=float, nargs="+", default=[1.0, 0.95, 0.9, 0.8])
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--windows", type=int, default=2, help="evaluation windows per length (quality)")
+    ap.add_argument("--sink", action="store_true", help="always keep the first key block (an attention sink)")
+    ap.add_argument("--no-timing", action="store_true", help="quality and kept fraction only")
+    ap.add_argument("--no-quality", action="store_true", help="timing and kept fraction only")
     ap.add_argument("--timed-layers", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--e2e", action="store_true", help="also time the whole forward")

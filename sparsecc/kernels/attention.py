@@ -48,6 +48,10 @@ __all__ = [
 MIN_BLOCK, MAX_BLOCK = 8, 512
 _MASKED = -1e30  # additive mask values at or below this hide their entry (finfo.min, -inf)
 _cache: dict[tuple, list] = {}  # call site and shapes -> [kept, calls since computed]
+# The last mask scanned and its counts: every layer of a forward passes the same mask tensor, and
+# scanning [S, S] entries per layer costs as much as a sparse layer's attention at 2048 tokens.
+# Holding the tensor keeps its identity unambiguous; its version counter catches in-place edits.
+_last_mask: list = []
 
 
 def check_block(block: int) -> None:
@@ -122,6 +126,10 @@ def _visible_counts(mask: torch.Tensor | None, is_causal: bool, q: torch.Tensor,
     """Visible (row, column) entries per block, [B|1, H|1, nQ, nK]; None when all are (no mask, not causal)."""
     sq, sk = q.shape[2], k.shape[2]
     counts = None
+    # inference tensors keep no version counter, so an in-place edit would go unseen: scan those each time
+    memo = (mask._version, sq, sk, is_causal, block) if mask is not None and not mask.is_inference() else None
+    if memo is not None and _last_mask and _last_mask[0] is mask and _last_mask[1] == memo:
+        return _last_mask[2]
     if mask is not None:
         vis = mask if mask.dtype == torch.bool else mask > _MASKED
         while vis.dim() < 4:
@@ -130,6 +138,8 @@ def _visible_counts(mask: torch.Tensor | None, is_causal: bool, q: torch.Tensor,
         if is_causal:
             vis = vis & torch.ones(sq, sk, dtype=torch.bool).tril()
         counts = _block_sum(vis, block)
+        if memo is not None:
+            _last_mask[:] = [mask, memo, counts]
     elif is_causal:
         counts = _causal_counts(sq, sk, block)[None, None]
     return counts
@@ -211,8 +221,9 @@ def _cached_blocks(q, k, attn_mask, is_causal, scale, block, tau, sink, reuse, k
 
 
 def clear_block_cache() -> None:
-    """Forget every reused block mask."""
+    """Forget every reused block mask (and the last attention mask scanned)."""
     _cache.clear()
+    _last_mask.clear()
 
 
 @torch.library.custom_op("sparsecc::attention_blocks", mutates_args=())

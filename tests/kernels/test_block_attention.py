@@ -157,3 +157,15 @@ def test_unsupported_masks_and_shapes_are_refused():
         torch.ops.sparsecc.block_attention(q, k, v, None, False, 0.3, 16, kept[:, :, :1])
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.sparsecc.block_attention(q.double(), k, v, None, False, 0.3, 16, kept)
+
+
+def test_the_mask_scan_is_reused_only_for_the_same_unchanged_mask():
+    clear_block_cache()
+    q, k, _ = _qkv(1, 2, 2, 64, 64, 16, seed=13)
+    mask = torch.zeros(1, 1, 64, 64)
+    assert bool(select_blocks(q, k, mask, False, None, 16, 1.0).all())
+    mask[..., 48:] = MIN  # edited in place: the version counter moves on
+    assert not bool(select_blocks(q, k, mask, False, None, 16, 1.0)[..., 3].any())
+    other = torch.zeros(1, 1, 64, 64)
+    assert bool(select_blocks(q, k, other, False, None, 16, 1.0).all())
+    clear_block_cache()
