@@ -17,8 +17,8 @@ def prune_streamed_cmd(
     checkpoint: str = typer.Argument(..., metavar="CHECKPOINT",
                                      help="A Llama-shaped .safetensors file (Hugging Face names), a .gguf file, "
                                           "or smollm2 (the GGUF file the zoo's SmolLM2 loads)."),
-    out_path: Path = typer.Option(..., "--out", "-o", metavar="OUT.safetensors", help="The sparse checkpoint."),
-    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG.json",
+    out_path: Path = typer.Option(..., "--out", "-o", metavar="OUT", help="The sparse checkpoint (a .safetensors file)."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG",
                                           help="Hugging Face Llama config.json of a safetensors checkpoint "
                                                "(default: config.json beside it)."),
     pattern: str = typer.Option("2:4", "--pattern", "-p", help="unstructured, N:M (2:4) or RxC blocks."),

@@ -368,7 +368,7 @@ def _lower_target(backend, program, folder: Path, options, specs, input_sets, sy
             # recorded as skipped, not passed off as checked.
             parity.append({"inputs": label, "ok": True, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
-        parity.append(compare(got, want, label, rtol, atol))
+        parity.append(compare(got, want, label, rtol, atol, inputs=flat_in))
     tt["parity"] = time.perf_counter() - t0
     bad = [c for c in parity if not c["ok"]]
     if bad:

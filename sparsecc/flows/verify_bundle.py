@@ -152,7 +152,7 @@ def _parity(bundle: Path, manifest: Manifest, name: str, backend: Any, artifact:
             cases.append({"inputs": label, "ok": False, "outputs": [], "error": f"{type(e).__name__}: {e}"[:300]})
             report.problems.append(Finding("parity", name, label, f"the artifact failed to run: {e}"[:300]))
             continue
-        case = compare(got, want, label, rtol, atol)
+        case = compare(got, want, label, rtol, atol, inputs=ins)
         cases.append(case)
         for o in case["outputs"]:
             if not o["ok"]:

@@ -20,7 +20,7 @@ import torch
 from torch.export import ExportedProgram
 
 __all__ = [
-    "PARITY_RTOL", "PARITY_ATOL", "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "flat_inputs",
+    "PARITY_RTOL", "PARITY_ATOL", "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "padding_mask", "flat_inputs",
     "shape_variants", "save_reference", "load_reference",
 ]
 
@@ -35,11 +35,31 @@ LARGEST_DIM_CAP = 4096
 STORE_LIMIT_BYTES = 64 << 20
 
 
+def padding_mask(inputs: Sequence[Any]) -> torch.Tensor | None:
+    """The [batch, seq] keep-mask of the first 0/1 integer input of rank 2 with a zero, else None."""
+    for t in inputs:
+        t = torch.as_tensor(t)
+        if t.dim() == 2 and not t.is_floating_point() and t.dtype != torch.bool and t.numel():
+            if int(t.min()) == 0 and int(t.max()) <= 1:
+                return t != 0
+    return None
+
+
 def compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
-            rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL) -> dict[str, Any]:
-    """One parity case: per output, ok / max abs err / error relative to the output's scale."""
+            rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL,
+            inputs: Sequence[Any] = ()) -> dict[str, Any]:
+    """One parity case: per output, ok / max abs err / error relative to the output's scale.
+
+    With the case's ``inputs``, positions that a padding mask among them marks
+    as padding are left out of outputs shaped [batch, seq, ...]: what a model
+    computes for a padded query is unspecified (each runtime saturates the
+    masked scores its own way, and an LM's padded logits differ by 2e-4 of
+    their scale between two correct fp32 runtimes where the real ones agree
+    to 6e-5), and nothing downstream reads it.
+    """
     case: dict[str, Any] = {"inputs": label, "outputs": []}
     ok = len(got) == len(want)
+    keep = padding_mask(inputs)
     for i, (g, w) in enumerate(zip(got, want)):
         g = torch.as_tensor(g).to(w.dtype).reshape(w.shape) if g.numel() == w.numel() else torch.as_tensor(g)
         if g.shape != w.shape:
@@ -55,9 +75,13 @@ def compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: st
         # fp32 kernels differ by rounding that scales with the activations, so
         # an element that happens to sit near zero (one logit of 49k) would fail
         # any per-element relative bound while the tensor agrees to 1e-5.
-        err = (g.double() - w.double()).abs()
+        g, w = g.double(), w.double()
+        if keep is not None and w.dim() >= 2 and tuple(w.shape[:2]) == tuple(keep.shape):
+            g, w = g[keep], w[keep]
+            case["padding_excluded"] = int((~keep).sum())
+        err = (g - w).abs()
         max_err = float(err.max()) if err.numel() else 0.0
-        scale = float(w.double().abs().max()) if w.numel() else 0.0
+        scale = float(w.abs().max()) if w.numel() else 0.0
         this_ok = max_err <= atol + rtol * scale
         case["outputs"].append({"index": i, "ok": this_ok, "max_abs_err": max_err,
                                 "rel_err": max_err / scale if scale else 0.0, "scale": scale})
@@ -92,6 +116,13 @@ def _fresh(like: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator) -> 
     if like.is_floating_point():
         return torch.randn(shape, generator=gen).to(like.dtype)
     lo, hi = (int(like.min()), int(like.max())) if like.numel() else (0, 1)
+    if (lo, hi) == (0, 1) and len(shape) >= 1 and shape[-1] > 0:
+        # A 0/1 integer input is a padding mask: ones then zeros along the last
+        # axis, at least one kept per row. Random holes are not an input any
+        # model is run on, and fully masked rows make every runtime's output
+        # there an artefact of how it saturates -inf.
+        lengths = torch.randint(1, shape[-1] + 1, shape[:-1], generator=gen)
+        return (torch.arange(shape[-1]) < lengths.unsqueeze(-1)).to(like.dtype)
     return torch.randint(lo, hi + 1, shape, generator=gen, dtype=like.dtype)  # token ids stay in range
 
 
