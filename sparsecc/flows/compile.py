@@ -36,6 +36,7 @@ from torch.export import ExportedProgram
 
 from sparsecc.backends import LowerOptions, TensorSpec, get_backend, user_input_specs, user_output_names
 from sparsecc.flows.recover import recover
+from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
 from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
 from sparsecc.flows.structured import prune_structured
 from sparsecc.plan.calibrate import CalibrationData, calibration_for
@@ -192,6 +193,8 @@ def compile(
     input_sets = _reference_outputs(program, (example_args, example_kwargs or {}), make_inputs, symbols)
     options = LowerOptions(sparse_initializers=bool(sparse_initializers), extra={
         "dynamic_axes": axis_names, "model_name": model_name,
+        # torch-sparse skips ReLU's exact zeros when the recipe asks (activations: {exact: true})
+        "exact_relu": bool(rec is not None and rec.activations is not None and rec.activations.exact),
         # golden data for targets that ship it (tensorrt-bundle)
         "example_inputs": input_sets[0][3], "example_outputs": input_sets[0][4]})
 
@@ -254,7 +257,7 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
     else:
         say("sparsify")
         result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,
-                          calibration=calibration)
+                          calibration=calibration, runtime=False)
         program, report = result.program, result.report
     timings["sparsify"] = time.perf_counter() - t0
     recovery_run = None
@@ -265,6 +268,12 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
         recovery_run = recover(program, dense_program, rec.recovery, spec=spec, batches=given, progress=say)
         program = recovery_run.program
         timings["recovery"] = time.perf_counter() - t0
+    if rec.activations is not None or rec.attention is not None:  # last: thresholds see the final weights
+        t0 = time.perf_counter()
+        program, runtime_record = apply_runtime_sparsity(program, rec, calibration, say)
+        if report is not None:
+            report.runtime = runtime_record
+        timings["runtime_sparsity"] = time.perf_counter() - t0
     return program, report, structured_report, recovery_run
 
 

@@ -50,6 +50,8 @@ class SparsityReport:
     model: str = ""
     # The layer-wise budget behind the targets (`sparsecc.budgets.Allocation.to_dict`), when one ran.
     budget: dict[str, Any] = field(default_factory=dict)
+    # Zeros found at run time (`sparsecc.flows.runtime_sparsity`): activation thresholds, attention sites.
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, analysis: Analysis, specs: dict[str, Any], skipped: dict[str, str], **kw: Any) -> "SparsityReport":
@@ -109,6 +111,7 @@ class SparsityReport:
             "not_prunable": self.not_prunable,
             "timings_s": self.timings,
             **({"budget": self.budget} if self.budget else {}),
+            **({"runtime": self.runtime} if self.runtime else {}),
         }
 
     def to_json(self) -> str:

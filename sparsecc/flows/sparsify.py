@@ -26,6 +26,7 @@ from sparsecc.flows.pipelines import fold_pipeline, mask_pipeline
 from sparsecc.passes.quantize_weights import quantize_program
 from sparsecc.plan.recipe import Plan, Recipe, load_recipe, plan_masks
 from sparsecc.flows.report import SparsityReport
+from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
 from sparsecc.errors import UsageError
 
 __all__ = ["NoPrunableLayersError", "SparsifyResult", "sparsify", "mask_specs", "recipe_needs_calibration"]
@@ -57,7 +58,9 @@ def recipe_needs_calibration(recipe: Recipe) -> bool:
     """Whether any criterion of ``recipe`` (its own or an override's) needs calibration data."""
     names = [recipe.criterion] + [o.criterion for o in recipe.overrides if o.criterion]
     static_int8 = recipe.quantize is not None and recipe.quantize.activations == "static"
-    return static_int8 or any(needs_calibration(n) for n in names)
+    thresholds = recipe.activations is not None and recipe.activations.needs_calibration
+    weights = recipe.weights_pruned and any(needs_calibration(n) for n in names)
+    return static_int8 or thresholds or weights
 
 
 def sparsify(
@@ -72,6 +75,7 @@ def sparsify(
     instruments: Sequence[PassInstrument] = (),
     model_name: str = "",
     ranks: Ranks | None = None,
+    runtime: bool = True,
 ) -> SparsifyResult:
     """Make ``program``'s weights sparse as ``recipe`` says.
 
@@ -87,6 +91,10 @@ def sparsify(
     ``ranks`` (`sparsecc.plan.distributed.start_ranks`, under torchrun) spreads
     the calibration batches and the activation-calibrated solves over the
     ranks; every rank returns the same program.
+
+    ``runtime``: apply the recipe's ``activations:`` / ``attention:`` sections
+    last (`apply_runtime_sparsity`); compile turns it off when recovery runs
+    in between, so the thresholds see the recovered weights.
     """
     recipe = load_recipe(recipe)
     analysis = find_prunable_weights(program)
@@ -98,7 +106,8 @@ def sparsify(
         )
     timer = TimingInstrument()
     t0 = time.perf_counter()
-    plan = plan_masks(recipe, analysis)
+    plan = plan_masks(recipe, analysis) if recipe.weights_pruned else Plan(
+        skipped={w.fqn: "the recipe prunes no weights (run-time sparsity only)" for w in analysis.weights})
     plan.specs = _embeddings_by_magnitude(plan.specs, analysis)
     timings = {"plan": time.perf_counter() - t0}
     stats = dict(stats or {})
@@ -115,21 +124,27 @@ def sparsify(
         t0 = time.perf_counter()
         solved = _calibrate(program, plan.specs, analysis, recipe, calibration, stats, options, progress, ranks)
         timings["calibrate"] = time.perf_counter() - t0
-    # When folding, one verification of the folded weights covers both stages.
-    program = mask_pipeline(plan.specs, stats=stats, solved=solved, options=options, progress=progress,
-                            verify=verify and not fold, instruments=[timer, *instruments])(program).program
-    if fold:
-        program = fold_pipeline(verify=verify, instruments=[timer, *instruments])(program).program
+    if plan.specs:  # When folding, one verification of the folded weights covers both stages.
+        program = mask_pipeline(plan.specs, stats=stats, solved=solved, options=options, progress=progress,
+                                verify=verify and not fold, instruments=[timer, *instruments])(program).program
+        if fold:
+            program = fold_pipeline(verify=verify, instruments=[timer, *instruments])(program).program
     if recipe.quantize is not None:  # int8 weights that keep every zero (the pass re-checks each pattern)
         t0 = time.perf_counter()
         program = quantize_program(program, recipe.quantize, calibration.batches if calibration else None)
         timings["quantize"] = time.perf_counter() - t0
+    runtime_record: dict[str, Any] = {}
+    if runtime and (recipe.activations is not None or recipe.attention is not None):
+        t0 = time.perf_counter()
+        say = (lambda msg: progress(0, 0, msg)) if progress is not None else None
+        program, runtime_record = apply_runtime_sparsity(program, recipe, calibration, say)
+        timings["runtime_sparsity"] = time.perf_counter() - t0
     for name, t in timer.timings:
         if name not in ("mask", "fold"):
             timings[name] = timings.get(name, 0.0) + t
     report = SparsityReport.build(
         analysis, mask_specs(program), plan.skipped, recipe=recipe.to_dict(), timings=timings, model=model_name,
-        budget=allocation.to_dict() if allocation is not None else None,
+        budget=allocation.to_dict() if allocation is not None else None, runtime=runtime_record,
     )
     return SparsifyResult(program, report, plan, allocation)
 

@@ -2,7 +2,7 @@
 
 A recipe is a YAML file (or a dict) like::
 
-    pattern: "2:4"            # unstructured | channel | N:M | RxC (a block)
+    pattern: "2:4"            # unstructured | channel | N:M | RxC (a block) | none (only run-time sparsity)
     sparsity: 0.5             # fraction of zeros; implied by N:M
     criterion: magnitude      # see sparsecc.criteria
     layers:
@@ -26,6 +26,10 @@ A recipe is a YAML file (or a dict) like::
     quantize:                 # int8 weights on the pattern (sparsecc.plan.quantize_options)
       weights: int8
       activations: dynamic    # dynamic | static
+    activations:              # zero small linear inputs at run time (sparsecc.plan.runtime_sparsity_options)
+      sparsity: 0.4
+    attention:                # skip attention blocks of negligible mass (same module)
+      tau: 0.95
     overrides:                # first match wins; any key above, or `skip: true`
       - match: "encoder.layer.0.*"
         sparsity: 0.3
@@ -55,6 +59,9 @@ from sparsecc.plan.masks import incompatibility
 from sparsecc.plan.recovery_options import RecoveryOptions, parse_recovery, recovery_to_dicts
 from sparsecc.plan.structured_options import StructuredOptions, parse_structured
 from sparsecc.plan.quantize_options import QuantizeOptions, parse_quantize
+from sparsecc.plan.runtime_sparsity_options import (
+    ActivationOptions, AttentionOptions, parse_activations, parse_attention,
+)
 from sparsecc.plan.recipe_error import RecipeError
 from sparsecc.errors import UsageError
 
@@ -116,6 +123,9 @@ class Recipe:
     structured: StructuredOptions | None = None  # channel / head removal (sparsecc.structured)
     quantize: QuantizeOptions | None = None  # int8 weights kept on the pattern (plan.quantize_options)
     recovery: tuple[RecoveryOptions, ...] = ()  # what runs after pruning (sparsecc.plan.recovery_options)
+    activations: ActivationOptions | None = None  # run-time activation sparsity (plan.runtime_sparsity_options)
+    attention: AttentionOptions | None = None  # block-sparse attention (plan.runtime_sparsity_options)
+    weights_pruned: bool = True  # False: a recipe of run-time sparsity only (no pattern given)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -145,6 +155,14 @@ class Recipe:
             d["quantize"] = self.quantize.to_dict()
         if self.recovery:
             d["recovery"] = recovery_to_dicts(self.recovery)
+        if self.activations is not None:
+            d["activations"] = self.activations.to_dict()
+        if self.attention is not None:
+            d["attention"] = self.attention.to_dict()
+        if not self.weights_pruned:
+            for k in ("sparsity", "criterion", "layers", "incompatible"):
+                d.pop(k)
+            d["pattern"] = "none"
         if self.overrides:
             d["overrides"] = [
                 {k: v for k, v in {
@@ -177,7 +195,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 _TOP_KEYS = {"pattern", "sparsity", "criterion", "layers", "incompatible", "overrides", "calibration",
-             "criterion_options", "budget", "structured", "recovery", "quantize"}
+             "criterion_options", "budget", "structured", "recovery", "quantize", "activations", "attention"}
 _CALIBRATION_KEYS = {"samples", "seq_len", "sequential"}
 # criterion option -> (type, check, message)
 _CRITERION_OPTIONS = {
@@ -262,6 +280,14 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     if "structured" in d:  # a structured recipe removes whole channels / heads
         ratio = d["structured"].get("ratio", 0.5) if isinstance(d["structured"], dict) else 0.5
         d = {"pattern": "channel", "sparsity": ratio if isinstance(ratio, (int, float)) and 0 <= ratio < 1 else 0.5, **d}
+    runtime_only = d.get("pattern", "none") == "none" and ("activations" in d or "attention" in d)
+    if d.get("pattern") == "none" and not runtime_only:
+        raise RecipeError("pattern", "none", "prunes no weights: give an activations or attention section")
+    if runtime_only:  # zeros found at run time only: the weights stay dense
+        weight_keys = sorted(set(d) - {"pattern", "activations", "attention", "calibration"})
+        if weight_keys:
+            raise RecipeError("pattern", None, f"is required with {', '.join(weight_keys)} (keys about the weights)")
+        d = {**d, "pattern": "unstructured", "sparsity": 0.0}
     if "pattern" not in d:
         raise RecipeError("pattern", None, "is required (unstructured, channel, N:M or RxC)")
     pattern = _pattern(d["pattern"], "pattern")
@@ -326,7 +352,10 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
                   tuple(sorted(opts.items())), budget=parse_budget(d.get("budget", "uniform"), "budget"),
                   structured=parse_structured(d["structured"], RecipeError) if "structured" in d else None,
                   recovery=parse_recovery(d.get("recovery")),
-                  quantize=parse_quantize(d["quantize"], RecipeError) if d.get("quantize") is not None else None)
+                  quantize=parse_quantize(d["quantize"], RecipeError) if d.get("quantize") is not None else None,
+                  activations=parse_activations(d["activations"], RecipeError) if "activations" in d else None,
+                  attention=parse_attention(d["attention"], RecipeError) if "attention" in d else None,
+                  weights_pruned=not runtime_only)
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any] | Recipe) -> Recipe:
