@@ -1,0 +1,437 @@
+"""Lowering a sparse decoder checkpoint block by block, for models too large to export whole.
+
+`lower_streamed_onnx` reads the sparse safetensors checkpoint that `sparsecc
+prune-streamed` wrote (its ``sparsecc`` metadata gives the config, pattern and
+the pruned tensors), captures one decoder block once (`DecoderBlock`, as the
+pruning does) and, for each block in turn, reads its weights, swaps them into
+the captured program, lowers it with the ONNX backend to
+``blocks/block_NNN.onnx``, re-checks the pattern in the file's initializers
+(the backend's ``verify_pattern``) and drops the weights. What is alive at
+once is one block's weights, its ONNX graph and the captured program.
+
+One file per block, not one shared graph with per-block weights: the graph of
+a block is a few hundred KB against its MBs (SmolLM2) to GBs (7B) of weights,
+so a shared graph would save little; ONNX binds initializers by name inside a
+model, so sharing one graph would need a runtime that swaps initializers
+(ONNX Runtime's ``add_initializer`` per session) and a bundle whose blocks
+cannot be checked or run on their own. Each block file is self-contained: it
+runs, and its pattern is checked, without the others.
+
+The embedding lookup (``embedding.onnx``: ``Gather(table, input_ids)``) and
+the final RMSNorm with the LM head (``head.onnx``: ``x * 1/sqrt(mean(x^2) +
+eps) * norm_weight @ head^T``; the embedding table when tied) are built with
+``onnx.helper``: each is one or two operators, and building them needs only
+their tensors. ``manifest.json`` names every file, their input and output
+names and shapes, the batch and sequence ranges, and per block its sparsity
+and pattern checks with the provenance of each weight (so
+`verify_streamed_onnx` re-checks a bundle later). ``run_blocks.py`` (a copy of
+`sparsecc.flows.streamed_runner`) chains them with ONNX Runtime without torch.
+
+The bundle is written to a temporary folder beside ``out_dir`` and renamed
+when complete: a failure leaves no half-written ``out_dir``.
+
+Targets: ONNX only. ExecuTorch and TensorRT are refused with the reason
+(`lower_streamed`; see docs/scale.md, "Lowering block by block").
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sparsecc.benchmarking.memory import peak_rss_mb, rss_mb
+from sparsecc.core.capture import capture
+from sparsecc.core.ir import MaskSpec, SparsityPattern
+from sparsecc.core.safetensors_io import CheckpointError
+from sparsecc.errors import UsageError
+
+__all__ = ["lower_streamed", "lower_streamed_onnx", "verify_streamed_onnx", "streamed_parity", "LoweredBlocks",
+           "TargetRefused", "REFUSED_TARGETS", "FORMAT"]
+
+FORMAT = "sparsecc-streamed-onnx"
+FORMAT_VERSION = 1
+_PREFIX = "layer."  # the decoder layer's attribute in DecoderBlock
+_OPSET = 18
+_IR_VERSION = 10
+# protobuf refuses messages of 2 GiB: above this, a file's tensors go to FILE.data beside it
+_EXTERNAL_BYTES = 2**31 - 2**26
+
+# Why a target cannot take a block-by-block lowering here (the CLI prints these).
+REFUSED_TARGETS = {
+    "executorch": (
+        "ExecuTorch per block is not built: the backend lowers one block to a .pte, and the installed "
+        "executorch Python runtime (executorch.runtime.Runtime, which needs torch) could chain .pte programs "
+        "by passing one method's output tensor to the next, but every block's .pte is planned for one upper "
+        "bound of the sequence length, XNNPACK takes no sparse kernels (the zeros run dense), and the "
+        "parity, pattern (weight index per .pte) and torch-free runner checks that make the ONNX bundle "
+        "trustworthy do not exist for a chain of programs; use --lower-onnx"),
+    "tensorrt": (
+        "TensorRT is not available here (no tensorrt package and no GPU); build engines from the ONNX "
+        "blocks instead: each blocks/block_NNN.onnx is a TensorRT-ready file (`trtexec --onnx=... "
+        "--sparsity=enable`), its 2:4 eligibility recorded per block in manifest.json"),
+}
+
+
+class TargetRefused(UsageError):
+    """A target that cannot take a block-by-block lowering; the message says why."""
+
+
+@dataclass
+class LoweredBlocks:
+    out: Path
+    manifest: dict[str, Any]
+    seconds: float
+    rss_start_mb: float
+    peak_rss_mb: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "blocks": len(self.manifest["blocks"]), "files": self.manifest["files"],
+                "seconds": self.seconds, "rss_start_mb": self.rss_start_mb, "peak_rss_mb": self.peak_rss_mb,
+                "timings": self.timings}
+
+
+def lower_streamed(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, target: str = "onnx",
+                   **kwargs: Any) -> LoweredBlocks:
+    """Lower ``checkpoint`` block by block to ``target``: ``onnx``; the others raise `TargetRefused`."""
+    if target == "onnx":
+        return lower_streamed_onnx(checkpoint, out_dir, **kwargs)
+    if target in REFUSED_TARGETS:
+        raise TargetRefused(f"--lower-{target}: {REFUSED_TARGETS[target]}")
+    raise UsageError(f"block-by-block lowering to {target!r}: only onnx is supported")
+
+
+def _sparse_info(path: Path) -> dict[str, Any]:
+    from sparsecc.core.safetensors_io import SafetensorsReader
+    from sparsecc.models.decoder_block import sparse_checkpoint_info
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise CheckpointError(f"{path}: block-by-block lowering reads the sparse .safetensors checkpoint that "
+                              "`sparsecc prune-streamed` wrote (not found or not a .safetensors file)")
+    try:
+        SafetensorsReader(path)
+        info = sparse_checkpoint_info(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a header that does not parse
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if info is None or "config" not in info or "tensors" not in info:
+        raise CheckpointError(f"{path}: no sparsecc metadata; block-by-block lowering reads checkpoints written by "
+                              "`sparsecc prune-streamed` (their header records the config and the pruned tensors)")
+    return info
+
+
+def _save_onnx(model: Any, path: Path) -> list[str]:
+    """Check and write ``model`` to ``path`` (tensors to ``path.data`` past 2 GB); the files written."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_BYTES
+    if not big:
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(path))
+        return [path.name]
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    onnx.checker.check_model(str(path))
+    return [path.name, data.name]
+
+
+def _tensor_spec(name: str, shape: list[Any], dtype: str) -> dict[str, Any]:
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def _embedding_model(table: np.ndarray) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    vocab, hidden = table.shape
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embed_tokens", "input_ids"], ["hidden"], axis=0, name="embed")],
+        "embedding",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        [numpy_helper.from_array(np.ascontiguousarray(table, dtype=np.float32), "embed_tokens")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=_IR_VERSION,
+                             producer_name="sparsecc")
+
+
+def _head_model(norm: np.ndarray, head_t: np.ndarray, eps: float) -> Any:
+    """``logits = (x / sqrt(mean(x^2, -1) + eps) * norm) @ head_t`` (Llama's RMSNorm in float32, then the head)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, vocab = head_t.shape
+    inits = [numpy_helper.from_array(np.ascontiguousarray(norm, dtype=np.float32), "norm_weight"),
+             numpy_helper.from_array(np.ascontiguousarray(head_t, dtype=np.float32), "lm_head_t"),
+             numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+             numpy_helper.from_array(np.array(eps, dtype=np.float32), "eps")]
+    nodes = [
+        helper.make_node("Mul", ["hidden", "hidden"], ["square"]),
+        helper.make_node("ReduceMean", ["square", "last_axis"], ["variance"], keepdims=1),
+        helper.make_node("Add", ["variance", "eps"], ["variance_eps"]),
+        helper.make_node("Sqrt", ["variance_eps"], ["rms"]),
+        helper.make_node("Reciprocal", ["rms"], ["inv_rms"]),
+        helper.make_node("Mul", ["hidden", "inv_rms"], ["normed"]),
+        helper.make_node("Mul", ["normed", "norm_weight"], ["scaled"]),
+        helper.make_node("MatMul", ["scaled", "lm_head_t"], ["logits"], name="lm_head"),
+    ]
+    graph = helper.make_graph(nodes, "norm_head",
+                              [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=_IR_VERSION,
+                             producer_name="sparsecc")
+
+
+_PROVENANCE_KEYS = ("initializer", "layout", "perm", "onnx_reduction_axis", "output_axis", "reduction_axis",
+                    "onnx_shape", "torch_shape", "reason")
+
+
+def _specs(info: dict[str, Any], i: int) -> list[MaskSpec]:
+    """What each pruned weight of block ``i`` was asked to become (FQNs of the captured block)."""
+    from sparsecc.models.decoder_checkpoint import block_prefix
+
+    pattern = SparsityPattern.parse(info["pattern"])
+    prefix = block_prefix(i)
+    target = pattern.fixed_sparsity if pattern.fixed_sparsity is not None else float(info["sparsity"])
+    return [MaskSpec(_PREFIX + name[len(prefix):], pattern, target, criterion=info.get("criterion", ""))
+            for name in sorted(info["tensors"]) if name.startswith(prefix)]
+
+
+def _rename_external(model_path: Path, new_name: str) -> None:
+    """Point the model's external tensors at ``new_name`` (the data file was renamed)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = new_name
+    onnx.save_model(model, str(model_path))
+
+
+def lower_streamed_onnx(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    threads: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> LoweredBlocks:
+    """Lower the sparse checkpoint ``checkpoint`` to ONNX block by block into ``out_dir``; see the module docstring.
+
+    ``progress(done, total, text)`` is called after each block.
+    """
+    from sparsecc.backends import get_backend
+    from sparsecc.backends.base import LowerOptions, LoweringError
+    from sparsecc.models.decoder_block import DecoderBlock
+    from sparsecc.models.decoder_checkpoint import BLOCK_TENSORS, block_prefix, open_decoder_checkpoint
+    from sparsecc.plan.block_pruning import set_block_weights
+
+    t_start = time.perf_counter()
+    rss_start = rss_mb() or 0.0
+    path, out = Path(checkpoint), Path(out_dir)
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to replace it")
+    info = _sparse_info(path)
+    backend = get_backend("onnx")
+    ckpt = open_decoder_checkpoint(path)  # the config from the metadata; every tensor's shape checked against it
+    shape = ckpt.shape
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        emb = ckpt.read("model.embed_tokens.weight").float().numpy()
+        files = _save_onnx(_embedding_model(emb), work / "embedding.onnx")
+        head_t = np.ascontiguousarray(emb.T) if shape.tie_embeddings else None
+        del emb
+        if head_t is None:
+            head_t = np.ascontiguousarray(ckpt.read("lm_head.weight").float().numpy().T)
+        norm = ckpt.read("model.norm.weight").float().numpy()
+        files += _save_onnx(_head_model(norm, head_t, shape.rms_eps), work / "head.onnx")
+        del head_t
+        gc.collect()
+        timings["embedding_head"] = time.perf_counter() - t0
+
+        program, blocks, block_seconds = None, [], []
+        seq_range = batch_range = None
+        for i in range(shape.layers):
+            t_block = time.perf_counter()
+            prefix = block_prefix(i)
+            weights = {t: ckpt.read(prefix + t).float() for t in BLOCK_TENSORS}
+            if program is None:
+                t0 = time.perf_counter()
+                program = capture(DecoderBlock(shape, weights), (torch.zeros(2, 8, shape.hidden),), {},
+                                  DecoderBlock.dynamic_shapes(shape.max_positions))
+                timings["capture"] = time.perf_counter() - t0
+                seq_range, batch_range = _ranges(program)
+            else:
+                set_block_weights(program, weights, _PREFIX)
+            t0 = time.perf_counter()
+            scratch = work / "blocks" / f".lower_{i:03d}"
+            artifact = backend.lower(program, scratch, LowerOptions(threads=threads))
+            timings["lower"] = timings.get("lower", 0.0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            specs = _specs(info, i)
+            checks = backend.verify_pattern(artifact, specs)
+            bad = [c for c in checks if not c.ok]
+            if bad:
+                raise LoweringError(f"{path}, block {i}: the lowered ONNX weights break the pattern: "
+                                    + "; ".join(f"{c.fqn}: {c.reason}" for c in bad[:3]))
+            timings["verify_pattern"] = timings.get("verify_pattern", 0.0) + time.perf_counter() - t0
+            name = f"block_{i:03d}.onnx"
+            shutil.move(str(artifact.path("model")), str(work / "blocks" / name))
+            block_files = [f"blocks/{name}"]
+            if "weights" in artifact.files:  # external data past 2 GB: renamed beside the block's file
+                shutil.move(str(artifact.path("weights")), str(work / "blocks" / (name + ".data")))
+                _rename_external(work / "blocks" / name, name + ".data")
+                block_files.append(f"blocks/{name}.data")
+            shutil.rmtree(scratch)
+            files += block_files
+            masks = {k[len(prefix):]: v for k, v in info["tensors"].items() if k.startswith(prefix)}
+            zeros = sum(m["numel"] - m["nonzero"] for m in masks.values())
+            numel = sum(m["numel"] for m in masks.values())
+            provenance = {fqn: {k: p[k] for k in _PROVENANCE_KEYS if k in p}
+                          for fqn, p in artifact.meta["provenance"].items()}
+            eligible = [e for e in artifact.meta.get("tensorrt_2_4", []) if e.get("eligible")]
+            blocks.append({
+                "index": i, "file": block_files[0], "files": block_files,
+                "inputs": [s.to_dict() for s in artifact.inputs], "outputs": [s.to_dict() for s in artifact.outputs],
+                "sparsity": {"zeros": zeros, "weights": numel, "fraction": zeros / max(numel, 1),
+                             "by_tensor": {k: 1 - m["nonzero"] / max(m["numel"], 1) for k, m in masks.items()}},
+                "pattern_checks": [{"fqn": c.fqn, "ok": c.ok, "achieved": c.achieved, "location": c.location,
+                                    "tensorrt_2_4": c.eligible} for c in checks],
+                "tensorrt_2_4_eligible": len(eligible),
+                "provenance": provenance,
+                "bytes": sum((work / f).stat().st_size for f in block_files),
+            })
+            del weights, artifact, checks
+            gc.collect()
+            block_seconds.append(time.perf_counter() - t_block)
+            if progress:
+                mean = sum(block_seconds) / len(block_seconds)
+                progress(i + 1, shape.layers, f"block {i} lowered in {block_seconds[-1]:.1f}s, "
+                         f"~{mean * (shape.layers - i - 1):.0f}s left")
+        del program
+        runner_src = Path(__file__).with_name("streamed_runner.py")
+        shutil.copy2(runner_src, work / "run_blocks.py")
+        files.append("run_blocks.py")
+        hidden_spec = ["batch", "seq", shape.hidden]
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "source": path.name, "model": info.get("model"),
+            "pattern": info["pattern"], "sparsity": info.get("sparsity"), "criterion": info.get("criterion"),
+            "config": shape.to_dict(), "seq_len": seq_range, "batch": batch_range, "opset": _OPSET,
+            "embedding": {"file": "embedding.onnx",
+                          "inputs": [_tensor_spec("input_ids", ["batch", "seq"], "int64")],
+                          "outputs": [_tensor_spec("hidden", hidden_spec, "float32")],
+                          "formula": "hidden = embed_tokens[input_ids]"},
+            "blocks": blocks,
+            "head": {"file": "head.onnx", "inputs": [_tensor_spec("hidden", hidden_spec, "float32")],
+                     "outputs": [_tensor_spec("logits", ["batch", "seq", shape.vocab], "float32")],
+                     "formula": "logits = (hidden / sqrt(mean(hidden^2, -1) + rms_eps) * model.norm.weight) @ "
+                                + ("model.embed_tokens.weight^T (tied)" if shape.tie_embeddings else "lm_head.weight^T")},
+            "runner": "run_blocks.py",
+            "sparsity_total": {"zeros": sum(b["sparsity"]["zeros"] for b in blocks),
+                               "weights": sum(b["sparsity"]["weights"] for b in blocks)},
+            "block_seconds": [round(s, 3) for s in block_seconds],
+        }
+        files.append("manifest.json")
+        manifest["files"] = sorted(files)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return LoweredBlocks(out, manifest, time.perf_counter() - t_start, rss_start, peak_rss_mb(),
+                         {k: round(v, 3) for k, v in timings.items()})
+
+
+def _ranges(program: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """The batch and sequence ranges the captured block accepts (its input's dims 0 and 1)."""
+    x = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name not in
+             set(program.graph_signature.inputs_to_parameters) | set(program.graph_signature.inputs_to_buffers)
+             | set(program.graph_signature.inputs_to_lifted_tensor_constants))
+    dims = x.meta["val"].shape
+    out = []
+    for d in dims[:2]:
+        vr = program.range_constraints.get(getattr(d, "node", None) and d.node.expr)
+        out.append({"min": int(vr.lower), "max": int(vr.upper)} if vr is not None else {"min": int(d), "max": int(d)})
+    return out[1], out[0]
+
+
+def _replace(work: Path, out: Path) -> None:
+    """Rename the finished ``work`` to ``out``, replacing an older ``out`` only once the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def verify_streamed_onnx(bundle: str | os.PathLike) -> list[dict[str, Any]]:
+    """Re-check every block file's pattern from its initializers (the recorded provenance); one entry per block.
+
+    Raises `CheckpointError` naming a file the manifest lists that is missing.
+    """
+    import onnx
+
+    from sparsecc.backends.onnx.patterns import check_patterns
+    from sparsecc.flows.streamed_runner import load_manifest
+
+    root = Path(bundle)
+    manifest = load_manifest(root)
+    missing = [f for f in manifest["files"] if not (root / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{root}: files the manifest lists are missing: {', '.join(missing[:5])}")
+    pattern = SparsityPattern.parse(manifest["pattern"])
+    target = pattern.fixed_sparsity if pattern.fixed_sparsity is not None else float(manifest["sparsity"])
+    results = []
+    for b in manifest["blocks"]:
+        model = onnx.load(str(root / b["file"]))
+        specs = [MaskSpec(c["fqn"], pattern, target) for c in b["pattern_checks"]]
+        checks = check_patterns(model, b["provenance"], specs)
+        results.append({"file": b["file"], "ok": all(c.ok for c in checks) and len(checks) > 0,
+                        "checked": len(checks), "achieved": [c.achieved for c in checks],
+                        "failed": [f"{c.fqn}: {c.reason}" for c in checks if not c.ok]})
+        del model
+    return results
+
+
+def streamed_parity(bundle: str | os.PathLike, checkpoint: str | os.PathLike, batch: int = 1, seq: int = 32,
+                    seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """The chained ONNX logits against the whole-model PyTorch logits of the same sparse checkpoint.
+
+    The whole model is loaded (`load_decoder_checkpoint`, as `sparsecc eval` and `sparsecc compile` load a
+    sparse checkpoint), so this is for models that fit in memory: it checks the bundle, not the model.
+    """
+    from sparsecc.flows.streamed_runner import BlockChain
+    from sparsecc.models.decoder_block import load_decoder_checkpoint
+    from sparsecc.verify.parity import compare
+
+    chain = BlockChain(bundle, threads)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, chain.manifest["config"]["vocab"], (batch, seq), generator=gen)
+    t0 = time.perf_counter()
+    got = torch.from_numpy(chain(ids.numpy()))
+    onnx_s = time.perf_counter() - t0
+    spec = load_decoder_checkpoint(checkpoint)
+    with torch.no_grad():
+        want = spec.model(ids).logits.float()
+    del spec
+    case = compare([got], [want], f"random ids [{batch}, {seq}]")
+    case["onnx_seconds"] = onnx_s
+    return case
