@@ -58,6 +58,15 @@ data: $(STAMP)
 	$(PY) -m sparsecc.data fetch
 	-$(PY) -m sparsecc.data.prose fetch  # training prose: Wikipedia articles from the same gensim wheel
 
+# Cross tools for the AArch64 test of the fp32 sparse kernels (tests/kernels/test_aarch64_qemu.py:
+# a static aarch64-linux-gnu-g++ build run under qemu-aarch64), Debian packages installed here when
+# missing and running as root; without them that test skips.
+.PHONY: arm-tools
+arm-tools:
+	-@if { ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; } && \
+		[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; fi
+
 # The import contracts (docs/architecture.md), the same check as a plain `lint-imports`
 # at the repository root (sparsecc/passes, backends, models, recipes are links to the
 # top-level folders, so grimp walks the package as installed).
@@ -68,7 +77,7 @@ lint-imports: $(STAMP)
 architecture: $(STAMP)
 	$(PY) docs/architecture_graph.py docs/architecture.png
 
-test: $(STAMP) data lint-imports
+test: $(STAMP) data lint-imports arm-tools
 	$(PYTEST)
 
 test-fast: $(STAMP) data

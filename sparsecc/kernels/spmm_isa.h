@@ -3,6 +3,10 @@
 // panels. Free of torch on purpose: the torch operators (spmm.cpp) and the
 // ONNX Runtime custom-op library (ort_sparse_matmul.cpp) both include it, so
 // the two run the same code. The includer supplies the parallel loop.
+//
+// Targets: on x86-64 (and i386) AVX-512, AVX2+FMA and portable code, picked
+// at run time with __builtin_cpu_supports; on AArch64 NEON (AdvSIMD, part of
+// the base ISA, so always there) and portable; elsewhere portable only.
 
 #pragma once
 
@@ -26,6 +30,7 @@ struct Job {
   int64_t block;       // 1 for CSR
 };
 
+#if defined(__x86_64__) || defined(__i386__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 namespace avx512 {
@@ -43,12 +48,32 @@ namespace avx2 {
 #undef VW
 }  // namespace avx2
 #pragma GCC pop_options
+#endif  // x86
 
 namespace portable {
 #define VW 4
 #include "spmm_body.h"
 #undef VW
 }  // namespace portable
+
+#if defined(__aarch64__)
+// NEON: a 128-bit q register holds 4 floats, so VW = 4 maps each vf onto
+// exactly one register and each `acc += w * x` onto one fmla (by element).
+// NEON has no wider instruction: VW = 8 would only make GCC split every
+// vector into two q registers, the same fmla count per token at best, while
+// padding to 8 tokens instead of 4 (1 token would compute 8 lanes, not 4; 17
+// tokens 24, not 20) and doubling the registers each accumulator holds. The
+// independent fmla chains that hide the latency come from the NV vectors per
+// chunk (csr_chunk<8>: 8 accumulators), not from a wider vf.
+// The code is the same source as `portable` (which on AArch64 is NEON code
+// as well, since AdvSIMD is baseline); the entry names the hardware path and
+// is where a hand-written NEON variant would go.
+namespace neon {
+#define VW 4
+#include "spmm_body.h"
+#undef VW
+}  // namespace neon
+#endif  // __aarch64__
 
 using RowsFn = void (*)(const Job&, int64_t, int64_t);
 struct Isa {
@@ -58,27 +83,39 @@ struct Isa {
   RowsFn bsr;
 };
 
+// Widest first: best_isa() takes the first one the CPU has. "portable" is always last.
 static const Isa kIsas[] = {
+#if defined(__x86_64__) || defined(__i386__)
     {"avx512", 16, avx512::csr_rows, avx512::bsr_rows},
     {"avx2", 8, avx2::csr_rows, avx2::bsr_rows},
+#endif
+#if defined(__aarch64__)
+    {"neon", 4, neon::csr_rows, neon::bsr_rows},
+#endif
     {"portable", 4, portable::csr_rows, portable::bsr_rows},
 };
+static constexpr int kNumIsas = static_cast<int>(sizeof(kIsas) / sizeof(kIsas[0]));
 
 static inline bool cpu_has(const std::string& name) {
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (name == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+#if defined(__aarch64__)
+  if (name == "neon") return true;  // AdvSIMD is part of the AArch64 base ISA
+#endif
   return name == "portable";
 }
 
 static inline const Isa* best_isa() {
-  // SPARSECC_ISA=avx2|portable forces a narrower path (tests of the fallbacks).
+  // SPARSECC_ISA=avx2|portable (neon|portable on AArch64) forces a narrower path (tests of the fallbacks).
   const char* forced = std::getenv("SPARSECC_ISA");
   for (const Isa& isa : kIsas) {
     if (forced && *forced && std::string(forced) != isa.name) continue;
     if (cpu_has(isa.name)) return &isa;
   }
-  return &kIsas[2];
+  return &kIsas[kNumIsas - 1];  // portable
 }
 
 // Tokens per panel: wide tiles amortise each weight over more tokens, but the
