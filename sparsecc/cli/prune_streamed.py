@@ -35,7 +35,14 @@ def prune_streamed_cmd(
     damp: float = typer.Option(0.01, "--damp", help="SparseGPT dampening (fraction of the mean Hessian diagonal)."),
     blocksize: int = typer.Option(128, "--blocksize", help="SparseGPT columns per lazy update."),
     seed: int = typer.Option(0, "--seed", help="Seed of random calibration tokens."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and the --lower-onnx DIR) if it exists."),
+    lower_onnx: Optional[Path] = typer.Option(None, "--lower-onnx", metavar="DIR",
+                                              help="Then lower OUT block by block to ONNX in DIR: "
+                                                   "blocks/block_NNN.onnx, embedding.onnx, head.onnx, "
+                                                   "manifest.json, run_blocks.py."),
+    lower_executorch: Optional[Path] = typer.Option(None, "--lower-executorch", metavar="DIR",
+                                                    help="Refused: ExecuTorch per block is not built (the "
+                                                         "message says why)."),
     json_out: Optional[str] = JSON_OPTION,
 ) -> None:
     """Prune a decoder checkpoint one block at a time, without loading it whole.
@@ -51,9 +58,22 @@ def prune_streamed_cmd(
     `sparsecc compile OUT.safetensors --recipe 2of4` (magnitude at the same
     pattern keeps exactly its zeros).
 
+    With --lower-onnx DIR, OUT is then read back block by block and each
+    decoder block is lowered to its own ONNX file (memory: one block), with
+    the embedding and the final norm + LM head as small ONNX files, a
+    manifest.json and run_blocks.py (chains them with onnxruntime, no torch).
+
     Example: sparsecc prune-streamed smollm2 --pattern 2:4 --criterion sparsegpt --out smollm2-2of4.safetensors
     """
     from sparsecc.flows.streamed import StreamedOptions, prune_streamed
+    from sparsecc.flows.streamed_lowering import REFUSED_TARGETS, TargetRefused
+
+    if lower_executorch is not None:  # before the pruning: refused whatever the checkpoint
+        raise TargetRefused(f"--lower-executorch: {REFUSED_TARGETS['executorch']}")
+    if lower_onnx is not None and lower_onnx.exists() and not force:
+        from sparsecc.errors import UsageError
+
+        raise UsageError(f"--lower-onnx {lower_onnx} exists; pass --force to replace it")
 
     opts = StreamedOptions(pattern=pattern, sparsity=sparsity, criterion=criterion,
                            criterion_options={"damp": damp, "blocksize": blocksize} if criterion == "sparsegpt" else {},
@@ -72,4 +92,20 @@ def prune_streamed_cmd(
               f"{result.seconds:.1f}s; peak RSS {result.peak_rss_mb:.0f} MB, {result.peak_rss_mb - result.rss_setup_mb:.0f}"
               f" MB above the set-up (one block's weights, activations and Hessians: {result.budget_mb:.0f} MB)",
               highlight=False)
-    emit(result.to_dict())
+    payload = result.to_dict()
+    if lower_onnx is not None:
+        from sparsecc.flows.streamed_lowering import lower_streamed_onnx
+
+        with activity(str(out_path)) as act:
+            act.step(f"lowering block by block to ONNX in {lower_onnx}")
+
+            def lowered(done: int, total: int, text: str) -> None:
+                act.step(f"{done}/{total} {text}")
+
+            low = lower_streamed_onnx(out_path, lower_onnx, force=force, progress=lowered)
+        checked = sum(len(b["pattern_checks"]) for b in low.manifest["blocks"])
+        out.print(f"wrote {lower_onnx}: {len(low.manifest['blocks'])} block files, embedding, head, manifest.json, "
+                  f"run_blocks.py in {low.seconds:.1f}s ({checked} weights' pattern re-checked in the ONNX "
+                  f"initializers); peak RSS {low.peak_rss_mb:.0f} MB", highlight=False)
+        payload["lower_onnx"] = low.to_dict()
+    emit(payload)

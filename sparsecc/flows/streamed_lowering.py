@@ -19,9 +19,12 @@ runs, and its pattern is checked, without the others.
 
 The embedding lookup (``embedding.onnx``: ``Gather(table, input_ids)``) and
 the final RMSNorm with the LM head (``head.onnx``: ``x * 1/sqrt(mean(x^2) +
-eps) * norm_weight @ head^T``; the embedding table when tied) are built with
-``onnx.helper``: each is one or two operators, and building them needs only
-their tensors. ``manifest.json`` names every file, their input and output
+eps) * norm_weight @ head^T``, a Gemm with transB on the table as stored; the
+embedding table when tied) are built with ``onnx.helper``: a few operators
+each. Their tables go to ``embedding.onnx.data`` / ``head.onnx.data``, copied
+from the checkpoint a piece at a time in its dtype (a Cast to float32 in the
+graph when that is 16-bit), so a vocabulary table larger than a block is never
+held whole either. ``manifest.json`` names every file, their input and output
 names and shapes, the batch and sequence ranges, and per block its sparsity
 and pattern checks with the provenance of each weight (so
 `verify_streamed_onnx` re-checks a bundle later). ``run_blocks.py`` (a copy of
@@ -63,8 +66,6 @@ FORMAT_VERSION = 1
 _PREFIX = "layer."  # the decoder layer's attribute in DecoderBlock
 _OPSET = 18
 _IR_VERSION = 10
-# protobuf refuses messages of 2 GiB: above this, a file's tensors go to FILE.data beside it
-_EXTERNAL_BYTES = 2**31 - 2**26
 
 # Why a target cannot take a block-by-block lowering here (the CLI prints these).
 REFUSED_TARGETS = {
@@ -131,52 +132,82 @@ def _sparse_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _save_onnx(model: Any, path: Path) -> list[str]:
-    """Check and write ``model`` to ``path`` (tensors to ``path.data`` past 2 GB); the files written."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    big = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_BYTES
-    if not big:
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(path))
-        return [path.name]
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    onnx.checker.check_model(str(path))
-    return [path.name, data.name]
-
-
 def _tensor_spec(name: str, shape: list[Any], dtype: str) -> dict[str, Any]:
     return {"name": name, "shape": list(shape), "dtype": dtype}
 
 
-def _embedding_model(table: np.ndarray) -> Any:
-    from onnx import TensorProto, helper, numpy_helper
+_ONNX_DTYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}  # TensorProto FLOAT, FLOAT16, BFLOAT16
 
-    vocab, hidden = table.shape
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["embed_tokens", "input_ids"], ["hidden"], axis=0, name="embed")],
-        "embedding",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
-        [numpy_helper.from_array(np.ascontiguousarray(table, dtype=np.float32), "embed_tokens")])
+
+def _streamed_table(ckpt: Any, name: str, init_name: str, data: Path) -> tuple[Any, list[Any]]:
+    """An initializer whose bytes are copied from the checkpoint to ``data`` a piece at a time (never held
+    whole), in the checkpoint's dtype; with a Cast to float32 when that dtype is not float32."""
+    from onnx import TensorProto, helper
+
+    dtype = ckpt.tensor_dtype(name)
+    if dtype not in _ONNX_DTYPES:
+        raise CheckpointError(f"{ckpt.path}: tensor {name!r} is {dtype}; block-by-block lowering takes float32, "
+                              "float16 or bfloat16 tables")
+    length = 0
+    with open(data, "wb") as f:
+        for chunk in ckpt.chunks(name):
+            f.write(chunk)
+            length += len(chunk)
+    t = TensorProto()
+    t.name, t.data_type = (init_name if dtype == torch.float32 else init_name + "_stored"), _ONNX_DTYPES[dtype]
+    t.dims.extend(ckpt.tensor_shape(name))
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", data.name), ("offset", "0"), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    casts = [] if dtype == torch.float32 else [helper.make_node("Cast", [t.name], [init_name], to=TensorProto.FLOAT)]
+    return t, casts
+
+
+def _model(graph: Any) -> Any:
+    from onnx import helper
+
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=_IR_VERSION,
                              producer_name="sparsecc")
 
 
-def _head_model(norm: np.ndarray, head_t: np.ndarray, eps: float) -> Any:
-    """``logits = (x / sqrt(mean(x^2, -1) + eps) * norm) @ head_t`` (Llama's RMSNorm in float32, then the head)."""
+def _write_embedding(ckpt: Any, path: Path) -> list[str]:
+    """``embedding.onnx``: ``hidden = Gather(embed_tokens, input_ids)``, the table in ``embedding.onnx.data``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    hidden = ckpt.shape.hidden
+    data = path.with_name(path.name + ".data")
+    table, casts = _streamed_table(ckpt, "model.embed_tokens.weight", "embed_tokens", data)
+    graph = helper.make_graph(
+        casts + [helper.make_node("Gather", ["embed_tokens", "input_ids"], ["hidden"], axis=0, name="embed")],
+        "embedding",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        [table])
+    onnx.save_model(_model(graph), str(path))
+    onnx.checker.check_model(str(path))
+    return [path.name, data.name]
+
+
+def _write_head(ckpt: Any, path: Path) -> list[str]:
+    """``head.onnx``: ``logits = (x / sqrt(mean(x^2, -1) + eps) * norm_weight) @ head^T`` (Llama's RMSNorm in
+    float32, then Gemm with transB on the [vocab, hidden] table as stored: no transposed copy), the table in
+    ``head.onnx.data`` (the embedding table when tied)."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    hidden, vocab = head_t.shape
-    inits = [numpy_helper.from_array(np.ascontiguousarray(norm, dtype=np.float32), "norm_weight"),
-             numpy_helper.from_array(np.ascontiguousarray(head_t, dtype=np.float32), "lm_head_t"),
+    shape = ckpt.shape
+    data = path.with_name(path.name + ".data")
+    source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
+    table, casts = _streamed_table(ckpt, source, "lm_head", data)
+    inits = [table,
+             numpy_helper.from_array(ckpt.read("model.norm.weight").float().numpy(), "norm_weight"),
              numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
-             numpy_helper.from_array(np.array(eps, dtype=np.float32), "eps")]
-    nodes = [
+             numpy_helper.from_array(np.array([-1, shape.hidden], dtype=np.int64), "rows_shape"),
+             numpy_helper.from_array(np.array([shape.vocab], dtype=np.int64), "vocab_dim"),
+             numpy_helper.from_array(np.array(shape.rms_eps, dtype=np.float32), "eps")]
+    nodes = casts + [
         helper.make_node("Mul", ["hidden", "hidden"], ["square"]),
         helper.make_node("ReduceMean", ["square", "last_axis"], ["variance"], keepdims=1),
         helper.make_node("Add", ["variance", "eps"], ["variance_eps"]),
@@ -184,14 +215,19 @@ def _head_model(norm: np.ndarray, head_t: np.ndarray, eps: float) -> Any:
         helper.make_node("Reciprocal", ["rms"], ["inv_rms"]),
         helper.make_node("Mul", ["hidden", "inv_rms"], ["normed"]),
         helper.make_node("Mul", ["normed", "norm_weight"], ["scaled"]),
-        helper.make_node("MatMul", ["scaled", "lm_head_t"], ["logits"], name="lm_head"),
+        helper.make_node("Reshape", ["scaled", "rows_shape"], ["rows"]),
+        helper.make_node("Gemm", ["rows", "lm_head"], ["logit_rows"], transB=1, name="lm_head"),
+        helper.make_node("Shape", ["hidden"], ["batch_seq"], start=0, end=2),
+        helper.make_node("Concat", ["batch_seq", "vocab_dim"], ["logits_shape"], axis=0),
+        helper.make_node("Reshape", ["logit_rows", "logits_shape"], ["logits"]),
     ]
-    graph = helper.make_graph(nodes, "norm_head",
-                              [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])],
-                              inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=_IR_VERSION,
-                             producer_name="sparsecc")
+    graph = helper.make_graph(
+        nodes, "norm_head",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", shape.hidden])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", shape.vocab])], inits)
+    onnx.save_model(_model(graph), str(path))
+    onnx.checker.check_model(str(path))
+    return [path.name, data.name]
 
 
 _PROVENANCE_KEYS = ("initializer", "layout", "perm", "onnx_reduction_axis", "output_axis", "reduction_axis",
@@ -253,16 +289,7 @@ def lower_streamed_onnx(
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        emb = ckpt.read("model.embed_tokens.weight").float().numpy()
-        files = _save_onnx(_embedding_model(emb), work / "embedding.onnx")
-        head_t = np.ascontiguousarray(emb.T) if shape.tie_embeddings else None
-        del emb
-        if head_t is None:
-            head_t = np.ascontiguousarray(ckpt.read("lm_head.weight").float().numpy().T)
-        norm = ckpt.read("model.norm.weight").float().numpy()
-        files += _save_onnx(_head_model(norm, head_t, shape.rms_eps), work / "head.onnx")
-        del head_t
-        gc.collect()
+        files = _write_embedding(ckpt, work / "embedding.onnx") + _write_head(ckpt, work / "head.onnx")
         timings["embedding_head"] = time.perf_counter() - t0
 
         program, blocks, block_seconds = None, [], []
@@ -333,12 +360,12 @@ def lower_streamed_onnx(
             "format": FORMAT, "version": FORMAT_VERSION, "source": path.name, "model": info.get("model"),
             "pattern": info["pattern"], "sparsity": info.get("sparsity"), "criterion": info.get("criterion"),
             "config": shape.to_dict(), "seq_len": seq_range, "batch": batch_range, "opset": _OPSET,
-            "embedding": {"file": "embedding.onnx",
+            "embedding": {"file": "embedding.onnx", "files": ["embedding.onnx", "embedding.onnx.data"],
                           "inputs": [_tensor_spec("input_ids", ["batch", "seq"], "int64")],
                           "outputs": [_tensor_spec("hidden", hidden_spec, "float32")],
                           "formula": "hidden = embed_tokens[input_ids]"},
             "blocks": blocks,
-            "head": {"file": "head.onnx", "inputs": [_tensor_spec("hidden", hidden_spec, "float32")],
+            "head": {"file": "head.onnx", "files": ["head.onnx", "head.onnx.data"], "inputs": [_tensor_spec("hidden", hidden_spec, "float32")],
                      "outputs": [_tensor_spec("logits", ["batch", "seq", shape.vocab], "float32")],
                      "formula": "logits = (hidden / sqrt(mean(hidden^2, -1) + rms_eps) * model.norm.weight) @ "
                                 + ("model.embed_tokens.weight^T (tied)" if shape.tie_embeddings else "lm_head.weight^T")},
@@ -350,6 +377,9 @@ def lower_streamed_onnx(
         files.append("manifest.json")
         manifest["files"] = sorted(files)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(work, 0o777 & ~mask)  # mkdtemp's 0700 would outlive the rename
         _replace(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
