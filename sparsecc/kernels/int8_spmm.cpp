@@ -14,11 +14,17 @@
 // 128 * row_sums[n] subtracted), "avx2" (vpmaddwd on int16-widened values: no
 // saturation, unlike vpmaddubsw), "portable", or "" for the instruction set
 // the fp32 kernels use (sparsecc::kernel_isa), narrowed to what this CPU has.
+// Off x86 (AArch64) only "portable" is compiled: the VNNI and AVX2 paths and
+// <immintrin.h> are x86-only, and "" (e.g. "neon" for the fp32 kernels) gives
+// portable; there is no sdot (__ARM_FEATURE_DOTPROD) path yet.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define SPARSECC_INT8_X86 1
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -52,6 +58,7 @@ struct QJob {
   int64_t K = 0;
 };
 
+#if SPARSECC_INT8_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
 namespace vnni {
@@ -166,6 +173,7 @@ static inline void vi_store(int32_t* p, vi a) { _mm256_storeu_si256(reinterpret_
 #undef VW
 }  // namespace avx2
 #pragma GCC pop_options
+#endif  // SPARSECC_INT8_X86
 
 namespace portable {
 #define VW 8
@@ -198,11 +206,13 @@ static inline void vi_store(int32_t* p, vi a) { std::memcpy(p, a.v, sizeof(a.v))
 using RowsFn = void (*)(const QJob&, int64_t, int64_t);
 
 static bool cpu_has(const std::string& name) {
+#if SPARSECC_INT8_X86
   __builtin_cpu_init();
   if (name == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   if (name == "avx2") return __builtin_cpu_supports("avx2");
+#endif
   return name == "portable";
 }
 
@@ -216,8 +226,12 @@ static std::string resolve_isa(const std::string& request) {
     return request;
   }
   std::string isa = current_isa();
+#if SPARSECC_INT8_X86
   if (isa == "avx512" && !cpu_has("avx512")) isa = "avx2";
   if (isa == "avx2" && !cpu_has("avx2")) isa = "portable";
+#else
+  isa = "portable";  // the only int8 path compiled here, whatever the fp32 kernels use ("neon")
+#endif
   return isa;
 }
 
@@ -260,6 +274,7 @@ static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, f
   }
 }
 
+#if SPARSECC_INT8_X86
 constexpr int64_t kFewTokens = 8;  // up to here, VNNI on 8x8 / 16x16 blocks vectorizes over the block
 
 static void run_few(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale) {
@@ -281,14 +296,23 @@ static void run_few(const float* x, float* y, int64_t T, int64_t K, int64_t N, c
   j.nt = T;
   at::parallel_for(0, N / base.br, 1, [&](int64_t b0, int64_t b1) { vnni::few(j, b0, b1); });
 }
+#endif  // SPARSECC_INT8_X86
 
 static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale,
                 const std::string& isa) {
+#if SPARSECC_INT8_X86
   const bool use_vnni = isa == "avx512";
   if (use_vnni && T <= kFewTokens && (base.br == 8 || base.br == 16)) return run_few(x, y, T, K, N, base, act_scale);
   const int64_t vw = use_vnni ? 16 : 8;
   const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
   const QuantFn quant = use_vnni ? vnni::quantize_row : isa == "avx2" ? avx2::quantize_row : portable::quantize_row;
+#else
+  (void)isa;  // "portable", from resolve_isa
+  const bool use_vnni = false;
+  const int64_t vw = 8;
+  const RowsFn fn = portable::rows;
+  const QuantFn quant = portable::quantize_row;
+#endif
   const int64_t TT = std::min(tile_tokens(K, vw, use_vnni ? 1 : 2), (T + vw - 1) / vw * vw);
   at::Tensor panel = at::empty({K * TT * (use_vnni ? 1 : 2)}, at::kByte);
   at::Tensor scales = at::empty({TT}, at::kFloat);

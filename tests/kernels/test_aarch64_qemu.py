@@ -132,3 +132,19 @@ def test_aarch64_portable_forced_under_qemu(arm_selftest):
 
 def test_aarch64_selftest_catches_a_wrong_output(arm_selftest):
     _assert_catches(_run(arm_selftest + ["--self-check-fail", "--quiet"]), "neon")
+
+
+def test_int8_kernels_compile_for_aarch64():
+    """int8_spmm.cpp (a torch operator) compiles for AArch64 with its portable path only (no x86 intrinsics).
+
+    Checked against this venv's torch headers (-fsyntax-only): nothing runs, there is no AArch64 torch here.
+    """
+    cross = shutil.which(CROSS_CXX)
+    if cross is None:
+        pytest.skip(f"missing {CROSS_CXX} (Debian package g++-aarch64-linux-gnu); `make arm-tools` (as root)")
+    from torch.utils.cpp_extension import include_paths
+
+    cmd = [cross, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror", *(a for p in include_paths() for a in ("-isystem", p)),
+           "-I", str(INCLUDE), str(INCLUDE / "int8_spmm.cpp")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"int8_spmm.cpp does not compile for AArch64:\n{done.stderr[-4000:]}"
