@@ -14,17 +14,13 @@
 // 128 * row_sums[n] subtracted), "avx2" (vpmaddwd on int16-widened values: no
 // saturation, unlike vpmaddubsw), "portable", or "" for the instruction set
 // the fp32 kernels use (sparsecc::kernel_isa), narrowed to what this CPU has.
-// Off x86 (AArch64) only "portable" is compiled: the VNNI and AVX2 paths and
-// <immintrin.h> are x86-only, and "" (e.g. "neon" for the fp32 kernels) gives
-// portable; there is no sdot (__ARM_FEATURE_DOTPROD) path yet.
+// On AArch64: "neon" (sdot, needs the dot-product extension; "" gives it when
+// the fp32 kernels use neon and the CPU has it) or "portable". The kernels
+// themselves are in int8_isa.h (torch-free).
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#if defined(__x86_64__) || defined(__i386__)
-#define SPARSECC_INT8_X86 1
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -34,215 +30,41 @@
 #include <string>
 #include <vector>
 
+#include "int8_isa.h"  // QJob, the per-ISA kernels of int8_body.h, cpu_has, tile_tokens
+
 namespace sparsecc {
 
 std::string current_isa();  // spmm.cpp
 
 namespace int8k {
 
-struct QJob {
-  const uint8_t* panel8;   // VNNI: [K/4][P][4] u8, x + 128
-  const int16_t* panel16;  // AVX2 / portable: [K/2][P][2] int16
-  int64_t P;               // tokens per panel row, a multiple of VW
-  const float* sx;         // activation scale per token of this tile
-  float* y;                // Y(t, n) at y[t * ldy + n]
-  int64_t ldy, t0, nt;
-  const int32_t* crow;
-  const int32_t* col;
-  const int8_t* val;
-  const float* wscale;
-  const int32_t* row_sums;  // subtracted x128 when the panel is shifted (VNNI)
-  const float* bias;        // may be null
-  int64_t br;
-  const uint8_t* rows8 = nullptr;  // few-token path: the tokens' quantized rows [nt][K], u8 (x + 128)
-  int64_t K = 0;
-};
-
-#if SPARSECC_INT8_X86
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
-namespace vnni {
-#define VW 16
-#define NV8 2
-typedef __m512i vi;
-typedef __m512i vx;
-static inline vi vi_zero() { return _mm512_setzero_si512(); }
-static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
-  return _mm512_loadu_si512(j.panel8 + (k4 * j.P + t) * 4);
-}
-static inline vi dot4(vi acc, vx x, int32_t w) { return _mm512_dpbusd_epi32(acc, x, _mm512_set1_epi32(w)); }
-static inline void vi_store(int32_t* p, vi a) { _mm512_storeu_si512(p, a); }
-#include "int8_body.h"
-
-// Few tokens (1..8) on 8x8 / 16x16 blocks: the vector holds the block, not
-// tokens. A 64-byte row of B x B int8 weights is one zmm whose 32-bit lanes
-// are 4 consecutive k of one row, so one vpdpbusd against the token's B
-// activations broadcast does 64 useful products, where the panel path would
-// waste 16 - T lanes. Lanes of one row are summed at the end.
-template <int B, int NT>
-static void few_rows(const QJob& j, int64_t b0, int64_t b1) {
-  constexpr int Z = B * B / 64;       // zmm per block
-  constexpr int LANES = B / 4;        // lanes per row
-  for (int64_t brow = b0; brow < b1; ++brow) {
-    __m512i acc[NT][Z];
-    for (int t = 0; t < NT; ++t)
-      for (int z = 0; z < Z; ++z) acc[t][z] = _mm512_setzero_si512();
-    for (int32_t i = j.crow[brow]; i < j.crow[brow + 1]; ++i) {
-      const int8_t* wb = j.val + static_cast<int64_t>(i) * B * B;
-      const uint8_t* xb = j.rows8 + static_cast<int64_t>(j.col[i]) * B;
-      __m512i xv[NT];
-      for (int t = 0; t < NT; ++t) {
-        if (B == 8) {
-          int64_t v;
-          std::memcpy(&v, xb + t * j.K, 8);
-          xv[t] = _mm512_set1_epi64(v);
-        } else {
-          xv[t] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + t * j.K)));
-        }
-      }
-#pragma GCC unroll 4
-      for (int z = 0; z < Z; ++z) {
-        const __m512i w = _mm512_loadu_si512(wb + z * 64);
-        for (int t = 0; t < NT; ++t) acc[t][z] = _mm512_dpbusd_epi32(acc[t][z], xv[t], w);
-      }
-    }
-    alignas(64) int32_t lanes[16];
-    alignas(64) int32_t buf[B * 16] = {};  // [row][token], the layout write_out reads
-    for (int t = 0; t < NT; ++t)
-      for (int z = 0; z < Z; ++z) {
-        _mm512_store_si512(lanes, acc[t][z]);
-        for (int l = 0; l < 16; l += LANES) {
-          int32_t sum = 0;
-          for (int q = 0; q < LANES; ++q) sum += lanes[l + q];
-          buf[(z * (16 / LANES) + l / LANES) * 16 + t] = sum;
-        }
-      }
-    write_out<B, 16>(j, buf, brow * B, 0);
-  }
-}
-
-template <int B>
-static void few_dispatch(const QJob& j, int64_t b0, int64_t b1) {
-  switch (j.nt) {
-    case 1: few_rows<B, 1>(j, b0, b1); break;
-    case 2: few_rows<B, 2>(j, b0, b1); break;
-    case 3: few_rows<B, 3>(j, b0, b1); break;
-    case 4: few_rows<B, 4>(j, b0, b1); break;
-    case 5: few_rows<B, 5>(j, b0, b1); break;
-    case 6: few_rows<B, 6>(j, b0, b1); break;
-    case 7: few_rows<B, 7>(j, b0, b1); break;
-    default: few_rows<B, 8>(j, b0, b1); break;
-  }
-}
-
-void few(const QJob& j, int64_t b0, int64_t b1) {
-  if (j.br == 8) few_dispatch<8>(j, b0, b1);
-  else few_dispatch<16>(j, b0, b1);
-}
-#undef NV8
-#undef VW
-}  // namespace vnni
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#define VW 8
-#define NV8 1
-typedef __m256i vi;
-struct vx {
-  __m256i lo, hi;  // columns (0, 1) and (2, 3) of the group, as int16 pairs per token
-};
-static inline vi vi_zero() { return _mm256_setzero_si256(); }
-static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
-  const int16_t* p = j.panel16 + ((2 * k4) * j.P + t) * 2;
-  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j.P * 2))};
-}
-static inline int32_t pair16(int32_t w, int h) {  // two int8 weights -> two int16 in one int32
-  const int8_t a = static_cast<int8_t>(w >> (16 * h)), b = static_cast<int8_t>(w >> (16 * h + 8));
-  return static_cast<int32_t>(static_cast<uint16_t>(a) | (static_cast<uint32_t>(static_cast<uint16_t>(b)) << 16));
-}
-static inline vi dot4(vi acc, vx x, int32_t w) {
-  acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x.lo, _mm256_set1_epi32(pair16(w, 0))));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(x.hi, _mm256_set1_epi32(pair16(w, 1))));
-}
-static inline void vi_store(int32_t* p, vi a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
-#include "int8_body.h"
-#undef NV8
-#undef VW
-}  // namespace avx2
-#pragma GCC pop_options
-#endif  // SPARSECC_INT8_X86
-
-namespace portable {
-#define VW 8
-#define NV8 1
-struct vi {
-  int32_t v[VW];
-};
-struct vx {
-  const int16_t* p0;  // columns (0, 1) of the group for VW tokens, then (2, 3) P * 2 further on
-  int64_t stride;
-};
-static inline vi vi_zero() { return vi{}; }
-static inline vx load_x(const QJob& j, int64_t k4, int64_t t) {
-  return {j.panel16 + ((2 * k4) * j.P + t) * 2, j.P * 2};
-}
-static inline vi dot4(vi acc, vx x, int32_t w) {
-  int8_t wb[4];
-  std::memcpy(wb, &w, 4);
-  const int16_t* p1 = x.p0 + x.stride;
-  for (int l = 0; l < VW; ++l)
-    acc.v[l] += x.p0[2 * l] * wb[0] + x.p0[2 * l + 1] * wb[1] + p1[2 * l] * wb[2] + p1[2 * l + 1] * wb[3];
-  return acc;
-}
-static inline void vi_store(int32_t* p, vi a) { std::memcpy(p, a.v, sizeof(a.v)); }
-#include "int8_body.h"
-#undef NV8
-#undef VW
-}  // namespace portable
-
-using RowsFn = void (*)(const QJob&, int64_t, int64_t);
-
-static bool cpu_has(const std::string& name) {
-#if SPARSECC_INT8_X86
-  __builtin_cpu_init();
-  if (name == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  if (name == "avx2") return __builtin_cpu_supports("avx2");
-#endif
-  return name == "portable";
-}
-
 // The ISA of one call: the request, else the fp32 kernels' choice narrowed to what the CPU has.
 static std::string resolve_isa(const std::string& request) {
   if (!request.empty()) {
+#if SPARSECC_INT8_AARCH64
+    TORCH_CHECK(request == "neon" || request == "portable",
+                "sparsecc::int8_linear: unknown instruction set '", request, "' (neon, portable)");
+    TORCH_CHECK(cpu_has(request), "sparsecc::int8_linear: this CPU cannot run '", request,
+                "' (needs the dot-product extension, sdot)");
+#else
     TORCH_CHECK(request == "avx512" || request == "avx2" || request == "portable",
                 "sparsecc::int8_linear: unknown instruction set '", request, "' (avx512, avx2, portable)");
     TORCH_CHECK(cpu_has(request), "sparsecc::int8_linear: this CPU cannot run '", request,
                 "'", request == "avx512" ? " (needs AVX-512 VNNI and BW)" : "");
+#endif
     return request;
   }
   std::string isa = current_isa();
 #if SPARSECC_INT8_X86
   if (isa == "avx512" && !cpu_has("avx512")) isa = "avx2";
   if (isa == "avx2" && !cpu_has("avx2")) isa = "portable";
+#elif SPARSECC_INT8_AARCH64
+  isa = isa == "neon" && cpu_has("neon") ? "neon" : "portable";
 #else
-  isa = "portable";  // the only int8 path compiled here, whatever the fp32 kernels use ("neon")
+  isa = "portable";
 #endif
   return isa;
 }
-
-// Tokens per tile: the int8 panel (1 byte per value with VNNI, 2 otherwise) stays in L2.
-static int64_t tile_tokens(int64_t K, int64_t vw, int64_t bytes) {
-  int64_t t = 128;
-  while (t > vw && K * t * bytes > (256 << 10)) t /= 2;
-  return std::max<int64_t>(t, vw);
-}
-
-using QuantFn = float (*)(const float*, int64_t, float, int8_t*);
 
 // Quantize tokens [t0, t0 + nt) into the panel; padding tokens read as zero.
 static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, float act_scale, QuantFn quant,
@@ -298,6 +120,44 @@ static void run_few(const float* x, float* y, int64_t T, int64_t K, int64_t N, c
 }
 #endif  // SPARSECC_INT8_X86
 
+#if SPARSECC_INT8_AARCH64
+// sdot: 4 tokens per vector, signed activations [K/4][P][4] (1 byte each).
+static void run_neon(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale) {
+  const int64_t vw = 4;
+  const int64_t TT = std::min(tile_tokens(K, vw, 1), (T + vw - 1) / vw * vw);
+  at::Tensor panel = at::empty({K * TT}, at::kChar);
+  at::Tensor scales = at::empty({TT}, at::kFloat);
+  const int64_t blocks = N / base.br;
+  for (int64_t t0 = 0; t0 < T; t0 += TT) {
+    const int64_t nt = std::min(TT, T - t0);
+    const int64_t P = (nt + vw - 1) / vw * vw;
+    int8_t* p = panel.data_ptr<int8_t>();
+    float* sx = scales.data_ptr<float>();
+    at::parallel_for(0, nt, 16, [&](int64_t a, int64_t b) {
+      std::vector<int8_t> row(K);
+      for (int64_t t = a; t < b; ++t) {
+        sx[t] = neon::quantize_row(x + (t0 + t) * K, K, act_scale, row.data());
+        pack_signed4(row.data(), K, t, P, p);
+      }
+    });
+    for (int64_t t = nt; t < P; ++t) {
+      sx[t] = 1.f;
+      pack_signed4(nullptr, K, t, P, p);
+    }
+    QJob j = base;
+    j.panel8 = nullptr;
+    j.panel16 = nullptr;
+    j.panels8 = p;
+    j.P = P;
+    j.sx = sx;
+    j.y = y;
+    j.t0 = t0;
+    j.nt = nt;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { neon::rows(j, b0, b1); });
+  }
+}
+#endif
+
 static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale,
                 const std::string& isa) {
 #if SPARSECC_INT8_X86
@@ -307,6 +167,9 @@ static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const
   const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
   const QuantFn quant = use_vnni ? vnni::quantize_row : isa == "avx2" ? avx2::quantize_row : portable::quantize_row;
 #else
+#if SPARSECC_INT8_AARCH64
+  if (isa == "neon") return run_neon(x, y, T, K, N, base, act_scale);
+#endif
   (void)isa;  // "portable", from resolve_isa
   const bool use_vnni = false;
   const int64_t vw = 8;

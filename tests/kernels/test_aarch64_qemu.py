@@ -1,4 +1,4 @@
-"""The fp32 sparse kernels (spmm_isa.h) on x86-64 natively and on AArch64 (NEON) under qemu.
+"""The fp32 (spmm_isa.h) and int8 (int8_isa.h) sparse kernels natively and on AArch64 (NEON, sdot) under qemu.
 
 tests/kernels/native/spmm_selftest.cpp runs `spmm_tiles` for every instruction
 set the CPU has over CSR and BSR weights (blocks 2-16), 1-130 tokens, strided
@@ -8,6 +8,9 @@ built natively with g++ (always) and cross-built statically with
 aarch64-linux-gnu-g++ and run with qemu-aarch64 (Debian packages
 g++-aarch64-linux-gnu and qemu-user; `make arm-tools` installs them). Under
 qemu it checks correctness only: qemu timings say nothing about an ARM CPU.
+tests/kernels/native/int8_selftest.cpp does the same for the int8 kernels
+(bit-exact against int64 sums); under qemu also with `-cpu cortex-a53`, a
+CPU without the dot-product extension, where only `portable` may run.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "tests" / "kernels" / "native" / "spmm_selftest.cpp"
+INT8_SOURCE = ROOT / "tests" / "kernels" / "native" / "int8_selftest.cpp"
 INCLUDE = ROOT / "sparsecc" / "kernels"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 QEMUS = ("qemu-aarch64", "qemu-aarch64-static")
 ARM_PACKAGES = "g++-aarch64-linux-gnu qemu-user"
 
 
-def _compile(cxx: str, out: Path, *extra: str) -> Path:
-    cmd = [cxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", *extra, "-I", str(INCLUDE), str(SOURCE),
-           "-o", str(out)]
+def _compile(cxx: str, out: Path, *extra: str, source: Path = SOURCE) -> Path:
+    # -Wno-maybe-uninitialized: GCC 12 warns inside its own AVX-512 intrinsics (_mm512_broadcast_i32x4)
+    cmd = [cxx, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wno-maybe-uninitialized", *extra,
+           "-I", str(INCLUDE), str(source), "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
     return out
@@ -57,8 +62,12 @@ def native_selftest(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def arm_selftest(tmp_path_factory) -> list[str]:
-    """The command running the AArch64 self-test under qemu."""
+def native_int8_selftest(native_selftest, tmp_path_factory) -> Path:
+    return _compile(shutil.which("g++"), tmp_path_factory.mktemp("native") / "int8_selftest", source=INT8_SOURCE)
+
+
+def _arm_tools() -> tuple[str, str]:
+    """The cross compiler and qemu; skips naming the Debian packages when one is missing."""
     missing = []
     cross = shutil.which(CROSS_CXX)
     if cross is None:
@@ -69,8 +78,23 @@ def arm_selftest(tmp_path_factory) -> list[str]:
     if missing:
         pytest.skip(f"no AArch64 cross build: missing {', '.join(missing)}; "
                     f"`apt-get install {ARM_PACKAGES}` or `make arm-tools` (as root)")
+    return cross, qemu
+
+
+@pytest.fixture(scope="module")
+def arm_selftest(tmp_path_factory) -> list[str]:
+    """The command running the AArch64 self-test under qemu."""
+    cross, qemu = _arm_tools()
     binary = _compile(cross, tmp_path_factory.mktemp("aarch64") / "spmm_selftest", "-static")
     return [qemu, str(binary)]
+
+
+@pytest.fixture(scope="module")
+def arm_int8_selftest(tmp_path_factory) -> tuple[str, str]:
+    """qemu and the AArch64 int8 self-test."""
+    cross, qemu = _arm_tools()
+    binary = _compile(cross, tmp_path_factory.mktemp("aarch64") / "int8_selftest", "-static", source=INT8_SOURCE)
+    return qemu, str(binary)
 
 
 def _assert_passes(done: subprocess.CompletedProcess) -> None:
@@ -125,9 +149,10 @@ def test_aarch64_neon_under_qemu(arm_selftest):
 
 
 def test_aarch64_portable_forced_under_qemu(arm_selftest):
-    done = _run(arm_selftest + ["--quiet"], {"SPARSECC_ISA": "portable"})
-    _assert_passes(done)
+    done = _run(arm_selftest + ["--list"], {"SPARSECC_ISA": "portable"})  # the cases ran in the test above
+    assert done.returncode == 0, done.stdout + done.stderr
     assert _field(done.stdout, "best_isa") == "portable"
+    assert _field(done.stdout, "isas tested") == "neon,portable"
 
 
 def test_aarch64_selftest_catches_a_wrong_output(arm_selftest):
@@ -135,7 +160,7 @@ def test_aarch64_selftest_catches_a_wrong_output(arm_selftest):
 
 
 def test_int8_kernels_compile_for_aarch64():
-    """int8_spmm.cpp (a torch operator) compiles for AArch64 with its portable path only (no x86 intrinsics).
+    """int8_spmm.cpp (the torch operator: sdot and portable paths, no x86 intrinsics) compiles for AArch64.
 
     Checked against this venv's torch headers (-fsyntax-only): nothing runs, there is no AArch64 torch here.
     """
@@ -148,3 +173,34 @@ def test_int8_kernels_compile_for_aarch64():
            "-I", str(INCLUDE), str(INCLUDE / "int8_spmm.cpp")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"int8_spmm.cpp does not compile for AArch64:\n{done.stderr[-4000:]}"
+
+
+def _assert_int8_catches(done: subprocess.CompletedProcess, isa: str) -> None:
+    assert done.returncode == 1, f"a wrong int8 output went unnoticed (exit {done.returncode}):\n{done.stdout}"
+    fails = [line for line in done.stdout.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 1 and f"isa={isa} blocks=1x4" in fails[0] and "exact" in fails[0], done.stdout
+
+
+def test_native_int8_selftest(native_int8_selftest):
+    done = _run([str(native_int8_selftest)])
+    _assert_passes(done)
+    tested = _field(done.stdout, "int8 isas tested").split(",")
+    assert tested[-1] == "portable"
+    bad = _run([str(native_int8_selftest), "--self-check-fail"])
+    _assert_int8_catches(bad, tested[0])
+
+
+def test_aarch64_int8_sdot_under_qemu(arm_int8_selftest):
+    qemu, binary = arm_int8_selftest
+    done = _run([qemu, binary])  # qemu's default CPU ("max") has the dot-product extension
+    _assert_passes(done)
+    assert _field(done.stdout, "int8 isas tested") == "neon,portable"
+    _assert_int8_catches(_run([qemu, binary, "--self-check-fail"]), "neon")
+
+
+def test_aarch64_int8_without_dotprod_under_qemu(arm_int8_selftest):
+    """A Cortex-A53 (Armv8.0) has no sdot: cpu_has("neon") must say so, and portable still runs."""
+    qemu, binary = arm_int8_selftest
+    done = _run([qemu, "-cpu", "cortex-a53", binary])
+    _assert_passes(done)
+    assert _field(done.stdout, "int8 isas tested") == "portable"

@@ -21,7 +21,7 @@
 //
 // Options: --self-check-fail perturbs one output of the first case after the kernel
 // ran, so the run must fail (the harness cannot pass vacuously); --quiet prints
-// only the summary. Exit 0 when all pass, 1 with a line naming the failed case.
+// only the summary; --list prints the architecture and ISAs and runs nothing. Exit 0 when all pass, 1 with a line naming the failed case.
 
 #include "spmm_isa.h"
 
@@ -139,6 +139,7 @@ std::string describe(const Isa& isa, const Case& c, int64_t T, const Layout& lay
 
 bool g_perturb = false;  // --self-check-fail: spoil one output of the first case
 bool g_quiet = false;
+bool g_list = false;
 int64_t g_runs = 0;
 
 // Runs one case; returns an empty string on success, else what went wrong.
@@ -233,8 +234,9 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--self-check-fail") g_perturb = true;
     else if (a == "--quiet") g_quiet = true;
+    else if (a == "--list") g_list = true;
     else {
-      std::fprintf(stderr, "usage: %s [--self-check-fail] [--quiet]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--self-check-fail] [--quiet] [--list]\n", argv[0]);
       return 2;
     }
   }
@@ -265,6 +267,7 @@ int main(int argc, char** argv) {
     }
   }
 #endif
+  if (g_list) return 0;
 
   const Case cases[] = {
       {"csr", 1, 48, 96, 1.0, 0, "dense"},
