@@ -10,7 +10,13 @@ rest to ExecuTorch's portable kernels, writes ``model.pte`` and, with
   layout (see `weight_index`), used by ``verify_pattern``;
 - ``dynamic_dims``: each dynamic dim's name and the bound the ``.pte`` was
   planned for; ``specialized_dims``: dims ExecuTorch pinned to one size;
-- ``sizes``: ``pte_bytes`` and ``pte_zstd_bytes``; ``timings_s``; ``threads``.
+- ``sizes``: ``pte_bytes`` and ``pte_zstd_bytes``; ``timings_s``; ``threads``;
+- ``int8``: for a program quantized with ``quantize: {weights: int8,
+  activations: dynamic}``, the layers lowered to XNNPACK's dynamically
+  quantized int8 linear (see `int8`), each with the scales and integers
+  read back from the ``.pte`` compared with the program's; ``parity_tol``:
+  the parity tolerance those layers call for (``parity_rtol`` /
+  ``parity_atol`` of the backend follow the last lowering).
 
 Backend-specific `LowerOptions.extra` keys:
 
@@ -28,6 +34,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from torch.export import ExportedProgram
 
 from sparsecc.core.analyze import find_prunable_weights
@@ -42,12 +50,15 @@ from sparsecc.backends.base import (
 )
 from sparsecc.core.ir import MaskSpec
 from sparsecc.core.program import state_tensor
+from sparsecc.passes.quantize_weights import int8_grid
+from sparsecc.verify.parity import PARITY_ATOL, PARITY_RTOL
 
 from . import _deps
 from .checks import layer_checks
 from .compress import ZSTD_LEVEL, compress_file
 from .delegation import delegation_report
 from .dynamic_dims import DynamicDim, named_specs, output_specs
+from .int8 import int8_parity_tolerance
 from .lowering import lower_to_edge, to_pte
 from .pte import PteReader
 from .runtime import ExecuTorchRunner
@@ -73,6 +84,10 @@ class ExecuTorchBackend(Backend):
     name = "executorch"
     extra = "executorch"
     modules = ("executorch", "zstandard")
+    # fp32 by default; `lower` widens them for a program with dynamic int8 layers
+    # (compile reads them after lowering), see `int8.int8_parity_tolerance`.
+    parity_rtol = PARITY_RTOL
+    parity_atol = PARITY_ATOL
 
     def check(self, program: ExportedProgram) -> list[LayerCheck]:
         weights = find_prunable_weights(program).weights
@@ -80,10 +95,11 @@ class ExecuTorchBackend(Backend):
             # Bounds and pinned dims matter to the artifact; `lower` warns about them.
             warnings.simplefilter("ignore", UserWarning)
             lowering = lower_to_edge(program, LowerOptions())
-        return layer_checks(delegation_report(lowering.edge_program, lowering.rejections, weights))
+        report = delegation_report(lowering.edge_program, lowering.rejections, weights)
+        return layer_checks(report, lowering.int8.get("layers"))
 
     def check_artifact(self, program: ExportedProgram, artifact: Artifact) -> list[LayerCheck]:
-        return layer_checks(artifact.meta["delegation"])
+        return layer_checks(artifact.meta["delegation"], (artifact.meta.get("int8") or {}).get("layers"))
 
     def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions | None = None) -> Artifact:
         options = options or LowerOptions()
@@ -93,6 +109,13 @@ class ExecuTorchBackend(Backend):
         values = {w.fqn: state_tensor(program, w.fqn) for w in weights}
 
         lowering = lower_to_edge(program, options)
+        int8 = lowering.int8
+        for fqn in int8["layers"]:  # the .pte holds the int8 integers: index and verify those
+            values[fqn] = int8_grid(program, fqn)[0]
+        if int8["layers"]:
+            self.parity_rtol, self.parity_atol = int8_parity_tolerance(int8["depth"])
+        else:
+            self.parity_rtol, self.parity_atol = PARITY_RTOL, PARITY_ATOL
         report = delegation_report(lowering.edge_program, lowering.rejections, weights)
         data = to_pte(lowering, program)
         timings = lowering.timings
@@ -113,6 +136,8 @@ class ExecuTorchBackend(Backend):
         reader = PteReader(data)
         index = index_weights(lowering.edge_program, reader, weights, values)
         report["kernels"] = _kernels(reader)
+        if int8["layers"] or int8["skipped"]:
+            _check_int8_storage(program, reader, index, int8)
         timings["index_weights"] = time.perf_counter() - t0
 
         dims = {s: d for s, d in lowering.dims.items() if s not in lowering.specialized}
@@ -125,8 +150,10 @@ class ExecuTorchBackend(Backend):
                 lowering.dims[s].name: v for s, v in lowering.specialized.items() if s in lowering.dims
             },
             "rewrites": lowering.rewrites,
+            "parity_tol": {"rtol": self.parity_rtol, "atol": self.parity_atol},
             "sizes": sizes,
             "threads": options.threads,
+            **({"int8": int8} if int8["layers"] or int8["skipped"] else {}),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
         inputs = named_specs(user_input_specs(program), lowering.dims, lowering.specialized)
@@ -152,3 +179,19 @@ def _kernels(reader: PteReader) -> dict[str, list[str]]:
     except Exception:  # the runtime library itself failed to load: report what we know
         return {"operators": ops, "missing": []}
     return {"operators": ops, "missing": [o for o in ops if o not in registered]}
+
+
+def _check_int8_storage(program: ExportedProgram, reader: PteReader, index: dict, int8: dict) -> None:
+    """Per int8 layer: the quantization XNNPACK stored, compared with the program's grid (in place)."""
+    for fqn, rec in int8["layers"].items():
+        entry = index.get(fqn, {})
+        if entry.get("where") != "xnnpack":
+            rec.update(stored="not in an XNNPACK delegate", ok=False)
+            continue
+        q, scale = int8_grid(program, fqn)
+        qp = reader.xnnpack_quant_params(int(entry["delegate"]), int(entry["value"])) or {}
+        stored, _ = reader.xnnpack_tensor(int(entry["delegate"]), int(entry["value"]))
+        same_q = stored.dtype == torch.int8 and torch.equal(stored, q)
+        same_s = "scale" in qp and torch.equal(qp["scale"], scale.float())
+        rec.update(stored=qp.get("datatype"), quant=qp.get("type"), integers_equal=bool(same_q),
+                   scales_equal=bool(same_s), zeros=int((stored == 0).sum()), ok=bool(same_q and same_s))

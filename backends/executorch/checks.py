@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from sparsecc.backends.base import LayerCheck, Support
 
-__all__ = ["layer_checks", "DENSE_REASON", "PORTABLE_REASON"]
+__all__ = ["layer_checks", "DENSE_REASON", "PORTABLE_REASON", "INT8_REASON"]
 
 DENSE_REASON = (
     "runs dense: saves size, not time (XNNPACK has no sparse kernels here); channel pruning makes it faster"
@@ -24,11 +24,20 @@ PORTABLE_REASON = (
 )
 
 
-def layer_checks(report: Mapping[str, Any]) -> list[LayerCheck]:
-    """One `LayerCheck` per prunable layer of a delegation report."""
+INT8_REASON = (
+    "runs int8 in XNNPACK (qd8-f32-qc8w: activations quantized per token at run time, the program's "
+    "per-channel int8 weights), dense: zeros save size, not time"
+)
+
+
+def layer_checks(report: Mapping[str, Any], int8: Mapping[str, Any] | None = None) -> list[LayerCheck]:
+    """One `LayerCheck` per prunable layer of a delegation report (``int8``: FQNs lowered to int8)."""
     checks = []
+    int8 = int8 or {}
     for e in report["layers"]:
-        if e["where"] == "xnnpack":
+        if e["where"] == "xnnpack" and e["fqn"] in int8:
+            checks.append(LayerCheck(e["layer"], e["fqn"], Support.DENSE, INT8_REASON))
+        elif e["where"] == "xnnpack":
             checks.append(LayerCheck(e["layer"], e["fqn"], Support.DENSE, DENSE_REASON))
         elif e["where"] == "portable":
             why = e.get("reason") or "XNNPACK did not take it"

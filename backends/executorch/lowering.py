@@ -24,6 +24,7 @@ from torch.export import ExportedProgram
 from sparsecc.backends.base import LoweringError, LowerOptions
 
 from . import _deps
+from .int8 import quantize_dynamic_linears
 from .dynamic_dims import DynamicDim, apply_upper_bounds, find_dynamic_dims, narrow_to_lowered, specialized_dims
 from .rejections import capture_rejections
 from .split_to_slices import split_to_slices
@@ -41,6 +42,7 @@ class EdgeLowering:
     specialized: dict[str, int]
     rewrites: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    int8: dict[str, Any] = field(default_factory=dict)  # see `int8.quantize_dynamic_linears`
 
     @property
     def edge_program(self) -> ExportedProgram:
@@ -106,7 +108,8 @@ def lower_to_edge(program: ExportedProgram, options: LowerOptions | None = None)
         prepared = private_copy(program)
     except Exception as e:
         raise lowering_error("copying the program (torch.export save/load)", e, program) from e
-    rewrites = {"split_to_slices": split_to_slices(prepared)}
+    prepared, int8 = quantize_dynamic_linears(prepared, program)  # StaticActivationsError for static int8
+    rewrites = {"split_to_slices": split_to_slices(prepared), "int8_dynamic_linear": len(int8["layers"])}
     names: Mapping[str, Mapping[int, str]] = options.extra.get("dynamic_axes") or {}
     dims = find_dynamic_dims(prepared, names, options.extra.get("dim_max"))
     apply_upper_bounds(prepared, dims)
@@ -131,7 +134,7 @@ def lower_to_edge(program: ExportedProgram, options: LowerOptions | None = None)
             "the .pte accepts only that size there",
             stacklevel=2,
         )
-    return EdgeLowering(manager, dict(rejections), dims, specialized, rewrites, timings)
+    return EdgeLowering(manager, dict(rejections), dims, specialized, rewrites, timings, int8)
 
 
 def to_pte(lowering: EdgeLowering, original: ExportedProgram) -> bytes:

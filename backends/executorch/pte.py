@@ -28,6 +28,9 @@ XNN_DTYPES = {
     "xnn_datatype_fp32": torch.float32,
     "xnn_datatype_fp16": torch.float16,
     "xnn_datatype_bf16": torch.bfloat16,
+    # int8 integers of a quantized weight: per channel (qc8w) or per tensor.
+    "xnn_datatype_qcint8": torch.int8,
+    "xnn_datatype_qint8": torch.int8,
 }
 # executorch ScalarType codes for the floating dtypes a weight can have.
 SCALAR_TYPES = {5: torch.float16, 6: torch.float32, 7: torch.float64, 15: torch.bfloat16}
@@ -138,6 +141,7 @@ class PteReader:
         """Value ``value_id`` of XNNPACK delegate ``index``, read from the named data; and its key."""
         graph = self.xnnpack_graph(index)
         value = graph["xvalues"][value_id]["xvalue_union"]
+        value = value.get("tensor_value", value)  # an XNNQuantizedTensorValue wraps the tensor
         buffer_idx = int(value.get("constant_buffer_idx", 0))
         if buffer_idx <= 0:
             raise ValueError(f"XNNPACK value {value_id} of delegate {index} holds no constant data")
@@ -148,3 +152,27 @@ class PteReader:
         dims = tuple(int(d) for d in value["dims"])
         raw = bytearray(self.named_data(key))
         return torch.frombuffer(raw, dtype=dtype).reshape(dims), key
+
+    def xnnpack_quant_params(self, index: int, value_id: int) -> dict[str, Any] | None:
+        """The quantization of value ``value_id`` of XNNPACK delegate ``index`` (None for a float value).
+
+        ``{"type": "PerChannelQuant", "channel_dim", "scale": float32 tensor}`` for
+        per-channel int8 weights, the scales read from the named data; other
+        types come back as XNNPACK serialized them (``{"type", **params}``).
+        """
+        union = self.xnnpack_graph(index)["xvalues"][value_id]
+        value = union["xvalue_union"]
+        if "quant_params_type" not in value:
+            return None
+        kind, params = value["quant_params_type"], dict(value.get("quant_params") or {})
+        out: dict[str, Any] = {"type": kind, "datatype": value["tensor_value"]["datatype"]}
+        if kind == "PerChannelQuant":
+            scale = torch.tensor(params.get("scale") or [], dtype=torch.float32)
+            buf = int(params.get("scale_buffer_idx", 0) or 0)
+            if buf > 0:
+                key = self.xnnpack_graph(index)["constant_data"][buf]["named_key"]
+                scale = torch.frombuffer(bytearray(self.named_data(key)), dtype=torch.float32).clone()
+            out.update(channel_dim=int(params.get("channel_dim", 0)), scale=scale)
+        else:
+            out.update(params)
+        return out

@@ -76,6 +76,8 @@ def _weight_of(node: torch.fx.Node, targets: Mapping[str, str], wanted: Mapping[
                 return targets[a.name]
         elif a.op == "call_function" and len(a.all_input_nodes) == 1:
             todo.extend(a.all_input_nodes)
+        elif a.op == "call_function" and "dequantize_per_channel" in str(a.target):
+            todo.append(a.args[0])  # int8 weight integers (see `int8`): follow them, not the scales
     return None
 
 
