@@ -327,23 +327,7 @@ def lower_streamed_onnx(
                 block_files.append(f"blocks/{name}.data")
             shutil.rmtree(scratch)
             files += block_files
-            masks = {k[len(prefix):]: v for k, v in info["tensors"].items() if k.startswith(prefix)}
-            zeros = sum(m["numel"] - m["nonzero"] for m in masks.values())
-            numel = sum(m["numel"] for m in masks.values())
-            provenance = {fqn: {k: p[k] for k in _PROVENANCE_KEYS if k in p}
-                          for fqn, p in artifact.meta["provenance"].items()}
-            eligible = [e for e in artifact.meta.get("tensorrt_2_4", []) if e.get("eligible")]
-            blocks.append({
-                "index": i, "file": block_files[0], "files": block_files,
-                "inputs": [s.to_dict() for s in artifact.inputs], "outputs": [s.to_dict() for s in artifact.outputs],
-                "sparsity": {"zeros": zeros, "weights": numel, "fraction": zeros / max(numel, 1),
-                             "by_tensor": {k: 1 - m["nonzero"] / max(m["numel"], 1) for k, m in masks.items()}},
-                "pattern_checks": [{"fqn": c.fqn, "ok": c.ok, "achieved": c.achieved, "location": c.location,
-                                    "tensorrt_2_4": c.eligible} for c in checks],
-                "tensorrt_2_4_eligible": len(eligible),
-                "provenance": provenance,
-                "bytes": sum((work / f).stat().st_size for f in block_files),
-            })
+            blocks.append(_block_record(i, block_files, artifact, checks, info, prefix, work))
             del weights, artifact, checks
             gc.collect()
             block_seconds.append(time.perf_counter() - t_block)
@@ -355,25 +339,7 @@ def lower_streamed_onnx(
         runner_src = Path(__file__).with_name("streamed_runner.py")
         shutil.copy2(runner_src, work / "run_blocks.py")
         files.append("run_blocks.py")
-        hidden_spec = ["batch", "seq", shape.hidden]
-        manifest = {
-            "format": FORMAT, "version": FORMAT_VERSION, "source": path.name, "model": info.get("model"),
-            "pattern": info["pattern"], "sparsity": info.get("sparsity"), "criterion": info.get("criterion"),
-            "config": shape.to_dict(), "seq_len": seq_range, "batch": batch_range, "opset": _OPSET,
-            "embedding": {"file": "embedding.onnx", "files": ["embedding.onnx", "embedding.onnx.data"],
-                          "inputs": [_tensor_spec("input_ids", ["batch", "seq"], "int64")],
-                          "outputs": [_tensor_spec("hidden", hidden_spec, "float32")],
-                          "formula": "hidden = embed_tokens[input_ids]"},
-            "blocks": blocks,
-            "head": {"file": "head.onnx", "files": ["head.onnx", "head.onnx.data"], "inputs": [_tensor_spec("hidden", hidden_spec, "float32")],
-                     "outputs": [_tensor_spec("logits", ["batch", "seq", shape.vocab], "float32")],
-                     "formula": "logits = (hidden / sqrt(mean(hidden^2, -1) + rms_eps) * model.norm.weight) @ "
-                                + ("model.embed_tokens.weight^T (tied)" if shape.tie_embeddings else "lm_head.weight^T")},
-            "runner": "run_blocks.py",
-            "sparsity_total": {"zeros": sum(b["sparsity"]["zeros"] for b in blocks),
-                               "weights": sum(b["sparsity"]["weights"] for b in blocks)},
-            "block_seconds": [round(s, 3) for s in block_seconds],
-        }
+        manifest = _manifest(path, info, shape, seq_range, batch_range, blocks, block_seconds)
         files.append("manifest.json")
         manifest["files"] = sorted(files)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -386,6 +352,53 @@ def lower_streamed_onnx(
         raise
     return LoweredBlocks(out, manifest, time.perf_counter() - t_start, rss_start, peak_rss_mb(),
                          {k: round(v, 3) for k, v in timings.items()})
+
+
+def _block_record(i: int, block_files: list[str], artifact: Any, checks: list, info: dict[str, Any], prefix: str,
+                  work: Path) -> dict[str, Any]:
+    """One block's manifest entry: files, signature, sparsity, pattern checks, provenance, size."""
+    masks = {k[len(prefix):]: v for k, v in info["tensors"].items() if k.startswith(prefix)}
+    zeros = sum(m["numel"] - m["nonzero"] for m in masks.values())
+    numel = sum(m["numel"] for m in masks.values())
+    provenance = {fqn: {k: p[k] for k in _PROVENANCE_KEYS if k in p}
+                  for fqn, p in artifact.meta["provenance"].items()}
+    eligible = [e for e in artifact.meta.get("tensorrt_2_4", []) if e.get("eligible")]
+    return {
+        "index": i, "file": block_files[0], "files": block_files,
+        "inputs": [s.to_dict() for s in artifact.inputs], "outputs": [s.to_dict() for s in artifact.outputs],
+        "sparsity": {"zeros": zeros, "weights": numel, "fraction": zeros / max(numel, 1),
+                     "by_tensor": {k: 1 - m["nonzero"] / max(m["numel"], 1) for k, m in masks.items()}},
+        "pattern_checks": [{"fqn": c.fqn, "ok": c.ok, "achieved": c.achieved, "location": c.location,
+                            "tensorrt_2_4": c.eligible} for c in checks],
+        "tensorrt_2_4_eligible": len(eligible),
+        "provenance": provenance,
+        "bytes": sum((work / f).stat().st_size for f in block_files),
+    }
+
+
+def _manifest(path: Path, info: dict[str, Any], shape: Any, seq_range: Any, batch_range: Any,
+              blocks: list[dict[str, Any]], block_seconds: list[float]) -> dict[str, Any]:
+    """manifest.json (without its file list): the source, pattern, ranges, each part's signature and formula."""
+    hidden_spec = ["batch", "seq", shape.hidden]
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION, "source": path.name, "model": info.get("model"),
+        "pattern": info["pattern"], "sparsity": info.get("sparsity"), "criterion": info.get("criterion"),
+        "config": shape.to_dict(), "seq_len": seq_range, "batch": batch_range, "opset": _OPSET,
+        "embedding": {"file": "embedding.onnx", "files": ["embedding.onnx", "embedding.onnx.data"],
+                      "inputs": [_tensor_spec("input_ids", ["batch", "seq"], "int64")],
+                      "outputs": [_tensor_spec("hidden", hidden_spec, "float32")],
+                      "formula": "hidden = embed_tokens[input_ids]"},
+        "blocks": blocks,
+        "head": {"file": "head.onnx", "files": ["head.onnx", "head.onnx.data"],
+                 "inputs": [_tensor_spec("hidden", hidden_spec, "float32")],
+                 "outputs": [_tensor_spec("logits", ["batch", "seq", shape.vocab], "float32")],
+                 "formula": "logits = (hidden / sqrt(mean(hidden^2, -1) + rms_eps) * model.norm.weight) @ "
+                            + ("model.embed_tokens.weight^T (tied)" if shape.tie_embeddings else "lm_head.weight^T")},
+        "runner": "run_blocks.py",
+        "sparsity_total": {"zeros": sum(b["sparsity"]["zeros"] for b in blocks),
+                           "weights": sum(b["sparsity"]["weights"] for b in blocks)},
+        "block_seconds": [round(s, 3) for s in block_seconds],
+    }
 
 
 def _ranges(program: Any) -> tuple[dict[str, int], dict[str, int]]:
