@@ -32,6 +32,8 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc.errors import UsageError
+from sparsecc.passes.quantize_weights import QuantizeWeightsPass, quant_info
+from sparsecc.plan.quantize_options import QuantizeOptions
 from sparsecc.plan.recovery_options import RecoveryOptions
 from sparsecc.recovery.base import Batch, RecoveryResult, assert_zeros_kept, get_method, masks_of
 
@@ -152,8 +154,29 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
         })
         say(f"recovery {opts.method}: loss {result.loss_before:.4g} -> {result.loss_after:.4g} "
             f"in {result.seconds:.1f}s ({result.tokens} tokens)")
+    run.program = _back_on_int8_grid(run.program, say)
     run.seconds = time.perf_counter() - t_all
     return run
+
+
+def _back_on_int8_grid(program: ExportedProgram, say: Progress) -> ExportedProgram:
+    """Quantize again the int8 weights (a recipe's ``quantize:``) that training moved off their grid.
+
+    Training updates the fake-quantized weights in float; without this the
+    program would say int8 while holding float weights. New per-channel scales
+    come from the trained weights (post-training, not quantization-aware
+    training); zeros stay zeros and the pass re-checks every pattern.
+    """
+    records = {f: r for f in program.state_dict if (r := quant_info(program, f)) is not None}
+    if not records:
+        return program
+    modes = {r.get("activations", "dynamic") for r in records.values()}
+    if len(modes) > 1:
+        raise UsageError(f"int8 weights with mixed activation modes {sorted(modes)} cannot be re-quantized")
+    absmax = {f: r["act_scale"] * 127 for f, r in records.items() if r.get("act_scale")}
+    say(f"recovery: {len(records)} int8 weights quantized again on their trained values")
+    return QuantizeWeightsPass(QuantizeOptions(activations=modes.pop()), fqns=set(records),
+                               act_absmax=absmax)(program).program
 
 
 def _verify_learned(program: ExportedProgram, method: str) -> ExportedProgram:

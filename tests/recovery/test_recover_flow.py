@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from sparsecc.errors import UsageError
 from sparsecc.flows.recover import recover
@@ -82,3 +83,25 @@ def test_recovery_without_data_or_model_is_a_usage_error():
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
     with pytest.raises(UsageError, match="training data"):
         recover(sparse, dense, load_recipe({"pattern": "2:4", "recovery": "distill"}).recovery)
+
+
+def test_int8_weights_are_back_on_their_grid_after_training(tmp_path):
+    from sparsecc.core.program import state_tensor
+    from sparsecc.flows.compile import compile
+    from sparsecc.passes.quantize_weights import int8_grid, quant_info
+
+    spec, dense = captured_zoo_model("mlp")
+    stage = {"method": "distill", "steps": 3, "samples": 8, "batch_size": 4, "lr": 1e-2}
+    result = compile(spec, {"pattern": "2:4", "quantize": "int8", "recovery": [stage]}, tmp_path / "b",
+                     targets=("onnx",), program=dense, dense_reference=False)
+    quantized = [f for f in result.program.state_dict if quant_info(result.program, f) is not None]
+    assert quantized
+    for fqn in quantized:
+        q, scale = int8_grid(result.program, fqn)
+        w = state_tensor(result.program, fqn)
+        axis = quant_info(result.program, fqn)["axis"]
+        shape = [1] * w.dim()
+        shape[axis] = -1
+        assert torch.equal(q.float() * scale.reshape(shape), w), fqn  # int8 values, not trained floats
+    assert_zeros_kept(result.program, masks_of(result.program))
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"]["onnx"]["parity"]["ok"]
