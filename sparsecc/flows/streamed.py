@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -38,10 +38,10 @@ from sparsecc.models.decoder_checkpoint import (BLOCK_TENSORS, DecoderCheckpoint
 from sparsecc.plan.block_pruning import BlockPruning, set_block_weights
 
 __all__ = ["StreamedOptions", "StreamedResult", "prune_streamed", "resolve_checkpoint", "memory_budget_mb",
-           "calibration_tokens", "return_freed_memory"]
+           "calibration_tokens", "return_freed_memory", "captured_blocks", "BLOCK_PREFIX"]
 
 FORMAT_VERSION = 1
-_PREFIX = "layer."  # the decoder layer's attribute in `DecoderBlock`: FQNs in the captured block
+BLOCK_PREFIX = "layer."  # the decoder layer's attribute in `DecoderBlock`: FQNs in the captured block
 
 
 @dataclass
@@ -206,7 +206,7 @@ def prune_streamed(
         raise UsageError(str(e)) from None
     if options.micro_batch < 1 or options.samples < 1 or options.seq_len < 2:
         raise UsageError("samples and micro-batch must be >= 1, seq-len >= 2")
-    pruning = BlockPruning(pattern, options.sparsity, options.criterion, options.criterion_options, _PREFIX,
+    pruning = BlockPruning(pattern, options.sparsity, options.criterion, options.criterion_options, BLOCK_PREFIX,
                            options.skip)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -219,21 +219,11 @@ def prune_streamed(
     entries = [(n, ckpt.tensor_dtype(n), tuple(ckpt.tensor_shape(n))) for n in names]
     masks: dict[str, dict[str, Any]] = {}
     block_seconds: list[float] = []
-    program = None
     # Room for the metadata: ~120 bytes per pruned tensor's entry plus the fixed part.
     with SafetensorsWriter(out, entries, metadata_bytes=8192 + 160 * len(BLOCK_TENSORS) * shape.layers) as writer:
         writer_copy(ckpt, writer, "model.embed_tokens.weight")
-        for i in range(shape.layers):
-            t_block = time.perf_counter()
-            prefix = block_prefix(i)
-            weights = {t: ckpt.read(prefix + t).float() for t in BLOCK_TENSORS}
-            if program is None:
-                t0 = time.perf_counter()
-                program = capture(DecoderBlock(shape, weights), (hidden[0],), {},
-                                  DecoderBlock.dynamic_shapes(max(shape.max_positions, options.seq_len)))
-                timings["capture"] = time.perf_counter() - t0
-            else:
-                set_block_weights(program, weights, _PREFIX)
+        blocks = captured_blocks(ckpt, hidden[0], max(shape.max_positions, options.seq_len), timings)
+        for i, prefix, weights, program, t_block in blocks:
             try:
                 result = pruning.prune(program, hidden)
             except Exception as e:
@@ -253,13 +243,38 @@ def prune_streamed(
                 mean = sum(block_seconds) / len(block_seconds)
                 progress(i + 1, shape.layers, f"block {i} in {block_seconds[-1]:.1f}s, "
                          f"~{mean * (shape.layers - i - 1):.0f}s left")
-        del hidden, program
+        del hidden, program, blocks
         for n in names[1 + len(BLOCK_TENSORS) * shape.layers:]:
             writer_copy(ckpt, writer, n)
         writer.finish(_metadata(ckpt, model, options, pruning, masks))
     return StreamedResult(out, shape, block_seconds, masks, rss_start, rss_setup, peak_rss_mb(),
                           memory_budget_mb(shape, options.samples, options.seq_len)["total"],
                           time.perf_counter() - t_start, timings)
+
+
+def captured_blocks(ckpt: DecoderCheckpoint, example: torch.Tensor, max_positions: int, timings: dict[str, float]
+                    ) -> Iterator[tuple[int, str, dict[str, torch.Tensor], Any, float]]:
+    """Each decoder block as ``(index, prefix, float32 weights, program, start time)``.
+
+    Block 0 is captured once (on ``example`` hidden states, positions up to
+    ``max_positions``; its time goes to ``timings["capture"]``); every later
+    block only swaps its weights into that program. The previous block's
+    weights are dropped before the next are read, so one block is alive.
+    """
+    program = None
+    for i in range(ckpt.shape.layers):
+        start = time.perf_counter()
+        prefix = block_prefix(i)
+        weights = {t: ckpt.read(prefix + t).float() for t in BLOCK_TENSORS}
+        if program is None:
+            t0 = time.perf_counter()
+            program = capture(DecoderBlock(ckpt.shape, weights), (example,), {},
+                              DecoderBlock.dynamic_shapes(max_positions))
+            timings["capture"] = time.perf_counter() - t0
+        else:
+            set_block_weights(program, weights, BLOCK_PREFIX)
+        yield i, prefix, weights, program, start
+        del weights
 
 
 def writer_copy(ckpt: DecoderCheckpoint, writer: SafetensorsWriter, name: str) -> None:

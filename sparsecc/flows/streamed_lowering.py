@@ -53,17 +53,16 @@ import numpy as np
 import torch
 
 from sparsecc.benchmarking.memory import peak_rss_mb, rss_mb
-from sparsecc.core.capture import capture
 from sparsecc.core.ir import MaskSpec, SparsityPattern
 from sparsecc.core.safetensors_io import CheckpointError
 from sparsecc.errors import UsageError
+from sparsecc.flows.streamed import BLOCK_PREFIX, captured_blocks
 
 __all__ = ["lower_streamed", "lower_streamed_onnx", "verify_streamed_onnx", "streamed_parity", "LoweredBlocks",
            "TargetRefused", "REFUSED_TARGETS", "FORMAT"]
 
 FORMAT = "sparsecc-streamed-onnx"
 FORMAT_VERSION = 1
-_PREFIX = "layer."  # the decoder layer's attribute in DecoderBlock
 _OPSET = 18
 _IR_VERSION = 10
 
@@ -241,7 +240,7 @@ def _specs(info: dict[str, Any], i: int) -> list[MaskSpec]:
     pattern = SparsityPattern.parse(info["pattern"])
     prefix = block_prefix(i)
     target = pattern.fixed_sparsity if pattern.fixed_sparsity is not None else float(info["sparsity"])
-    return [MaskSpec(_PREFIX + name[len(prefix):], pattern, target, criterion=info.get("criterion", ""))
+    return [MaskSpec(BLOCK_PREFIX + name[len(prefix):], pattern, target, criterion=info.get("criterion", ""))
             for name in sorted(info["tensors"]) if name.startswith(prefix)]
 
 
@@ -271,9 +270,7 @@ def lower_streamed_onnx(
     """
     from sparsecc.backends import get_backend
     from sparsecc.backends.base import LowerOptions, LoweringError
-    from sparsecc.models.decoder_block import DecoderBlock
-    from sparsecc.models.decoder_checkpoint import BLOCK_TENSORS, block_prefix, open_decoder_checkpoint
-    from sparsecc.plan.block_pruning import set_block_weights
+    from sparsecc.models.decoder_checkpoint import open_decoder_checkpoint
 
     t_start = time.perf_counter()
     rss_start = rss_mb() or 0.0
@@ -292,20 +289,11 @@ def lower_streamed_onnx(
         files = _write_embedding(ckpt, work / "embedding.onnx") + _write_head(ckpt, work / "head.onnx")
         timings["embedding_head"] = time.perf_counter() - t0
 
-        program, blocks, block_seconds = None, [], []
-        seq_range = batch_range = None
-        for i in range(shape.layers):
-            t_block = time.perf_counter()
-            prefix = block_prefix(i)
-            weights = {t: ckpt.read(prefix + t).float() for t in BLOCK_TENSORS}
-            if program is None:
-                t0 = time.perf_counter()
-                program = capture(DecoderBlock(shape, weights), (torch.zeros(2, 8, shape.hidden),), {},
-                                  DecoderBlock.dynamic_shapes(shape.max_positions))
-                timings["capture"] = time.perf_counter() - t0
+        blocks, block_seconds = [], []
+        walk = captured_blocks(ckpt, torch.zeros(2, 8, shape.hidden), shape.max_positions, timings)
+        for i, prefix, weights, program, t_block in walk:
+            if i == 0:
                 seq_range, batch_range = _ranges(program)
-            else:
-                set_block_weights(program, weights, _PREFIX)
             t0 = time.perf_counter()
             scratch = work / "blocks" / f".lower_{i:03d}"
             artifact = backend.lower(program, scratch, LowerOptions(threads=threads))
@@ -335,7 +323,7 @@ def lower_streamed_onnx(
                 mean = sum(block_seconds) / len(block_seconds)
                 progress(i + 1, shape.layers, f"block {i} lowered in {block_seconds[-1]:.1f}s, "
                          f"~{mean * (shape.layers - i - 1):.0f}s left")
-        del program
+        del program, walk
         runner_src = Path(__file__).with_name("streamed_runner.py")
         shutil.copy2(runner_src, work / "run_blocks.py")
         files.append("run_blocks.py")
