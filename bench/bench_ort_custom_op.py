@@ -1,16 +1,22 @@
-"""ONNX Runtime dense against ONNX Runtime with sparsecc's custom op (libsparsecc_ort.so), one model and single layers.
+"""ONNX Runtime dense against ONNX Runtime with sparsecc's custom ops (libsparsecc_ort.so), one model and single layers.
 
 The model (default MiniLM) is captured, sparsified with a recipe (default
 8x8 blocks at 90%, folded) and lowered twice: the dense program to ``onnx``
-and the sparse one to ``onnx-custom-ops`` (its sparse layers run
-``sparsecc.SparseMatMul`` where that measured faster at lowering). Both run in
-plain ONNX Runtime, batch 1 x ``--seq`` tokens, ``--threads`` threads, timed
-interleaved (`sparsecc.core.timing.time_interleaved`); the custom-op model is
-checked against the sparse program lowered to plain ``onnx`` (same weights,
-relative error <= 1e-4). Then single layers (3072x768 and 768x3072, same
-blocks and sparsity): a one-node MatMul + Add against SparseMatMul (BSR and CSR).
+and the sparse one to ``onnx-custom-ops`` (its sparse linear layers run
+``sparsecc.SparseMatMul`` and its sparse 1x1 convolutions
+``sparsecc.SparseConv1x1`` where that measured faster at lowering). Both run in
+plain ONNX Runtime, batch 1 (x ``--seq`` tokens for a sequence model),
+``--threads`` threads, timed interleaved (`sparsecc.core.timing.time_interleaved`);
+the custom-op model is checked against the sparse program lowered to plain
+``onnx`` (same weights, relative error <= 1e-4). Then single layers (same
+blocks and sparsity): linear 3072x768 and 768x3072 at ``--seq`` tokens (one-node
+MatMul + Add against SparseMatMul), and EfficientNet-Lite0's 1x1 convolutions
+112 -> 672 and 672 -> 112 on a 14x14 map (one-node Conv against SparseConv1x1),
+each in BSR and CSR.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --out bench/results/ort-custom-op-minilm.json
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --model efficientnet-lite0 \
+        --recipe recipes/pointwise8x8-90.yaml --out bench/results/ort-custom-op-efficientnet.json
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ def model_rows(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     want, got = plain_run(flat)[0], custom_run(flat)[0]
     rel = float((got - want).abs().max() / want.abs().max())
     meta = art.meta["custom_ops"]
-    log(f"{meta['replaced']}/{len(meta['layers'])} layers run SparseMatMul; relative error {rel:.2e}")
+    log(f"{meta['replaced']}/{len(meta['layers'])} layers run sparsecc custom ops; relative error {rel:.2e}")
     fns = {"ort dense": lambda: dense_run(flat), "ort custom op": lambda: custom_run(flat)}
     med = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds).medians()
     return {"model": args.model, "recipe": args.recipe, "rel_err_vs_plain_ort": rel,
@@ -101,23 +107,28 @@ def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
 
     rows = []
     rng = np.random.default_rng(0)
-    for n, k in ((3072, 768), (768, 3072)):
+    # (kind, N, K, input shape): two MiniLM linears, EfficientNet-Lite0's 14x14 expand and project 1x1 convs
+    shapes = [("linear", 3072, 768, (args.seq, 768)), ("linear", 768, 3072, (args.seq, 3072)),
+              ("conv1x1", 672, 112, (1, 112, 14, 14)), ("conv1x1", 112, 672, (1, 672, 14, 14))]
+    for kind, n, k, x_shape in shapes:
+        conv = kind == "conv1x1"
         keep = rng.random((n // 8, k // 8)) >= 0.9
         w = rng.standard_normal((n, k)).astype(np.float32) * np.kron(keep, np.ones((8, 8), np.float32))
         bias = rng.standard_normal(n).astype(np.float32)
-        x = rng.standard_normal((args.seq, k)).astype(np.float32)
-        models = {"dense": (dense_matmul_model(w, bias), None), "bsr 8x8": (sparse_matmul_model(w, bias, 8), library),
-                  "csr": (sparse_matmul_model(w, bias, 1), library)}
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        models = {"dense": (dense_matmul_model(w, bias, conv), None),
+                  "bsr 8x8": (sparse_matmul_model(w, bias, 8, conv), library),
+                  "csr": (sparse_matmul_model(w, bias, 1, conv), library)}
         sess = {k2: open_session(m.SerializeToString(), session_options(args.threads), lib)
                 for k2, (m, lib) in models.items()}
         ref = sess["dense"].run(None, {"x": x})[0]
         errs = {k2: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max()) for k2, s in sess.items()}
         med = time_interleaved({k2: (lambda s=s: s.run(None, {"x": x})) for k2, s in sess.items()},
                                warmup=args.warmup, rounds=args.rounds, sample_s=0.02).medians()
-        rows.append({"weight": f"{n}x{k}", "median_ms": {k2: v * 1e3 for k2, v in med.items()},
+        rows.append({"layer": kind, "weight": f"{n}x{k}", "input": list(x_shape), "median_ms": {k2: v * 1e3 for k2, v in med.items()},
                      "speedup_bsr": med["dense"] / med["bsr 8x8"], "speedup_csr": med["dense"] / med["csr"],
                      "rel_err": errs})
-        log(f"{n}x{k}: " + ", ".join(f"{k2} {v * 1e3:.3f} ms" for k2, v in med.items()))
+        log(f"{kind} {n}x{k}: " + ", ".join(f"{k2} {v * 1e3:.3f} ms" for k2, v in med.items()))
     return rows
 
 
@@ -127,17 +138,17 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"{m.get('cpu', '')}, ISA {m['custom_op_isa']}, onnxruntime {m['onnxruntime']}, {s['threads']} thread, "
              f"batch 1 x {s['seq']} tokens, {s['rounds']} interleaved rounds; load average "
              f"{m['load_avg_start'][0]:.2f} at start, {r['load_avg_end'][0]:.2f} at end", "",
-             "| model | ONNX Runtime dense | ONNX Runtime + sparsecc.SparseMatMul | speedup | layers replaced | "
+             "| model | ONNX Runtime dense | ONNX Runtime + sparsecc custom ops | speedup | layers replaced | "
              "rel. error |", "| --- | --- | --- | --- | --- | --- |",
              f"| {mr['model']} {mr['recipe']} | {mr['median_ms']['ort dense']:.2f} ms | "
              f"{mr['median_ms']['ort custom op']:.2f} ms | {mr['speedup']:.2f}x | "
              f"{mr['layers_replaced']}/{mr['layers_timed']} | {mr['rel_err_vs_plain_ort']:.1e} |", "",
-             "| layer [N, K], 8x8 at 90% | dense MatMul+Add | SparseMatMul BSR 8x8 | SparseMatMul CSR | "
-             "speedup (BSR) |", "| --- | --- | --- | --- | --- |"]
+             "| layer [N, K], 8x8 at 90% | input | dense (MatMul+Add / Conv) | custom op BSR 8x8 | custom op CSR | "
+             "speedup (BSR) |", "| --- | --- | --- | --- | --- | --- |"]
     for row in r["layers"]:
         t = row["median_ms"]
-        lines.append(f"| {row['weight']} | {t['dense']:.3f} ms | {t['bsr 8x8']:.3f} ms | {t['csr']:.3f} ms | "
-                     f"{row['speedup_bsr']:.2f}x |")
+        lines.append(f"| {row.get('layer', 'linear')} {row['weight']} | {row.get('input', '')} | {t['dense']:.3f} ms "
+                     f"| {t['bsr 8x8']:.3f} ms | {t['csr']:.3f} ms | {row['speedup_bsr']:.2f}x |")
     return "\n".join(lines)
 
 

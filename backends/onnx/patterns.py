@@ -53,11 +53,11 @@ def _check_one(
     name = prov["initializer"]
     location = f"initializer '{name}'" + (" (sparse)" if index.is_sparse(name) else "")
     op = prov.get("custom_op")
-    if op is not None:  # replaced by sparsecc.SparseMatMul: the [out, in] weight rebuilt from its compressed form
+    if op is not None:  # replaced by a sparsecc custom op: the [out, in] weight rebuilt from its compressed form
         dense = decompress_np(index.array(op["crow_indices"]), index.array(op["col_indices"]),
                               index.array(op["values"]), op["shape"])
-        values = dense.transpose(prov["perm"])
-        location = f"SparseMatMul node '{op['node']}' ({op['format']}, initializer '{op['values']}')"
+        values = dense.reshape(op.get("torch_shape", op["shape"])).transpose(prov["perm"])
+        location = f"{op.get('op', 'SparseMatMul')} node '{op['node']}' ({op['format']}, initializer '{op['values']}')"
     else:
         values = index.array(name)
     dq = next((n for n, i in index.consumers.get(name, []) if n.op_type == "DequantizeLinear" and i == 0), None)

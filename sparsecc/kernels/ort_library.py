@@ -1,4 +1,5 @@
-"""The ONNX Runtime custom-op library: ``libsparsecc_ort.so``, domain ``sparsecc``, op ``SparseMatMul``.
+"""The ONNX Runtime custom-op library: ``libsparsecc_ort.so``, domain ``sparsecc``, ops ``SparseMatMul`` and
+``SparseConv1x1``.
 
 Built with g++ from ``ort_sparse_matmul.cpp``, which includes the same kernel
 sources as the torch operators (``spmm_isa.h`` -> ``spmm_body.h``). It needs
@@ -32,6 +33,7 @@ from sparsecc.errors import DependencyError
 __all__ = [
     "DOMAIN",
     "OP_TYPE",
+    "OP_TYPES",
     "LIBRARY_NAME",
     "HEADERS_PACKAGE",
     "OrtLibraryError",
@@ -42,6 +44,7 @@ __all__ = [
 
 DOMAIN = "sparsecc"
 OP_TYPE = "SparseMatMul"
+OP_TYPES = (OP_TYPE, "SparseConv1x1")
 LIBRARY_NAME = "libsparsecc_ort.so"
 # Debian 13's ONNX Runtime headers (C API 21): the pinned package, its suite and the .deb's SHA-256.
 HEADERS_PACKAGE = {

@@ -1,13 +1,17 @@
-// ONNX Runtime custom-op library: the domain `sparsecc` with the op
+// ONNX Runtime custom-op library: the domain `sparsecc` with two ops over one compressed weight
 //
 //   sparsecc.SparseMatMul(X[..., K] f32, crow_indices i32, col_indices i32, values f32, bias? f32[N]) -> Y[..., N]
+//     Y = X @ W^T + bias
+//   sparsecc.SparseConv1x1(X[B, K, H, W] f32, crow_indices, col_indices, values, bias?) -> Y[B, N, H, W]
+//     a 1x1 convolution (stride 1, no padding, one group) on NCHW data: Y[b, :, h, w] = W @ X[b, :, h, w] + bias
 //   attributes: out_features (N), in_features (K), block (1 = CSR, else square BSR blocks of 2, 4, 8, 16)
 //
-// Y = X @ W^T + bias with W [N, K] stored compressed (CSR values [nnz], BSR values [nnz_blocks, B, B]),
-// computed by the same kernels as the torch operators (spmm_isa.h / spmm_body.h). Only the ONNX Runtime
-// C API is used (headers only; the runtime hands its API table to RegisterCustomOps), so the library
-// links against nothing but libc and runs under any ONNX Runtime from 1.21 (C API version 21) on.
-// Bad inputs fail the call with a message naming the node, never read out of bounds.
+// W [N, K] is stored compressed (CSR values [nnz], BSR values [nnz_blocks, B, B]) and multiplied by the
+// same kernels as the torch operators (spmm_isa.h / spmm_body.h); the convolution reads each image's
+// channels at stride H*W, as sparsecc::sparse_conv1x1 does. Only the ONNX Runtime C API is used (headers
+// only; the runtime hands its API table to RegisterCustomOps), so the library links against nothing but
+// libc and runs under any ONNX Runtime from 1.21 (C API version 21) on. Bad inputs fail the call with a
+// message naming the op and node, never read out of bounds.
 
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_c_api.h>
@@ -25,18 +29,24 @@ namespace {
 using sparsecc::Isa;
 
 const char* kDomain = "sparsecc";
-const char* kOpName = "SparseMatMul";
 const char* kLibrary = "libsparsecc_ort.so";
 const Isa* g_isa = sparsecc::best_isa();
 
+// The two ops differ only in how X and Y are laid out around the product.
+struct SparseOp : OrtCustomOp {
+  const char* name;
+  bool conv1x1;
+};
+
 struct Kernel {
   const OrtApi* api;
-  std::string node;  // "SparseMatMul node 'name'" for messages
+  std::string node;  // "sparsecc.SparseMatMul node 'name'" for messages
   int64_t n, k, block;
+  bool conv1x1;
 };
 
 OrtStatus* fail(const OrtApi* api, const std::string& where, const std::string& what) {
-  return api->CreateStatus(ORT_INVALID_ARGUMENT, (std::string("sparsecc.SparseMatMul ") + where + ": " + what).c_str());
+  return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + what).c_str());
 }
 
 #define SPARSECC_TRY(expr)                  \
@@ -134,7 +144,9 @@ OrtStatus* compute(Kernel& kn, OrtKernelContext* ctx) {
   const auto F = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, I = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
   if (xt != F || vt != F || bt != F || ct != I || it != I)
     return fail(api, kn.node, "X, values and bias must be float32, crow_indices and col_indices int32");
-  if (xd.empty() || xd.back() != kn.k)
+  if (kn.conv1x1 && (xd.size() != 4 || xd[1] != kn.k))
+    return fail(api, kn.node, "X must be [B, in_features = " + std::to_string(kn.k) + ", H, W]");
+  if (!kn.conv1x1 && (xd.empty() || xd.back() != kn.k))
     return fail(api, kn.node, "X must end in in_features = " + std::to_string(kn.k) + " columns");
   const int64_t nnz = vd.empty() ? 0 : vd[0];
   const bool shape_ok = kn.block == 1 ? vd.size() == 1 : (vd.size() == 3 && vd[1] == kn.block && vd[2] == kn.block);
@@ -158,30 +170,36 @@ OrtStatus* compute(Kernel& kn, OrtKernelContext* ctx) {
   SPARSECC_TRY(check_weight(kn, crow, count(cd), col, nnz));
 
   std::vector<int64_t> yd = xd;
-  yd.back() = kn.n;
+  yd[kn.conv1x1 ? 1 : yd.size() - 1] = kn.n;
   OrtValue* out = nullptr;
   SPARSECC_TRY(api->KernelContext_GetOutput(ctx, 0, yd.data(), yd.size(), &out));
   float* y = nullptr;
   SPARSECC_TRY(api->GetTensorMutableData(out, reinterpret_cast<void**>(&y)));
-  const int64_t T = count(xd) / kn.k;
+  // Linear: one product over all rows, channels contiguous. Conv 1x1: one product per image, its H*W
+  // pixels the tokens, channels at stride H*W (NCHW), written back in the same layout.
+  const int64_t images = kn.conv1x1 ? xd[0] : 1;
+  const int64_t T = kn.conv1x1 ? xd[2] * xd[3] : count(xd) / kn.k;
+  const int64_t tok_stride = kn.conv1x1 ? 1 : kn.k, x_ch = kn.conv1x1 ? T : 1;
+  const int64_t y_tok = kn.conv1x1 ? 1 : kn.n, y_ch = kn.conv1x1 ? T : 1;
   if (T == 0) return nullptr;
   // One panel per calling thread, reused: a fresh one per call would be mapped and faulted in each time.
   thread_local std::vector<float> panel;
   panel.resize(static_cast<size_t>(kn.k * sparsecc::panel_tokens(kn.k, T, *g_isa)));
-  sparsecc::spmm_tiles(x, kn.k, 1, y, kn.n, 1, T, kn.k, kn.n, crow, col, val, bias, kn.block, *g_isa, panel.data(),
-                       ParallelFor{api, ctx});
+  for (int64_t b = 0; b < images; ++b)
+    sparsecc::spmm_tiles(x + b * kn.k * T, tok_stride, x_ch, y + b * kn.n * T, y_tok, y_ch, T, kn.k, kn.n, crow, col,
+                         val, bias, kn.block, *g_isa, panel.data(), ParallelFor{api, ctx});
   return nullptr;
 }
 
-OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** out) {
-  std::string node = "node";
+OrtStatus* create_kernel(const SparseOp& op, const OrtApi* api, const OrtKernelInfo* info, void** out) {
+  std::string node = std::string(kDomain) + "." + op.name + " node";
   size_t size = 0;
   if (OrtStatus* s = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
     api->ReleaseStatus(s);
   } else if (size > 1) {
     std::vector<char> name(size);
     if (OrtStatus* s2 = api->KernelInfo_GetNodeName(info, name.data(), &size)) api->ReleaseStatus(s2);
-    else node = "node '" + std::string(name.data()) + "'";
+    else node += " '" + std::string(name.data()) + "'";
   }
   int64_t n = 0, k = 0, block = 1;
   SPARSECC_TRY(api->KernelInfoGetAttribute_int64(info, "out_features", &n));
@@ -195,15 +213,17 @@ OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** ou
   if (n <= 0 || k <= 0 || n % block || k % block)
     return fail(api, node, "block " + std::to_string(block) + " must divide out_features " + std::to_string(n) +
                                " and in_features " + std::to_string(k));
-  *out = new Kernel{api, node, n, k, block};
+  *out = new Kernel{api, node, n, k, block, op.conv1x1};
   return nullptr;
 }
 
-OrtCustomOp make_op() {
-  OrtCustomOp op;
-  std::memset(&op, 0, sizeof(op));
+SparseOp make_op(const char* name, bool conv1x1) {
+  SparseOp op;
+  std::memset(static_cast<OrtCustomOp*>(&op), 0, sizeof(OrtCustomOp));
+  op.name = name;
+  op.conv1x1 = conv1x1;
   op.version = ORT_API_VERSION;
-  op.GetName = [](const OrtCustomOp*) { return kOpName; };
+  op.GetName = [](const OrtCustomOp* self) { return static_cast<const SparseOp*>(self)->name; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
   op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 5; };
   op.GetInputType = [](const OrtCustomOp*, size_t i) {
@@ -216,15 +236,15 @@ OrtCustomOp make_op() {
   };
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
-  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
-    return create_kernel(api, info, kernel);
+  op.CreateKernelV2 = [](const OrtCustomOp* self, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
+    return create_kernel(*static_cast<const SparseOp*>(self), api, info, kernel);
   };
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute(*static_cast<Kernel*>(kernel), ctx); };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   return op;
 }
 
-const OrtCustomOp g_op = make_op();
+const SparseOp g_ops[] = {make_op("SparseMatMul", false), make_op("SparseConv1x1", true)};
 std::mutex g_mutex;
 std::vector<OrtCustomOpDomain*> g_domains;  // each must outlive the sessions that use it: kept until exit
 
@@ -247,7 +267,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
     std::lock_guard<std::mutex> lock(g_mutex);
     g_domains.push_back(domain);
   }
-  SPARSECC_TRY(api->CustomOpDomain_Add(domain, &g_op));
+  for (const SparseOp& op : g_ops) SPARSECC_TRY(api->CustomOpDomain_Add(domain, &op));
   return api->AddCustomOpDomain(options, domain);
 }
 

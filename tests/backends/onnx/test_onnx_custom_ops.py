@@ -158,3 +158,74 @@ def test_parity_on_the_intra_op_pool(library, block):
     sess = open_session(sparse_matmul_model(w, None, block).SerializeToString(), session_options(2), library)
     got = sess.run(None, {"x": x})[0]
     assert np.abs(got - dense).max() <= 1e-4 * np.abs(dense).max()
+
+
+# -- sparsecc.SparseConv1x1: 1x1 convolutions on NCHW data ------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 8])
+@pytest.mark.parametrize("shape", [(1, 64, 7, 9), (3, 64, 1, 1), (2, 64, 16, 16)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv1x1_parity_with_dense_conv(library, block, shape, with_bias):
+    n = 40
+    w = block_sparse(n, shape[1], block, 0.8, seed=block + 5)
+    bias = np.random.default_rng(1).standard_normal(n).astype(np.float32) if with_bias else None
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    dense = run(dense_matmul_model(w, bias, conv1x1=True), x)
+    got = run(sparse_matmul_model(w, bias, block, conv1x1=True), x, library)
+    assert got.shape == dense.shape == (shape[0], n, *shape[2:])
+    assert np.abs(got - dense).max() <= 1e-4 * np.abs(dense).max()
+
+
+def test_conv1x1_wrong_channels_fail_naming_the_op(library):
+    model = sparse_matmul_model(block_sparse(16, 32, 4, 0.5), None, 4, conv1x1=True)
+    model.graph.input[0].type.tensor_type.shape.ClearField("dim")
+    model.graph.node[0].name = "pw_conv"
+    with pytest.raises(Exception, match=r"SparseConv1x1 node 'pw_conv'.*\[B, in_features = 32, H, W\]"):
+        run(model, np.ones((1, 16, 4, 4), np.float32), library)
+
+
+class PointwiseNet(nn.Module):
+    """1x1 expand (with BatchNorm, folded at export) -> 3x3 depthwise -> 1x1 project with a bias, then a 3x3 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand, self.bn = nn.Conv2d(64, 256, 1, bias=False), nn.BatchNorm2d(256)
+        self.dw = nn.Conv2d(256, 256, 3, padding=1, groups=256)
+        self.project = nn.Conv2d(256, 64, 1)
+        self.spatial = nn.Conv2d(64, 64, 3, padding=1)  # 3x3: not a candidate even when sparse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.expand(x)))
+        return self.spatial(self.project(torch.relu(self.dw(h))))
+
+
+def test_lowering_replaces_pointwise_convs(library, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    m = PointwiseNet().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+        for conv in (m.expand, m.project):
+            conv.weight.copy_(torch.from_numpy(block_sparse(conv.out_channels, conv.in_channels, 8, 0.9))[..., None, None])
+        m.spatial.weight.mul_((torch.rand_like(m.spatial.weight) > 0.9).float())
+    x = torch.randn(2, 64, 12, 10)
+    program = torch.export.export(m, (x,), dynamic_shapes=({0: Dim("batch")},))
+    options = LowerOptions(threads=1, extra={"example_inputs": [x], "custom_ops_margin": 1e9, "custom_ops_rounds": 2})
+    art = OnnxCustomOpsBackend().lower(program, tmp_path, options)
+    meta = art.meta["custom_ops"]
+    assert meta["ops"] == ["SparseConv1x1"] and meta["replaced"] == 2
+    assert {e["fqn"]: e["tokens"] for e in meta["layers"]} == {"expand.weight": 240, "project.weight": 240}
+    model = onnx.load(str(art.path("model")))
+    ops = [n for n in model.graph.node if n.domain == "sparsecc"]
+    assert [n.op_type for n in ops] == ["SparseConv1x1"] * 2
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 2  # depthwise and 3x3 stay ONNX convs
+    assert len(ops[1].input) == 5  # project's bias kept
+    got = OnnxCustomOpsBackend().load(art)([x])[0]
+    want = m(x).detach()
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    specs = [MaskSpec(f, SparsityPattern.parse("8x8"), 0.9) for f in ("expand.weight", "project.weight")]
+    checks = OnnxCustomOpsBackend().verify_pattern(art, specs)
+    assert all(c.ok for c in checks), [c.reason for c in checks]
+    assert all("SparseConv1x1" in c.location for c in checks)
