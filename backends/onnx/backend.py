@@ -54,6 +54,7 @@ from sparsecc.backends.base import (
     LoweringError,
     PatternCheck,
     Runner,
+    Support,
     TensorSpec,
     user_input_specs,
 )
@@ -271,3 +272,23 @@ class OnnxCustomOpsBackend(OnnxBackend):
         options = options or LowerOptions()
         extra = {**options.extra, "custom_ops": True}
         return super().lower(program, out_dir, dataclasses.replace(options, extra=extra))
+
+    def check_artifact(self, program: ExportedProgram, artifact: Artifact) -> list[LayerCheck]:
+        """Layers whose custom op measured faster run sparse (sparsecc's kernels); the others as in `check`."""
+        timed = {e["fqn"]: e for e in (artifact.meta.get("custom_ops") or {}).get("layers", [])}
+        out = []
+        for c in self.check(program):
+            e = timed.get(c.fqn)
+            if e is not None and "custom_op" in e:
+                op = e["custom_op"]
+                out.append(LayerCheck(c.layer, c.fqn, Support.SPARSE,
+                                      f"sparsecc.{op['op']} ({op['format']}) in {LIBRARY_FILE}: "
+                                      f"{e['speedup']:.2f}x ONNX Runtime dense at lowering, {e['tokens']} tokens"))
+            elif e is not None:
+                need = 1 / float(artifact.meta["custom_ops"]["margin"])
+                out.append(LayerCheck(c.layer, c.fqn, Support.DENSE,
+                                      f"dense: sparsecc's kernels measured {e['speedup']:.2f}x ONNX Runtime dense at "
+                                      f"lowering (replaced from {need:.2f}x); {c.reason}"))
+            else:
+                out.append(c)
+        return out

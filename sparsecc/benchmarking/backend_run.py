@@ -27,6 +27,8 @@ __all__ = ["run_backend", "PROFILE_NOTES"]
 
 PROFILE_NOTES = {
     "onnx": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the bundle's ONNX provenance",
+    "onnx-custom-ops": "ONNX Runtime profiler (enable_profiling): per-node kernel times, mapped to layers through the "
+                       "bundle's ONNX provenance (sparsecc custom-op nodes by the layer they replaced)",
     "torch": "torch.profiler over a torch.fx.Interpreter run that labels each node with its layer; the interpreter's own Python overhead is not in any layer",
     "torch-sparse": "not profiled per layer here: the bundle's torch-sparse/kernels.json holds each layer's measured dense and sparse kernel times",
     "executorch": "ExecuTorch ETDump (enable_etdump): per-XNNPACK-operator times; XNNPACK's operator names do not say which layer they run (that needs an ETRecord, which bundles do not hold), so times are per operator, not per layer",
@@ -41,7 +43,7 @@ def _variant_files(v) -> dict[str, Any]:
 
 def _profile(backend: str, variants: dict, threads: int | None, inputs, iterations: int) -> dict[str, Any]:
     variants = {k: v for k, v in variants.items() if k in (SPARSE, DENSE)}
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-custom-ops"):
         from .profile_ort import profile_onnx
         return profile_onnx(variants, threads, inputs, iterations)
     if backend == "torch":

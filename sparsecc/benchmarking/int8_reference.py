@@ -24,7 +24,7 @@ from sparsecc.bundle.reader import DENSE, Bundle, Variant
 __all__ = ["CPU_BACKENDS", "INT8_DENSE", "int8_dense_copy", "int8_dense_variant", "quantize_dense_onnx"]
 
 INT8_DENSE = "onnx-int8-dense"
-CPU_BACKENDS = ("onnx", "torch", "torch-sparse", "executorch")  # the backends timed against it
+CPU_BACKENDS = ("onnx", "onnx-custom-ops", "torch", "torch-sparse", "executorch")  # the backends timed against it
 
 
 def quantize_dense_onnx(src: Path, dst: Path) -> Path:

@@ -6,7 +6,8 @@ tensor; ``Gemm`` + ``Relu`` becomes ``fused node_linear``). A profiled name is t
 node name, else as the tensor a node produced; from there producers are
 followed up through ops that fusion folds into a conv or matmul (activation,
 normalization, add) until a node that consumes a prunable weight is found
-(the bundle's ONNX ``provenance``). Other nodes are attributed to their
+(the bundle's ONNX ``provenance``; a layer replaced by a sparsecc custom op
+is found by that op's node). Other nodes are attributed to their
 module scope (the exporter's ``pkg.torch.onnx.name_scopes`` metadata).
 """
 
@@ -49,6 +50,8 @@ class LayerMap:
         for rec in provenance.values():
             for c in rec.get("consumers", []):
                 self.consumer_layer[c["node"]] = rec["layer"]
+            if rec.get("custom_op"):  # the layer's node was replaced by a sparsecc custom op
+                self.consumer_layer[rec["custom_op"]["node"]] = rec["layer"]
         self._cache: dict[str, tuple[str, bool]] = {}
 
     def _scope(self, node: Any) -> str:

@@ -120,7 +120,7 @@ def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = N
     """Load ``v`` with ``threads`` intra-op threads (None: the runtime's default)."""
     if not v.path.is_file():
         raise BenchError(f"{v.backend} {v.name} model {v.path} does not exist")
-    if v.backend == "onnx":
+    if v.backend in ("onnx", "onnx-custom-ops"):  # the latter with libsparsecc_ort.so registered
         return _load_onnx(v, threads, profile_prefix)
     if v.backend == "torch":
         return _load_torch(v, threads)

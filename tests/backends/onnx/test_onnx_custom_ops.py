@@ -143,6 +143,25 @@ def test_lowered_parity_and_pattern(lowered):
     assert all("SparseMatMul" in c.location for c in checks)
 
 
+def test_checks_after_lowering_say_which_layers_run_sparsecc_kernels(lowered):
+    from sparsecc.backends.base import Support
+
+    _m, _x, program, art = lowered
+    checks = {c.fqn: c for c in OnnxCustomOpsBackend().check_artifact(program, art)}
+    assert {f for f, c in checks.items() if c.support == Support.SPARSE} == {"fc1.weight", "fc2.weight"}
+    assert "sparsecc.SparseMatMul (bsr 8x8) in libsparsecc_ort.so" in checks["fc1.weight"].reason
+    assert checks["fc3.weight"].support == Support.DENSE  # dense weight: never timed
+
+
+def test_profile_names_of_custom_op_nodes_map_to_their_layers(lowered):
+    from sparsecc.benchmarking.onnx_layers import LayerMap
+
+    _m, _x, _p, art = lowered
+    lmap = LayerMap(art.path("model"), art.meta["provenance"])
+    assert lmap.resolve("fc1.weight.sparsecc_kernel_time") == ("fc1", True)
+    assert lmap.resolve("fc2.weight.sparsecc_kernel_time") == ("fc2", True)
+
+
 def test_lowered_model_without_library_names_it(lowered):
     _m, _x, _p, art = lowered
     with pytest.raises(CustomOpLibraryError, match=LIBRARY_NAME):

@@ -1,4 +1,5 @@
-"""A bundle with the onnx-custom-ops target: compile, `sparsecc verify`, and a run with only onnxruntime + numpy."""
+"""A bundle with the onnx-custom-ops target: compile, `sparsecc verify`, `sparsecc bench`, and a run with only
+onnxruntime + numpy."""
 
 from __future__ import annotations
 
@@ -43,8 +44,7 @@ def bundle(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("custom_ops_bundle") / "bundle"
     recipe = {"pattern": "8x8", "sparsity": 0.9, "layers": {"exclude": ["head"]}}
-    compile(Wide().eval(), recipe, out, example_args=(torch.randn(64, 1024),), targets=[TARGET], force=True,
-            dense_reference=False)
+    compile(Wide().eval(), recipe, out, example_args=(torch.randn(64, 1024),), targets=[TARGET], force=True)
     return out
 
 
@@ -93,3 +93,21 @@ def test_runs_with_only_onnxruntime_and_numpy(bundle, tmp_path):
     want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_bench_times_it_and_names_the_layers_on_sparsecc_kernels(bundle, tmp_path):
+    """`sparsecc bench` loads the bundled library, times the custom-op model against ONNX Runtime dense, and the
+    per-layer rows of replaced layers say they ran sparsecc's kernels (the custom-op node, support "runs sparse")."""
+    from sparsecc.benchmarking.api import bench
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    replaced = {e["fqn"].removesuffix(".weight") for e in manifest["targets"][TARGET]["artifact"]["meta"]["custom_ops"]
+                ["layers"] if "custom_op" in e}
+    (_b, rec), = bench(bundle, backends=[TARGET], runs=3, warmup=1, profile_runs=3, isolate=False).runs()
+    assert rec["backend"] == TARGET and rec["status"] == "ok", rec.get("error")
+    rows = {r["layer"]: r for r in rec["profile"]["layers"]}
+    assert replaced and replaced <= set(rows)
+    for layer in replaced:
+        assert rows[layer]["backend_support"] == "runs sparse"
+        assert f"{layer}.weight.sparsecc" in rows[layer]["nodes"]["sparse"]  # with the ReLU after it
+        assert rows[layer]["sparse_ms"] > 0 and rows[layer]["dense_ms"] > 0
