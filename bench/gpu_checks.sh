@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sparsecc's GPU checks in one go, for a machine with an NVIDIA GPU (compute capability 8.0+):
 # the tests marked gpu/tensorrt, then bench_semi_structured.py (fp16 and bf16 on cuSPARSELt,
-# fp16 on CUTLASS where the GPU is 8.x, each with --sweep). Every step runs even if one before it failed; the
+# fp16 on CUTLASS where the GPU is 8.x, each with --sweep) and bench_flex_attention.py (block-sparse
+# attention through FlexAttention against dense SDPA). Every step runs even if one before it failed; the
 # logs and JSON go to OUT_DIR, and the exit status is the number of failed steps. pytest runs
 # with -P so that the installed sparsecc, not the source folder of the same name, is imported.
 #
@@ -21,7 +22,7 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.txt, echo the log, co
     [ $rc -eq 0 ] || { echo "== $name failed (exit $rc)"; failed=$((failed + 1)); }
 }
 step machine sh -c "nvidia-smi; $py -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cusparselt.version())'"
-step tests "$py" -P -m pytest -m "gpu or tensorrt" tests/backends/torch_semi_structured tests/backends/tensorrt -n 0 -rs -p no:cacheprovider
+step tests "$py" -P -m pytest -m "gpu or tensorrt" tests/backends/torch_semi_structured tests/backends/tensorrt tests/kernels/test_flex_attention.py -n 0 -rs -p no:cacheprovider
 step bench-fp16-cusparselt "$py" bench/bench_semi_structured.py --rounds "$rounds" --sweep --json "$out/fp16-cusparselt.json"
 step bench-bf16-cusparselt "$py" bench/bench_semi_structured.py --rounds "$rounds" --sweep --dtype bfloat16 --json "$out/bf16-cusparselt.json"
 # torch's CUTLASS 2:4 kernels are for compute capability 8.x only (see the eligibility rules)
@@ -30,5 +31,6 @@ if [ "$("$py" -c 'import torch; print(torch.cuda.get_device_capability()[0])' 2>
 else
     echo "== bench-fp16-cutlass: skipped, torch's CUTLASS 2:4 kernels need compute capability 8.x"
 fi
+step bench-flex-attention "$py" bench/bench_flex_attention.py --rounds "$rounds" --out "$out/flex-attention.json"
 echo "== $failed step(s) failed"
 exit $failed

@@ -14,7 +14,9 @@ Two ops are registered on import (no compilation needed):
 - ``sparsecc::block_sparse_attention(q, k, v, attn_mask?, is_causal, scale, block, tau, sink, reuse, key)``:
   what `sparsecc.passes.BlockSparseAttentionPass` puts in the graph; its
   implementation is the PyTorch reference (dense scores with the skipped
-  blocks masked out), so any program holding it runs and exports;
+  blocks masked out), so any program holding it runs and exports; on CUDA
+  tensors it runs FlexAttention with the kept blocks as its block mask
+  (`sparsecc.kernels.flex_attention`), which skips them;
 - ``sparsecc::attention_blocks(q, k, attn_mask?, is_causal, scale, block, tau, sink, reuse, key)``:
   the block mask alone, ``bool [B, H, nQ, nK]``, which the torch-sparse backend
   feeds to the C++ kernel ``sparsecc::block_attention`` (``block_attention.cpp``;
@@ -32,6 +34,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .flex_attention import flex_available, flex_block_attention
 
 __all__ = [
     "MIN_BLOCK",
@@ -136,12 +140,12 @@ def _visible_counts(mask: torch.Tensor | None, is_causal: bool, q: torch.Tensor,
             vis = vis.unsqueeze(0)
         vis = vis.expand(*vis.shape[:2], sq, sk)
         if is_causal:
-            vis = vis & torch.ones(sq, sk, dtype=torch.bool).tril()
+            vis = vis & torch.ones(sq, sk, dtype=torch.bool, device=vis.device).tril()
         counts = _block_sum(vis, block)
         if memo is not None:
             _last_mask[:] = [mask, memo, counts]
     elif is_causal:
-        counts = _causal_counts(sq, sk, block)[None, None]
+        counts = _causal_counts(sq, sk, block)[None, None].to(q.device)
     return counts
 
 
@@ -153,15 +157,16 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | No
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q, k = q.detach().float(), k.detach().float()
     b, h, sq, _ = q.shape
+    dev = q.device  # every tensor made here lives beside q: the op also runs on CUDA
     nq, nk = -(-sq // block), -(-k.shape[2] // block)
     counts = _visible_counts(attn_mask, is_causal, q, k, block)
     if counts is None:
-        allowed = torch.ones(1, 1, nq, nk, dtype=torch.bool)
+        allowed = torch.ones(1, 1, nq, nk, dtype=torch.bool, device=dev)
     else:
         allowed = counts > 0
         allowed = allowed | ~allowed.any(-1, keepdim=True)  # a query block that sees nothing: dense gives it all
     allowed = allowed.expand(b, h, nq, nk)
-    diagonal = torch.eye(nq, nk, dtype=torch.bool)
+    diagonal = torch.eye(nq, nk, dtype=torch.bool, device=dev)
     if sink:
         diagonal[:, 0] = True
     if tau >= 1.0:
@@ -171,7 +176,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | No
     logits = pq @ pk.transpose(-1, -2) * scale
     # a block's mass is about (visible entries) * exp(pooled score): short and half-hidden blocks weigh less
     if counts is None:
-        counts = (_sizes(sq, block)[:, None] * _sizes(k.shape[2], block)[None, :])[None, None]
+        counts = (_sizes(sq, block)[:, None] * _sizes(k.shape[2], block)[None, :])[None, None].to(dev)
     logits = logits + counts.clamp_min(1.0).log()
     logits = logits.masked_fill(~allowed, float("-inf"))
     p = torch.softmax(logits, -1)
@@ -203,7 +208,7 @@ def reference_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
     visible = kept.repeat_interleave(block, -2)[..., :sq, :].repeat_interleave(block, -1)[..., :sk]
     if is_causal:
-        visible = visible & torch.ones(sq, sk, dtype=torch.bool).tril()
+        visible = visible & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
     p = torch.softmax(s.masked_fill(~visible, float("-inf")), -1)
     return torch.nan_to_num(p, nan=0.0) @ v
 
@@ -250,6 +255,14 @@ def _block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a
 @_block_sparse_attention.register_fake
 def _(q, k, v, attn_mask, is_causal, scale, block, tau, sink, reuse, key):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+if flex_available():
+
+    @_block_sparse_attention.register_kernel("cuda")
+    def _(q, k, v, attn_mask, is_causal, scale, block, tau, sink, reuse, key):
+        kept = _cached_blocks(q, k, attn_mask, is_causal, scale, block, tau, sink, reuse, key)
+        return flex_block_attention(q, k, v, attn_mask, is_causal, scale, block, kept)
 
 
 def register_kernel_fake() -> None:
