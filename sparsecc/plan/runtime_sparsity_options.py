@@ -11,7 +11,7 @@
     attention:                # block-sparse attention (sparsecc.passes.BlockSparseAttentionPass)
       block: 64               # tokens per query / key block (a multiple of 8 in [8, 512])
       tau: 0.95               # kept share of each query block's pooled attention mass
-      sink: false             # always keep the first key block
+      sink: false             # always keep the first key block (decoders such as SmolLM2 need it)
       reuse: 0                # recompute a call site's block mask every N calls (0: every call)
       include: ["*"]          # globs on the attention's module path (model.layers.3.self_attn)
       exclude: []
