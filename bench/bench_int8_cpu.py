@@ -6,8 +6,8 @@ times side by side, interleaved in one process (rounds of A B C .., order
 alternating, medians), one thread by default:
 
 - ``ORT int8``: ``onnxruntime.quantization.quantize_dynamic`` (int8 per-channel
-  weights, dynamic uint8 activations) of a one-layer Gemm model, the dense
-  int8 reference of the issue;
+  weights, dynamic uint8 activations) of a one-layer Gemm model: the dense
+  int8 model a CPU user tries first;
 - ``ORT fp32``: the same model unquantized, ONNX Runtime's dense product;
 - ``torch int8``: torch's dynamic int8 linear (fbgemm), when the build has it;
 - ``sparsecc int8``: `torch.ops.sparsecc.int8_linear` over the sparse weight,

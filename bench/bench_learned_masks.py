@@ -1,4 +1,4 @@
-"""Learned N:M masks (MaskLLM) and SR-STE against the one-shot SparseGPT mask (issue #15).
+"""Learned N:M masks (MaskLLM) and SR-STE against the one-shot SparseGPT mask.
 
 Per configuration: capture the zoo model, prune it one-shot to 2:4 with
 SparseGPT (calibrated on 64 calibration batches), evaluate, then run each

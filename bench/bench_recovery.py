@@ -1,4 +1,4 @@
-"""Quality after one-shot pruning, then after reconstruction, then after distillation (issue #15).
+"""Quality after one-shot pruning, then after reconstruction, then after distillation.
 
 Per configuration: capture the zoo model, prune it one-shot (SparseGPT by
 default, calibrated on the model's calibration data), then run the recovery

@@ -15,7 +15,7 @@ from .stats import FASTER, NO_CHANGE, SLOWER, bootstrap_ratio, verdict
 
 __all__ = ["layer_table", "coverage", "COVERAGE_TOLERANCE"]
 
-# Per-layer times should add up to the end-to-end time within this fraction (issue #4).
+# Per-layer times should add up to the end-to-end time within this fraction.
 COVERAGE_TOLERANCE = 0.15
 
 

@@ -146,7 +146,7 @@ def test_sparsify_refuses_existing_folder_then_force_replaces(tmp_path: Path, re
     assert sparsecc.load_recipe(out / "recipe.yaml").sparsity == 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r24.yaml", "r90.yaml"]
 
-    # ... but never a folder of the user's own files (issue 16, defect 2)
+    # ... but never a folder of the user's own files
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.txt").write_text("x")

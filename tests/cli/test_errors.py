@@ -1,4 +1,4 @@
-"""One error path: every failure is ``error: MESSAGE`` and the exit code of its kind (issue 16, defect 8)."""
+"""One error path: every failure is ``error: MESSAGE`` and the exit code of its kind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Defects of issue 16, each reproduced: an `input` argument (nn.Sequential) on ONNX, --force on a user's
+"""Data-loss and usability defects, each reproduced: an `input` argument (nn.Sequential) on ONNX, --force on a user's
 folder, parity on the declared dynamic shapes, a bundle from file.py:factory that travels, the torch runner
 with keyword inputs."""
 
