@@ -55,6 +55,7 @@ from sparsecc.recovery.base import (
 )
 from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
 from sparsecc.recovery.outputs import batch_loss, distillation_loss, output_loss, teacher_outputs
+from sparsecc.recovery.qat import Int8StraightThrough, int8_weights
 
 __all__ = ["DistillResult", "distill", "distill_fixed_masks", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
 
@@ -271,8 +272,10 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     parameters to train; default all), ``grad_clip`` (1.0; 0 turns it off),
     ``hidden`` (off; ``auto``, ``norm`` or ``linear``: also match the teacher's hidden
     states at those points, `sparsecc.recovery.hidden`), ``hidden_weight`` (1.0),
-    ``lr_schedule`` (``constant`` or ``cosine``: decay to 0 over the steps) and
-    ``warmup`` (steps of linear warm-up, 0).
+    ``lr_schedule`` (``constant`` or ``cosine``: decay to 0 over the steps),
+    ``warmup`` (steps of linear warm-up, 0) and ``qat`` (on): int8 weights (a recipe's
+    ``quantize:``) train quantization-aware, each step on their int8 values with a
+    straight-through gradient (`sparsecc.recovery.qat`), and come back on their grid.
     """
     t0 = time.perf_counter()
     batches = list(batches)
@@ -299,18 +302,20 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     clip = float(options.extra.get("grad_clip", 1.0))
     lr_at = lr_schedule(options)
     taps = _hidden_taps(module, teacher, options)
+    ste = Int8StraightThrough(module, int8_weights(program) if options.extra.get("qat", True) else {})
 
     def step(i: int, b: int) -> tuple[float, int]:
         args, kwargs = batches[b]
         for group in opt.param_groups:
             group["lr"] = lr_at(i)  # a pure function of the step: a resumed run sees the same rates
-        loss = batch_loss(module(*args, **kwargs), targets[b], options)
-        if taps is not None:
-            loss = loss + taps.loss(args, kwargs)
-        if not torch.isfinite(loss):
-            raise RecoveryError(f"distill: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with ste:
+            loss = batch_loss(module(*args, **kwargs), targets[b], options)
+            if taps is not None:
+                loss = loss + taps.loss(args, kwargs)
+            if not torch.isfinite(loss):
+                raise RecoveryError(f"distill: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         mask_gradients_(module, masks)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -320,14 +325,16 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
 
     loop = TrainingLoop(options, module, opt, len(batches), name="distill", progress=progress)
     history = loop.run(step)
-    result = program_with_weights(program, module.state_dict())
+    with ste:  # quantization-aware: the result holds the int8 values training saw, not the latent floats
+        result = program_with_weights(program, module.state_dict())
     assert_zeros_kept(result, masks)
     loss_after = output_loss(result, targets, batches, options)
     return RecoveryResult(result, "distill", loop.step, loss_before, loss_after, time.perf_counter() - t0,
                           loop.tokens, history, {"resumed_from": loop.resumed_from,
                                                  "train_seconds": round(loop.seconds, 3),
                                                  "masked_weights": len(masks),
-                                                 "hidden_states": len(taps.student) if taps else 0})
+                                                 "hidden_states": len(taps.student) if taps else 0,
+                                                 "qat_int8_weights": len(ste)})
 
 
 def lr_schedule(options: RecoveryOptions) -> Callable[[int], float]:
