@@ -13,7 +13,15 @@ measured through that build (never through a stand-in):
   measurement at ``--seq`` tokens against the fastest dense product);
 - ``NAME int8`` (``--int8``): the same program with int8 per-channel weights
   (zeros kept; `sparsecc.passes.QuantizeWeightsPass`), lowered to ``torch-sparse``
-  with sparsecc's int8 kernels (dynamic int8 activations).
+  with sparsecc's int8 kernels (dynamic int8 activations);
+- ``NAME onnx fp32`` / ``NAME onnx int8`` (``--onnx``): the program exported to
+  ONNX, and ONNX Runtime's ``quantize_dynamic`` of that export, as for the dense
+  model: the path of a structured (smaller dense) program, whose speed comes
+  from its smaller layers in any runtime.
+
+A structured program (``bench_recovery.py --configs minilm-ffn50``) has other
+weight shapes than the model: it is used as captured (its dynamic dims cover
+the timed shape) instead of being captured again with the model's code.
 
 Latency: batch 1, ``--seq`` tokens, ``--threads`` threads, every variant
 interleaved in one process (`sparsecc.core.timing.time_interleaved`, rounds
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--program", action="append", default=[], metavar="NAME=PATH.pt2",
                    help="a sparse program to lower to torch-sparse (repeat)")
     p.add_argument("--int8", action="store_true", help="also each program with int8 weights and int8 kernels")
+    p.add_argument("--onnx", action="store_true",
+                   help="also each program in ONNX Runtime, fp32 and quantize_dynamic int8 (structured programs)")
     p.add_argument("--torch-dense", action="store_true", help="also time the dense program in PyTorch")
     p.add_argument("--seq", type=int, default=128, help="tokens per timed call (batch 1)")
     p.add_argument("--threads", type=int, default=1)
@@ -151,7 +161,23 @@ def main(argv: list[str] | None = None) -> None:
         variants["dense torch"] = {"call": module, "dense": True, "note": "PyTorch, the dense program"}
     for item in args.program:
         name, _, path = item.partition("=")
-        program = capture(with_weights(spec.model, load_program(path)), cap_args, cap_kwargs, spec.dynamic_shapes)
+        loaded = load_program(path)
+        try:
+            program = capture(with_weights(spec.model, loaded), cap_args, cap_kwargs, spec.dynamic_shapes)
+        except RuntimeError as e:  # other weight shapes: a structured program, used as captured
+            log(f"{name}: {str(e).splitlines()[0][:120]}: using the program as captured")
+            program = loaded
+        if args.onnx:
+            art, run = lower("onnx", program, tmp / f"{name}-onnx", axis_names, args.threads, example)
+            variants[f"{name} onnx fp32"] = {"call": as_callable(run, [t.name for t in art.inputs]), "dense": False,
+                                             "note": f"ONNX Runtime, {path}"}
+            q_art = Artifact(art.backend, tmp / f"{name}-onnx-int8", {"model": "model.onnx"}, art.inputs,
+                             art.outputs, dict(art.meta))
+            q_art.root.mkdir()
+            quantize_dense_onnx(art.path(), q_art.path())
+            variants[f"{name} onnx int8"] = {"call": as_callable(get_backend("onnx").load(q_art, args.threads),
+                                                                 [t.name for t in art.inputs]), "dense": False,
+                                             "note": f"ONNX Runtime quantize_dynamic, {path}"}
         todo = [(name, program)]
         if args.int8:
             todo.append((f"{name} int8", QuantizeWeightsPass()(program).program))

@@ -11,7 +11,8 @@ stage. Results go to ``bench/results/recovery-<config>.json`` after every stage.
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python bench/bench_recovery.py --configs minilm-2:4 \\
         --distill-steps 200
 
-Configurations: minilm-2:4, minilm-8x8-80 (lee-similarity, cosine to dense),
+Configurations: minilm-2:4, minilm-8x8-80, minilm-ffn50 and minilm-ffn30 (structured:
+half / 30% of the FFN neurons removed; lee-similarity, cosine to dense),
 smollm2-2:4 (perplexity on the first ``--eval-windows`` windows of the
 evaluation half), efficientnet-2:4 (photo-agreement, top-1 agreement on the
 views the dense model is sure of).
@@ -42,6 +43,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "task": "perplexity", "metric": "perplexity", "target": 58.0},
     "efficientnet-2:4": {"model": "efficientnet-lite0", "recipe": {"pattern": "2:4", "criterion": "sparsegpt"},
                          "task": "photo-agreement", "metric": "top1_agreement_sure", "target": 0.9},
+    # structured: half / 30% of every FFN's neurons removed (a smaller dense model), least-squares repaired
+    "minilm-ffn50": {"model": "minilm", "recipe": {"structured": {"ratio": 0.5, "units": ["channel"], "criterion": "l2"}},
+                     "task": "lee-similarity", "metric": "cosine_to_dense", "target": 0.95},
+    "minilm-ffn30": {"model": "minilm", "recipe": {"structured": {"ratio": 0.3, "units": ["channel"], "criterion": "l2"}},
+                     "task": "lee-similarity", "metric": "cosine_to_dense", "target": 0.95},
 }
 
 
@@ -112,11 +118,17 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         if cache is not None and cache.exists():  # the same one-shot program as an earlier run
             sparse = load_program(cache)
             log(f"one-shot program loaded from {cache} (its pruning time is not measured again)")
+        elif "structured" in cfg["recipe"]:  # channels removed, the projections after them repaired
+            from sparsecc.flows.structured import prune_structured
+            from sparsecc.plan.recipe import load_recipe
+
+            sparse = prune_structured(program, load_recipe(cfg["recipe"]).structured, calibration=cal.batches,
+                                      reconstruct=True).program
         else:
             sparse = sparsify(program, cfg["recipe"], fold=True, calibration=cal, model_name=cfg["model"]).program
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                save_program(sparse, cache)
+        if cache is not None and not cache.exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            save_program(sparse, cache)
     m = evaluate(sparse, cfg, spec, ref_raw, args) if not args.skip_oneshot_eval else {}
     record["data"] = {"calibration": f"{cal_samples} calibration batches (sparsecc.data.calibration_inputs)",
                       "training": f"recovery data '{args.data}' ({args.samples} samples)",
@@ -137,7 +149,8 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
                                       extra={k: v for k, v in (("hidden", args.hidden),
                                                                 ("hidden_weight", args.hidden_weight),
                                                                 ("lr_schedule", args.lr_schedule),
-                                                                ("warmup", args.warmup)) if v}))
+                                                                ("warmup", args.warmup),
+                                                                ("train", args.train)) if v}))
     current = sparse
     for opts in stages:
         if opts.method not in args.methods:
@@ -179,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(auto, norm, linear; sparsecc.recovery.hidden)")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="distill: weight of the hidden-state loss (1)")
     p.add_argument("--lr-schedule", default="", help="distill: constant (default) or cosine")
+    p.add_argument("--train", type=lambda v: [g for g in v.split(",") if g], default=None,
+                   help="distill: train only the parameters matching these comma-separated globs (e.g. '*_bn*')")
     p.add_argument("--warmup", type=int, default=0, help="distill: linear warm-up steps")
     p.add_argument("--tag", default="", help="suffix of the result and cached program names")
     p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
