@@ -78,6 +78,10 @@ class StructuredPlan:
                     out[m.target] = (m.axis, keep)
         return out
 
+    def kept_along(self, target: str, axis: int) -> np.ndarray | None:
+        """The keep mask over one axis of a lifted tensor (None when that axis loses nothing)."""
+        return axis_keep(self.analysis, target, axis, self.kept_by_atom())
+
     @property
     def removed_units(self) -> int:
         return sum(self.analysis.groups[g].size - len(k) for g, k in self.kept.items())

@@ -10,7 +10,7 @@ from sparsecc.bundle.reader import BACKENDS, Bundle
 from sparsecc.errors import BenchError
 from .host import host_info, load_average
 from .inputs import resolve_dims
-from .int8_reference import CPU_BACKENDS, int8_dense_copy
+from .int8_reference import CPU_BACKENDS, int8_dense_copy, int8_sparse_copy
 from .result import BenchResult
 from .schema import SCHEMA_ID
 
@@ -99,6 +99,7 @@ def bench(
             present = b.backends()
             # quantized once per bundle, here, for every CPU backend's run (workers read the copy)
             int8 = int8_dense_copy(b) if set(wanted or present) & set(CPU_BACKENDS) else None
+            int8_sparse = int8_sparse_copy(b) if int8 is not None and "onnx" in (wanted or present) else None
             for be in wanted or present:
                 if be not in present:
                     rec["runs"].append({"backend": be, "threads": None, "status": "error",
@@ -110,7 +111,9 @@ def bench(
                     kwargs = dict(bundle_path=str(b.path), backend=be, threads=t, batch=batch, seq=seq,
                                   warmup=warmup, runs=runs, time_budget_s=time_budget_s, profile=profile,
                                   profile_runs=profile_runs, seed=seed,
-                                  int8_model=str(int8) if int8 is not None and be in CPU_BACKENDS else None)
+                                  int8_model=str(int8) if int8 is not None and be in CPU_BACKENDS else None,
+                                  int8_sparse_model=str(int8_sparse) if int8_sparse is not None and be == "onnx"
+                                  else None)
                     if isolate or be == "executorch":
                         from .worker import run_in_subprocess
                         run, interrupted = run_in_subprocess(kwargs, step)

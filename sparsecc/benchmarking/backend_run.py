@@ -15,7 +15,7 @@ from typing import Any, Callable
 from sparsecc.bundle.reader import DENSE, SPARSE, Bundle
 from sparsecc.errors import BenchError
 from .inputs import build_inputs
-from .int8_reference import INT8_DENSE, int8_dense_variant
+from .int8_reference import INT8_DENSE, INT8_SPARSE, int8_dense_variant, int8_sparse_variant
 from .layers import coverage, layer_table
 from .measure import time_interleaved
 from .memory import PEAK_RSS_METHOD, peak_rss_mb, rss_mb
@@ -59,10 +59,11 @@ def run_backend(
     bundle_path: str, backend: str, threads: int | None, *, batch: int | None = None, seq: int | None = None,
     warmup: int = 10, runs: int | None = 100, time_budget_s: float | None = None, profile: bool = True,
     profile_runs: int = 20, seed: int = 0, progress: Callable[[float, float], None] | None = None,
-    int8_model: str | None = None,
+    int8_model: str | None = None, int8_sparse_model: str | None = None,
 ) -> dict[str, Any]:
     """A run record (see schema.py, ``runs[]``). ``int8_model``: ONNX Runtime's int8 copy of the dense
-    model (`int8_reference.int8_dense_copy`), timed as one more dense reference."""
+    model (`int8_reference.int8_dense_copy`), timed as one more dense reference; ``int8_sparse_model``:
+    the same copy of the sparse model, timed too and compared with the dense one (``int8_both``)."""
     rec: dict[str, Any] = {"backend": backend, "threads": threads, "status": "ok", "error": None}
     t_start = time.perf_counter()
     try:
@@ -75,6 +76,8 @@ def run_backend(
         variants.update(bundle.reference_variants(backend))
         if int8_model:
             variants[INT8_DENSE] = int8_dense_variant(bundle, Path(int8_model))
+        if int8_model and int8_sparse_model:
+            variants[INT8_SPARSE] = int8_sparse_variant(bundle, Path(int8_sparse_model))
         if SPARSE not in variants:
             raise BenchError(f"bundle {bundle.path} has no {backend} artifact (targets: {', '.join(bundle.backends())})")
         loaded, vrec = [], {}
@@ -99,7 +102,12 @@ def run_backend(
             b = bootstrap_ratio(timing.samples_ms[DENSE], timing.samples_ms[SPARSE], seed=seed)
             rec["comparison"] = {**b, "label": verdict(b["ci95"]),
                                  "definition": "dense p50 / sparse p50 (above 1: sparse is faster); paired moving-block bootstrap 95% CI"}
-        refs = {n: s for n, s in timing.samples_ms.items() if n not in (SPARSE, DENSE)}
+        if INT8_SPARSE in timing.samples_ms:
+            b = bootstrap_ratio(timing.samples_ms[INT8_DENSE], timing.samples_ms[INT8_SPARSE], seed=seed)
+            rec["int8_both"] = {**b, "label": verdict(b["ci95"]), "definition":
+                                f"{INT8_DENSE} p50 / {INT8_SPARSE} p50: both models quantized by ONNX Runtime's "
+                                "quantize_dynamic (above 1: sparse is faster); paired moving-block bootstrap 95% CI"}
+        refs = {n: s for n, s in timing.samples_ms.items() if n not in (SPARSE, DENSE, INT8_SPARSE)}
         if refs:
             rec["references"] = {
                 n: {**(b := bootstrap_ratio(s, timing.samples_ms[SPARSE], seed=seed)), "label": verdict(b["ci95"]),

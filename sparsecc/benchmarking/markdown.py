@@ -134,6 +134,12 @@ def to_markdown(result: Any, per_layer: bool = True) -> str:
                 ref_ms = ms((_v(r, name).get("latency_ms") or {}).get("p50"))
                 lines.append(f"- {r['backend']} threads={r['threads']}: against {name} ({ref_ms} ms p50, timed "
                              f"interleaved): {ratio_text(cmp)}")
+            if r.get("int8_both"):
+                dense_ms = ms((_v(r, "onnx-int8-dense").get("latency_ms") or {}).get("p50"))
+                sparse_ms = ms((_v(r, "onnx-int8-sparse").get("latency_ms") or {}).get("p50"))
+                lines.append(f"- {r['backend']} threads={r['threads']}: both in int8 (ONNX Runtime quantize_dynamic of "
+                             f"each), sparse {sparse_ms} ms against dense {dense_ms} ms p50: "
+                             f"{ratio_text(r['int8_both'])}")
         if any(r.get("references") for r in b["runs"]):
             lines.append("")
         for r in b["runs"]:

@@ -21,6 +21,8 @@ Schema id ``sparsecc-bench/1``. Field meanings::
                      the two above}; its variant is in variants too. "onnx-dense" (torch-sparse):
                      ONNX Runtime's fp32 dense model; "onnx-int8-dense" (CPU backends): ONNX Runtime's
                      quantize_dynamic of it (int8 per-channel weights), the best dense alternative
+        int8_both    (onnx) the same comparison with both models quantized by ONNX Runtime's
+                     quantize_dynamic: "onnx-int8-dense" p50 / "onnx-int8-sparse" p50 (both in variants)
         comparison   ratio (dense p50 / sparse p50, above 1: sparse faster), ci95 [lo, hi]
                      (paired moving-block percentile bootstrap), n, resamples, seed, method,
                      label ("faster" | "slower" | "no measurable change"), definition

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sparsecc.cli.app import JSON_OPTION, SHAPES_OPTION, activity, app, console, emit, int_list, out, settings
 from sparsecc.errors import BenchError, SparseccError, UsageError
 
-__all__: list[str] = ["LOAD_WARNING", "speed_verdict", "best_dense_verdict"]
+__all__: list[str] = ["LOAD_WARNING", "speed_verdict", "best_dense_verdict", "int8_both_verdict"]
 
 # A 1-minute load average above this (per machine, not per core: the bench uses 1-2 threads)
 # means other work competes for the cores and absolute times are not to be trusted.
@@ -51,6 +51,15 @@ def best_dense_verdict(runs: Any) -> str:
     if not rows:
         return ""
     return "against the best dense: " + speed_verdict(rows, base="the best dense model").removeprefix("verdict: ")
+
+
+def int8_both_verdict(runs: Any) -> str:
+    """`speed_verdict` of the sparse model against the dense one with both quantized to int8 by ONNX Runtime
+    (``int8_both`` of onnx runs), or "" when no run measured it."""
+    rows = [(r["backend"], r["int8_both"]) for _b, r in runs if r["status"] == "ok" and r.get("int8_both")]
+    if not rows:
+        return ""
+    return "both in int8 (ONNX Runtime quantize_dynamic): " + speed_verdict(rows).removeprefix("verdict: ")
 
 
 def _warn_if_loaded() -> float | None:
@@ -150,9 +159,9 @@ def bench_cmd(
              + (f" with {r['threads']} threads" if len(int_list(threads, "--threads")) > 1 else ""),
              r.get("comparison")) for b, r in result.runs() if r["status"] == "ok"]
     out.print(speed_verdict(rows), highlight=False, soft_wrap=True)
-    best = best_dense_verdict(result.runs())
-    if best:
-        out.print(best, highlight=False, soft_wrap=True)
+    for line in (best_dense_verdict(result.runs()), int8_both_verdict(result.runs())):
+        if line:
+            out.print(line, highlight=False, soft_wrap=True)
     emit(result.data)
     if result.interrupted:
         console.print("interrupted: wrote the results measured so far", style="yellow", markup=False)

@@ -244,7 +244,10 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
     dense_program, report, structured_report = program, None, None
     if calibration is None and recipe_needs_calibration(rec):
         if spec is None:
-            raise ValueError(f"criterion {rec.criterion!r} needs calibration data: pass calibration=... "
+            st = rec.structured
+            what = (f"structured {'reconstruct: true' if st.reconstruct else 'criterion taylor'}" if st is not None
+                    else f"criterion {rec.criterion!r}")
+            raise ValueError(f"{what} needs calibration data: pass calibration=... "
                              "or a zoo ModelSpec, whose loader provides it")
         say("calibration data")
         calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
@@ -252,7 +255,9 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
         # Channel / head removal: a physically smaller program, checked against the masked one.
         say("structured pruning")
         verify_sets = [(a, k or {}) for _l, a, k in _input_sets(example, make_inputs)]
-        structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say)
+        structured_result = prune_structured(program, rec.structured, verify_inputs=verify_sets, progress=say,
+                                             calibration=calibration.batches if calibration is not None else None,
+                                             reconstruct=rec.structured.reconstruct)
         program, structured_report = structured_result.program, structured_result.report
     else:
         say("sparsify")

@@ -60,7 +60,9 @@ def recipe_needs_calibration(recipe: Recipe) -> bool:
     static_int8 = recipe.quantize is not None and recipe.quantize.activations == "static"
     thresholds = recipe.activations is not None and recipe.activations.needs_calibration
     weights = recipe.weights_pruned and any(needs_calibration(n) for n in names)
-    return static_int8 or thresholds or weights
+    st = recipe.structured
+    structured = st is not None and (st.reconstruct or st.criterion == "taylor")
+    return static_int8 or thresholds or weights or structured
 
 
 def sparsify(

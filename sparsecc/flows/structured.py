@@ -141,6 +141,9 @@ def compensate_removed_inputs(
         shape[w.reduction_axis] = -1
         cols = rows_view(keep.reshape(shape).expand(full.shape), w.output_axis, w.reduction_axis)[0]
         mat = rows_view(full, w.output_axis, w.reduction_axis).double()
+        out_keep = plan.kept_along(fqn, w.output_axis)
+        if out_keep is not None:  # the layer lost outputs too (a hidden layer between two pruned groups)
+            mat = mat[torch.from_numpy(out_keep)]
         hd = h.double()
         hkk = hd[cols][:, cols]
         hkk += damp * float(hkk.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(hkk), dtype=hd.dtype)

@@ -23,6 +23,7 @@ class StructuredOptions:
     protect: tuple[str, ...] = ()
     overrides: tuple[tuple[str, float], ...] = ()
     compensate: bool = False
+    reconstruct: bool = False  # least-squares repair of the layers after removed channels (calibration data)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -37,10 +38,13 @@ class StructuredOptions:
             d["overrides"] = dict(self.overrides)
         if self.compensate:
             d["compensate"] = True
+        if self.reconstruct:
+            d["reconstruct"] = True
         return d
 
 
-_KEYS = {"ratio", "units", "criterion", "scope", "round_to", "include", "protect", "overrides", "compensate"}
+_KEYS = {"ratio", "units", "criterion", "scope", "round_to", "include", "protect", "overrides", "compensate",
+         "reconstruct"}
 _CRITERIA = ("l1", "l2", "bn_scale", "bn_energy", "taylor", "random")
 
 
@@ -86,5 +90,9 @@ def parse_structured(value: Any, error: Callable[[str, Any, str], Exception], ke
     compensate = value.get("compensate", False)
     if not isinstance(compensate, bool):
         raise error(f"{key}.compensate", compensate, "must be true or false")
+    reconstruct = value.get("reconstruct", False)
+    if not isinstance(reconstruct, bool):
+        raise error(f"{key}.reconstruct", reconstruct, "must be true or false")
     return StructuredOptions(float(ratio), tuple(units), criterion, scope, round_to, globs("include"),
-                             globs("protect"), tuple((str(k), float(v)) for k, v in overrides.items()), compensate)
+                             globs("protect"), tuple((str(k), float(v)) for k, v in overrides.items()), compensate,
+                             reconstruct)

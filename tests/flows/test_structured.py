@@ -89,6 +89,8 @@ def test_recipe_structured_section():
     assert r.pattern.kind == "channel" and r.sparsity == 0.3
     assert load_recipe(r.to_dict()) == r  # round trip
     assert load_recipe({"pattern": "2:4"}).structured is None
+    fixed = load_recipe({"structured": {"ratio": 0.5, "reconstruct": True}})
+    assert fixed.structured.reconstruct and load_recipe(fixed.to_dict()) == fixed
     for bad, key in (
         ({"ratio": 1.0}, "structured.ratio"),
         ({"units": ["neuron"]}, "structured.units"),
@@ -97,6 +99,7 @@ def test_recipe_structured_section():
         ({"round_to": 0}, "structured.round_to"),
         ({"overrides": {"fc*": 2}}, "structured.overrides.fc*"),
         ({"ratios": 0.5}, "structured.ratios"),
+        ({"reconstruct": "yes"}, "structured.reconstruct"),
     ):
         with pytest.raises(RecipeError) as e:
             load_recipe({"structured": bad})
@@ -245,3 +248,27 @@ def test_reconstruct_is_the_ridge_least_squares_fit_of_the_dense_layer():
     assert (after - dense).pow(2).mean() < 0.5 * (before - dense).pow(2).mean()
     with pytest.raises(ValueError, match="reconstruct=True needs calibration batches"):
         prune_structured(program, opts, reconstruct=True)
+
+
+def test_compile_reconstructs_when_the_recipe_asks(tmp_path):
+    """`reconstruct: true` in a recipe: compile gets calibration data and repairs the layers after removed channels;
+    without a model whose loader provides calibration data, it says what needs it."""
+    from sparsecc.flows.compile import compile
+    from sparsecc.models import get_model
+
+    spec = get_model("mlp")
+    recipe = {"structured": {"ratio": 0.5, "units": ["channel"], "reconstruct": True}, "calibration": {"samples": 300}}
+    result = compile(spec, recipe, tmp_path / "b", targets=("onnx",), dense_reference=False)
+    report = json.loads((tmp_path / "b" / "manifest.json").read_text())["structured"]
+    # fc2 loses inputs and outputs (between two pruned groups), fc3 its inputs: both refit
+    assert report["reconstructed"] == ["fc2.weight", "fc3.weight"], report
+    plain = compile(spec, {**recipe, "structured": {**recipe["structured"], "reconstruct": False}}, tmp_path / "p",
+                    targets=("onnx",), dense_reference=False)
+    x = torch.randn(64, *spec.example_args[0].shape[1:], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        dense = spec.model(x)
+        err = {k: float((r.program.module()(x) - dense).pow(2).mean()) for k, r in (("fixed", result), ("plain", plain))}
+    assert err["fixed"] < err["plain"], err
+    with pytest.raises(ValueError, match="structured reconstruct: true needs calibration data"):
+        compile(spec.model, recipe, tmp_path / "c", example_args=spec.example_args, targets=("onnx",),
+                dense_reference=False)
