@@ -47,9 +47,13 @@ def test_result_matches_schema_and_survives_json(result, tmp_path):
     assert again.data["schema"] == "sparsecc-bench/1"
     (b, run), = again.runs()
     assert run["status"] == "ok", run.get("error")
-    # the dense int8 model a CPU user tries first is timed beside fp32 dense
-    assert set(run["variants"]) == {"sparse", "dense", "onnx-int8-dense"}
+    # the dense int8 model a CPU user tries first is timed beside fp32 dense, and the sparse model's int8 copy too
+    assert set(run["variants"]) == {"sparse", "dense", "onnx-int8-dense", "onnx-int8-sparse"}
+    assert set(run["references"]) == {"onnx-int8-dense"}
     assert run["references"]["onnx-int8-dense"]["label"] in (FASTER, SLOWER, NO_CHANGE)
+    both = run["int8_both"]
+    assert both["label"] in (FASTER, SLOWER, NO_CHANGE) and both["ci95"][0] <= both["ratio"] <= both["ci95"][1]
+    assert both["definition"].startswith("onnx-int8-dense p50 / onnx-int8-sparse p50")
     for v in run["variants"].values():
         assert v["latency_ms"]["n"] == 8 and len(v["samples_ms"]) == 8
         assert v["bytes"] > 0 and v["zstd_bytes"] > 0
@@ -159,6 +163,8 @@ def test_cli_bench_and_report(bundle, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "## sparsecc bench" in res.stdout and md.read_text() and page.read_text().startswith("<!doctype html>")
     assert "against onnx-int8-dense" in res.stdout and "against the best dense: " in res.stdout
+    assert "both in int8 (ONNX Runtime quantize_dynamic): sparse is" in res.stdout or \
+        "both in int8 (ONNX Runtime quantize_dynamic): no speed-up" in res.stdout
     BenchResult.load(run)
     res = subprocess.run([sys.executable, "-m", "sparsecc", "report", str(run), str(run)], capture_output=True,
                          text=True, timeout=120)
@@ -217,6 +223,15 @@ def test_the_int8_copy_keeps_the_dense_outputs_within_int8_error(bundle):
 
     # int8 costs this random MLP far less than pruning half its weights does
     assert 0 < rel(got) < rel(pruned) / 2, (rel(got), rel(pruned))
+
+
+def test_int8_both_verdict():
+    from sparsecc.cli.bench import int8_both_verdict
+
+    runs = [({}, {"status": "ok", "backend": "onnx", "int8_both": {"ratio": 1.3, "label": FASTER}}),
+            ({}, {"status": "ok", "backend": "torch"})]
+    assert int8_both_verdict(runs) == "both in int8 (ONNX Runtime quantize_dynamic): sparse is 1.30x faster than dense on onnx"
+    assert int8_both_verdict(runs[1:]) == ""
 
 
 def test_best_dense_verdict_names_the_fastest_dense_model():
