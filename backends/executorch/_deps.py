@@ -13,6 +13,7 @@ from sparsecc.backends.base import require
 __all__ = [
     "exir",
     "exir_backend_utils",
+    "exir_passes",
     "config_partitioner",
     "xnnpack_partitioner",
     "runtime",
@@ -35,6 +36,10 @@ def exir() -> Any:
 
 def exir_backend_utils() -> Any:
     return require(BACKEND, "executorch.exir.backend.utils", EXTRA)
+
+
+def exir_passes() -> Any:
+    return require(BACKEND, "executorch.exir.passes", EXTRA)
 
 
 def config_partitioner() -> Any:

@@ -24,10 +24,22 @@ Backend-specific `LowerOptions.extra` keys:
 - ``dim_max``: an upper bound for dims exported without one (an int, or
   ``{name or symbol: int}``); default: the example's size, with a warning;
 - ``zstd_level``: compression level of the ``.zst`` copy.
+- ``custom_ops`` (default False; on for the ``executorch-custom-ops`` target):
+  each sparse linear / 1x1 conv whose sparsecc kernel measures faster than
+  XNNPACK's dense layer in this runtime runs ``sparsecc::et_sparse_linear`` /
+  ``et_sparse_conv1x1`` over its weight stored compressed (`custom_ops`);
+  ``libsparsecc_executorch.so`` and a loading example go beside the ``.pte``,
+  the per-layer timings and choices in ``Artifact.meta["custom_ops"]``.
+  ``custom_ops_threads`` (default: the options' threads), ``custom_ops_rounds``
+  (7) and ``custom_ops_tokens`` (default: each layer's own on the example)
+  steer the measurement; ``custom_ops_margin`` (0.95) is the most time, as a
+  fraction of dense, the sparse op may take and be chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -56,6 +68,8 @@ from sparsecc.verify.parity import PARITY_ATOL, PARITY_RTOL
 from . import _deps
 from .checks import layer_checks
 from .compress import ZSTD_LEVEL, compress_file
+from .custom_op_layers import find_candidates
+from .custom_ops import MIN_SPARSITY, mark_delegation
 from .delegation import delegation_report
 from .dynamic_dims import DynamicDim, named_specs, output_specs
 from .int8 import int8_parity_tolerance
@@ -63,12 +77,23 @@ from .lowering import lower_to_edge, to_pte
 from .pte import PteReader
 from .runtime import ExecuTorchRunner
 from .verify import verify_patterns
-from .weight_index import index_weights
+from .weight_index import index_custom_ops, index_weights
 
-__all__ = ["ExecuTorchBackend", "MODEL_FILE", "COMPRESSED_FILE"]
+__all__ = ["ExecuTorchBackend", "ExecuTorchCustomOpsBackend", "MODEL_FILE", "COMPRESSED_FILE", "EXAMPLE_FILE"]
 
 MODEL_FILE = "model.pte"
 COMPRESSED_FILE = "model.pte.zst"
+EXAMPLE_FILE = "load_custom_ops.py"
+# Runs the .pte with the plain ExecuTorch Python runtime from this folder: the runtime first (it loads
+# libexecutorch.so), then the library, whose kernels register in that runtime.
+_EXAMPLE = """from pathlib import Path
+import ctypes
+from executorch.runtime import Runtime
+here = Path(__file__).resolve().parent
+ctypes.CDLL(str(here / "{library}"), mode=ctypes.RTLD_GLOBAL)  # registers sparsecc's kernels
+program = Runtime.get().load_program(here / "{model}")  # keep it: it owns the method's memory
+method = program.load_method("forward")  # method.execute([inputs...])
+"""
 
 
 def _version() -> str:
@@ -117,6 +142,8 @@ class ExecuTorchBackend(Backend):
         else:
             self.parity_rtol, self.parity_atol = PARITY_RTOL, PARITY_ATOL
         report = delegation_report(lowering.edge_program, lowering.rejections, weights)
+        if lowering.custom_ops is not None:
+            mark_delegation(report, lowering.custom_ops, lowering.edge_program)
         data = to_pte(lowering, program)
         timings = lowering.timings
 
@@ -135,6 +162,8 @@ class ExecuTorchBackend(Backend):
         t0 = time.perf_counter()
         reader = PteReader(data)
         index = index_weights(lowering.edge_program, reader, weights, values)
+        if lowering.compressed:
+            index.update(index_custom_ops(reader, lowering.compressed))
         report["kernels"] = _kernels(reader)
         if int8["layers"] or int8["skipped"]:
             _check_int8_storage(program, reader, index, int8)
@@ -154,8 +183,11 @@ class ExecuTorchBackend(Backend):
             "sizes": sizes,
             "threads": options.threads,
             **({"int8": int8} if int8["layers"] or int8["skipped"] else {}),
+            **({"custom_ops": lowering.custom_ops} if lowering.custom_ops is not None else {}),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
+        if lowering.custom_ops is not None:
+            files.update(_ship_library(lowering.custom_ops, out_dir))
         inputs = named_specs(user_input_specs(program), lowering.dims, lowering.specialized)
         outputs = named_specs(output_specs(program), lowering.dims, lowering.specialized)
         return Artifact(backend=self.name, root=out_dir, files=files, inputs=inputs, outputs=outputs, meta=meta)
@@ -164,11 +196,55 @@ class ExecuTorchBackend(Backend):
         if threads is None:
             threads = artifact.meta.get("threads")
         dims = [DynamicDim.from_dict(d) for d in artifact.meta.get("dynamic_dims", [])]
-        return ExecuTorchRunner(artifact.path("model"), artifact.inputs, dims, threads)
+        library = None
+        if (artifact.meta.get("custom_ops") or {}).get("replaced"):
+            from sparsecc.kernels.et_library import LIBRARY_NAME, EtLibraryError
+
+            if "custom_ops_library" not in artifact.files:
+                raise EtLibraryError(f"{artifact.root}: the .pte calls sparsecc's ExecuTorch kernels, but the "
+                                     f"artifact lists no {LIBRARY_NAME}")
+            library = artifact.path("custom_ops_library")
+        return ExecuTorchRunner(artifact.path("model"), artifact.inputs, dims, threads, library)
 
     def verify_pattern(self, artifact: Artifact, specs: Sequence[MaskSpec]) -> list[PatternCheck]:
         reader = PteReader.open(artifact.path("model"))
         return verify_patterns(reader, artifact.meta.get("weights", {}), specs)
+
+
+class ExecuTorchCustomOpsBackend(ExecuTorchBackend):
+    """The ExecuTorch target with ``custom_ops`` on: sparse layers that measure faster run sparsecc's kernels."""
+
+    name = "executorch-custom-ops"
+
+    def check(self, program: ExportedProgram) -> list[LayerCheck]:
+        """As `ExecuTorchBackend.check`; layers sparse enough for the custom op say it is decided at lowering."""
+        sparse = {c.fqn: c for c in find_candidates(program, program)[0] if c.sparsity >= MIN_SPARSITY}
+        out = []
+        for chk in super().check(program):
+            c = sparse.get(chk.fqn)
+            if c is not None:
+                chk = dataclasses.replace(chk, reason=f"{c.sparsity:.0%} zeros: runs {c.target} over the weight "
+                                          "stored compressed where that measures faster than XNNPACK dense at "
+                                          f"lowering; otherwise {chk.reason}")
+            out.append(chk)
+        return out
+
+    def lower(self, program: ExportedProgram, out_dir: Path, options: LowerOptions | None = None) -> Artifact:
+        options = options or LowerOptions()
+        extra = {**options.extra, "custom_ops": True}
+        return super().lower(program, out_dir, dataclasses.replace(options, extra=extra))
+
+
+def _ship_library(record: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """Copy the kernel library (and a loading example) beside the ``.pte`` when a layer uses it."""
+    from sparsecc.kernels.et_library import LIBRARY_NAME, build_et_library, loaded_library
+
+    record["library"] = LIBRARY_NAME if record["replaced"] else None
+    if not record["replaced"]:
+        return {}
+    shutil.copy2(loaded_library() or build_et_library(), out_dir / LIBRARY_NAME)
+    (out_dir / EXAMPLE_FILE).write_text(_EXAMPLE.format(library=LIBRARY_NAME, model=MODEL_FILE))
+    return {"custom_ops_library": LIBRARY_NAME, "custom_ops_example": EXAMPLE_FILE}
 
 
 def _kernels(reader: PteReader) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ Lowering works on a private copy of the program, made by a
 ``torch.export.save``/``load`` round trip: ExecuTorch's passes can pin
 dynamic dims in the shape env, and a shallow copy would share that shape env
 with the caller's program (and break it for every later user). On the copy,
+sparse layers may become sparsecc custom ops (``custom_ops``, see `custom_ops`),
 splits become slices (see `split_to_slices`) and unbounded dynamic dims get
 explicit upper bounds (see `dynamic_dims`). Failures raise `LoweringError`
 naming the stage, the op and the program node when the message tells.
@@ -24,6 +25,7 @@ from torch.export import ExportedProgram
 from sparsecc.backends.base import LoweringError, LowerOptions
 
 from . import _deps
+from .custom_ops import apply_custom_ops
 from .int8 import quantize_dynamic_linears
 from .dynamic_dims import DynamicDim, apply_upper_bounds, find_dynamic_dims, narrow_to_lowered, specialized_dims
 from .rejections import capture_rejections
@@ -43,6 +45,8 @@ class EdgeLowering:
     rewrites: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     int8: dict[str, Any] = field(default_factory=dict)  # see `int8.quantize_dynamic_linears`
+    custom_ops: dict[str, Any] | None = None  # the record of `custom_ops.apply_custom_ops`, when asked for
+    compressed: dict[str, Any] = field(default_factory=dict)  # {fqn: compressed weight} of the layers it replaced
 
     @property
     def edge_program(self) -> ExportedProgram:
@@ -109,7 +113,16 @@ def lower_to_edge(program: ExportedProgram, options: LowerOptions | None = None)
     except Exception as e:
         raise lowering_error("copying the program (torch.export save/load)", e, program) from e
     prepared, int8 = quantize_dynamic_linears(prepared, program)  # StaticActivationsError for static int8
+    custom, compressed = None, {}
+    if options.extra.get("custom_ops"):  # times layers in the runtime: its own entry in the timings
+        t1 = time.perf_counter()
+        threads = options.extra.get("custom_ops_threads") or options.threads
+        prepared, custom, compressed = apply_custom_ops(prepared, program, options.extra, threads)
+        timings["custom_ops"] = time.perf_counter() - t1
+        t0 += timings["custom_ops"]
     rewrites = {"split_to_slices": split_to_slices(prepared), "int8_dynamic_linear": len(int8["layers"])}
+    if custom is not None:
+        rewrites["custom_ops"] = custom["replaced"]
     names: Mapping[str, Mapping[int, str]] = options.extra.get("dynamic_axes") or {}
     dims = find_dynamic_dims(prepared, names, options.extra.get("dim_max"))
     apply_upper_bounds(prepared, dims)
@@ -134,7 +147,7 @@ def lower_to_edge(program: ExportedProgram, options: LowerOptions | None = None)
             "the .pte accepts only that size there",
             stacklevel=2,
         )
-    return EdgeLowering(manager, dict(rejections), dims, specialized, rewrites, timings, int8)
+    return EdgeLowering(manager, dict(rejections), dims, specialized, rewrites, timings, int8, custom, compressed)
 
 
 def to_pte(lowering: EdgeLowering, original: ExportedProgram) -> bytes:

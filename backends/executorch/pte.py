@@ -22,7 +22,7 @@ import torch
 
 from . import _deps
 
-__all__ = ["PteReader", "ConstantTensor", "decode_xnnpack_graph", "XNN_DTYPES", "SCALAR_TYPES"]
+__all__ = ["PteReader", "ConstantTensor", "decode_xnnpack_graph", "XNN_DTYPES", "SCALAR_TYPES", "INDEX_TYPES"]
 
 XNN_DTYPES = {
     "xnn_datatype_fp32": torch.float32,
@@ -34,6 +34,8 @@ XNN_DTYPES = {
 }
 # executorch ScalarType codes for the floating dtypes a weight can have.
 SCALAR_TYPES = {5: torch.float16, 6: torch.float32, 7: torch.float64, 15: torch.bfloat16}
+# ... and for the indices of a compressed weight (sparsecc's custom ops).
+INDEX_TYPES = {3: torch.int32}
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class PteReader:
         for i, ev in enumerate(self.plan.values):
             t = ev.val
             if type(t).__name__ == "Tensor" and getattr(t, "data_buffer_idx", 0) > 0:
-                dtype = SCALAR_TYPES.get(int(t.scalar_type))
+                dtype = SCALAR_TYPES.get(int(t.scalar_type)) or INDEX_TYPES.get(int(t.scalar_type))
                 if dtype is not None:
                     out.append(ConstantTensor(i, t.data_buffer_idx, tuple(t.sizes), dtype))
         return out

@@ -7,6 +7,13 @@ program is loaded (resizing it back and forth in one process crashed or
 deadlocked). So the pool is sized once, by the first load that asks for a
 thread count; asking for a different count later in the same process raises
 `ThreadCountError`. Measure each thread count in its own process.
+
+Custom ops: a ``.pte`` from the ``executorch-custom-ops`` target calls
+sparsecc's kernels, which live in ``libsparsecc_executorch.so``. The runner
+loads that library (``library``) before the program; without it the runtime
+cannot bind the ops and the program does not load (`PteFileError` names the
+ops and the library). A kernel that rejects its inputs fails the call with
+`CustomOpError`, which carries the kernel's own message.
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from . import _deps
 from .dynamic_dims import DynamicDim, check_dims
 from sparsecc.errors import SparseccError
 
-__all__ = ["ExecuTorchRunner", "ThreadCountError", "PteFileError", "set_threads_once", "thread_count"]
+__all__ = ["ExecuTorchRunner", "ThreadCountError", "PteFileError", "CustomOpError", "set_threads_once",
+           "thread_count", "note_program_loaded"]
 
 
 class PteFileError(SparseccError, RuntimeError):
     """A ``.pte`` file the ExecuTorch runtime cannot load; the message names the file."""
+
+
+class CustomOpError(SparseccError, RuntimeError):
+    """A sparsecc kernel in the ``.pte`` rejected its inputs; the message is the kernel's, naming the op."""
 
 
 class ThreadCountError(SparseccError, RuntimeError):
@@ -64,6 +76,12 @@ def set_threads_once(threads: int | None) -> None:
         _state["set_to"] = threads
 
 
+def note_program_loaded() -> None:
+    """Record that a program was loaded (by anyone in this process): the pool may no longer be resized."""
+    with _lock:
+        _state["loaded"] = True
+
+
 class ExecuTorchRunner(Runner):
     """A loaded ``forward`` method that takes and returns flat torch tensors."""
 
@@ -73,11 +91,16 @@ class ExecuTorchRunner(Runner):
         inputs: Sequence[TensorSpec],
         dims: Sequence[DynamicDim] = (),
         threads: int | None = None,
+        library: Path | None = None,
     ):
         set_threads_once(threads)
         runtime = _deps.runtime().Runtime.get()
-        with _lock:
-            _state["loaded"] = True
+        self.library = None
+        if library is not None:  # EtLibraryError (naming the file) when it cannot be loaded
+            from sparsecc.kernels.et_library import load_et_library
+
+            self.library = load_et_library(library)
+        note_program_loaded()
         self.path = Path(path)
         self.inputs = list(inputs)
         self.dims = list(dims)
@@ -87,11 +110,42 @@ class ExecuTorchRunner(Runner):
             self.method = self.program.load_method("forward")
         except Exception as e:  # the runtime reports a bad file as a bare RuntimeError/ValueError
             raise PteFileError(f"{self.path}: the ExecuTorch runtime cannot load this program "
-                               f"({type(e).__name__}: {e})") from e
+                               f"({type(e).__name__}: {e}){_missing_ops(self.path, runtime)}") from e
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         check_inputs(self.inputs, inputs)
         check_dims(self.dims, self.inputs, inputs)
         # ExecuTorch reads inputs as dense, contiguous buffers.
-        outs = self.method.execute([t.detach().contiguous() for t in inputs])
+        args = [t.detach().contiguous() for t in inputs]
+        if self.library is None:
+            outs = self.method.execute(args)
+        else:
+            from sparsecc.kernels import et_library
+
+            et_library.clear_error()
+            try:
+                outs = self.method.execute(args)
+            except RuntimeError as e:  # the runtime says only "error 0x12": the kernel kept its message
+                why = et_library.last_error()
+                if not why:
+                    raise
+                raise CustomOpError(f"{self.path}: {why}") from e
         return [o if isinstance(o, torch.Tensor) else torch.as_tensor(o) for o in outs]
+
+
+def _missing_ops(path: Path, runtime: object) -> str:
+    """A sentence naming sparsecc's ops the program calls and this runtime lacks (the library not loaded)."""
+    try:
+        from .pte import PteReader
+
+        ops = [o for o in PteReader.open(path).operators() if o.startswith("sparsecc::")]
+        have = set(runtime.operator_registry.operator_names)  # type: ignore[attr-defined]
+    except Exception:  # only an explanation: never hide the load error behind another
+        return ""
+    missing = [o for o in ops if o not in have]
+    if not missing:
+        return ""
+    from sparsecc.kernels.et_library import LIBRARY_NAME
+
+    return (f"; it calls {', '.join(sorted(set(missing)))}, which live in {LIBRARY_NAME}: load it first "
+            "(the artifact ships it; sparsecc.kernels.et_library.load_et_library(path))")

@@ -5,6 +5,9 @@ layout; everything else, the stored dims, dtype, named-data key and bytes,
 is read back from the file. The pattern is checked in that stored layout,
 along the reduction axis as it is stored (for an NHWC conv filter that is
 the last axis), with the same rules as `sparsecc.masks.pattern_violation`.
+A weight a sparsecc custom op holds compressed is rebuilt from its three
+stored constants (crow indices, column indices, values; their index
+invariants checked) and checked as ``[out, in]``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from sparsecc.backends.base import PatternCheck
 from sparsecc.core.ir import MaskSpec
+from sparsecc.kernels import CompressedWeight
 from sparsecc.plan.masks import pattern_violation, sparsity_of
 
 from .pte import PteReader
@@ -23,8 +27,26 @@ from .pte import PteReader
 __all__ = ["verify_patterns"]
 
 
+def _compressed(reader: PteReader, entry: Mapping[str, Any]) -> tuple[torch.Tensor, str, str]:
+    """The weight a sparsecc custom op holds, rebuilt dense (PyTorch layout) from its three stored constants."""
+    consts = {c.value_index: c for c in reader.constant_tensors()}
+    parts = []
+    for role in ("crow_indices", "col_indices", "values"):
+        c = consts.get(int(entry[role]["value"]))
+        if c is None:
+            raise KeyError(f"the .pte has no constant tensor at value {entry[role]['value']} ({role})")
+        parts.append(reader.constant(c))
+    shape = tuple(int(d) for d in entry["dims"])
+    # to_dense checks the index invariants: a corrupted index fails here, not as a wrong pattern
+    dense = CompressedWeight(*parts, shape=shape, block=int(entry["block"])).to_dense()
+    where = ", ".join(str(entry[r]["buffer"]) for r in ("crow_indices", "col_indices", "values"))
+    return dense.reshape(entry["torch_shape"]), f"{entry['op']} ({entry['format']}, constant buffers {where})", ""
+
+
 def _stored(reader: PteReader, entry: Mapping[str, Any]) -> tuple[torch.Tensor, str, str]:
     """The stored tensor, where it lives, and a problem with it (or "")."""
+    if entry["where"] == "custom_op":
+        return _compressed(reader, entry)
     if entry["where"] == "xnnpack":
         tensor, key = reader.xnnpack_tensor(int(entry["delegate"]), int(entry["value"]))
         location = f"XNNPACK delegate {entry['delegate']}, value {entry['value']}, named data {key[:16]}"
@@ -51,7 +73,7 @@ def verify_patterns(
             continue
         try:
             tensor, location, problem = _stored(reader, entry)
-        except (KeyError, ValueError, IndexError) as e:
+        except (KeyError, ValueError, IndexError, RuntimeError) as e:
             checks.append(PatternCheck(spec.fqn, pattern, f"{entry['where']} (unreadable)", entry.get("layout", ""),
                                        False, math.nan, f"cannot read the stored weight: {e}"))
             continue

@@ -18,6 +18,10 @@ transposed). Each entry records whether the stored values equal the
 program's weight exactly (``verbatim``); XNNPACK folds a following
 BatchNorm into the conv filter, which rescales output channels but keeps
 every zero.
+
+Weights replaced by a sparsecc custom op (the ``executorch-custom-ops``
+target) are stored compressed as three plan constants; `index_custom_ops`
+finds each by its contents.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from sparsecc.core.analyze import PrunableWeight
 from .delegation import XNNPACK_ID, lowered_modules, op_name
 from .pte import PteReader
 
-__all__ = ["index_weights", "XNN_LAYOUTS"]
+__all__ = ["index_weights", "index_custom_ops", "XNN_LAYOUTS"]
 
 _XNN_FLAG_TRANSPOSE_WEIGHTS = 0x1
 _STATE = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
@@ -178,3 +182,37 @@ def index_weights(
     for w in weights:
         index.setdefault(w.fqn, {"where": "missing", "note": "not found in the .pte (transformed while lowering?)"})
     return index
+
+
+def index_custom_ops(reader: PteReader, compressed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{fqn: entry}`` for the weights a sparsecc custom op holds compressed (``where``: ``custom_op``).
+
+    Each of the three tensors (crow indices, column indices, values) is found
+    among the plan's constants by its contents; ``compressed`` maps each FQN to
+    ``{"weight": CompressedWeight, "torch_shape", "op", "bn"}`` from lowering.
+    """
+    by_hash: dict[tuple, Any] = {}
+    for c in reader.constant_tensors():
+        if c.dtype in (torch.int32, torch.float32):
+            by_hash.setdefault((c.dtype, c.sizes, _sha256(reader.constant(c))), c)
+    out: dict[str, dict[str, Any]] = {}
+    for fqn, rec in compressed.items():
+        cw = rec["weight"]
+        parts = {}
+        for role, t in (("crow_indices", cw.crow_indices), ("col_indices", cw.col_indices), ("values", cw.values)):
+            c = by_hash.get((t.dtype, tuple(t.shape), _sha256(t)))
+            if c is not None:
+                parts[role] = {"value": c.value_index, "buffer": c.buffer_index, "dims": list(c.sizes)}
+        fmt = "CSR" if cw.block == 1 else f"BSR {cw.block}x{cw.block}"
+        if len(parts) < 3:
+            out[fqn] = {"where": "missing", "note": f"the {fmt} constants of {rec['op']} are not in the .pte"}
+            continue
+        out[fqn] = {
+            "where": "custom_op", "op": rec["op"] + ".out", "format": fmt, "block": cw.block, **parts,
+            "dims": list(cw.shape), "torch_shape": list(rec["torch_shape"]), "dtype": str(cw.values.dtype),
+            "layout": f"[out, in] compressed {fmt} ({rec['op']})", "output_axis": 0, "reduction_axis": 1,
+            "verbatim": rec.get("bn") is None,
+            "note": "" if rec.get("bn") is None else
+            "BatchNorm folded into the stored weight: values rescaled per output channel, zeros kept",
+        }
+    return out
