@@ -114,7 +114,7 @@ def bench(
                                   int8_model=str(int8) if int8 is not None and be in CPU_BACKENDS else None,
                                   int8_sparse_model=str(int8_sparse) if int8_sparse is not None and be == "onnx"
                                   else None)
-                    if isolate or be == "executorch":
+                    if isolate or be.startswith("executorch"):  # its thread pool is sized once per process
                         from .worker import run_in_subprocess
                         run, interrupted = run_in_subprocess(kwargs, step)
                     else:

@@ -32,6 +32,8 @@ PROFILE_NOTES = {
     "torch": "torch.profiler over a torch.fx.Interpreter run that labels each node with its layer; the interpreter's own Python overhead is not in any layer",
     "torch-sparse": "not profiled per layer here: the bundle's torch-sparse/kernels.json holds each layer's measured dense and sparse kernel times",
     "executorch": "ExecuTorch ETDump (enable_etdump): per-XNNPACK-operator times; XNNPACK's operator names do not say which layer they run (that needs an ETRecord, which bundles do not hold), so times are per operator, not per layer",
+    "executorch-custom-ops": "ExecuTorch ETDump, as for executorch; sparsecc's kernels show as the operators "
+                             "sparsecc::et_sparse_linear.out / et_sparse_conv1x1.out",
 }
 
 
@@ -49,7 +51,7 @@ def _profile(backend: str, variants: dict, threads: int | None, inputs, iteratio
     if backend == "torch":
         from .profile_torch import profile_torch
         return profile_torch(variants, threads, inputs, iterations)
-    if backend == "executorch":
+    if backend in ("executorch", "executorch-custom-ops"):
         from .profile_executorch import profile_executorch
         return profile_executorch(variants, inputs, iterations)
     return {}
@@ -143,7 +145,7 @@ def _layer_profile(bundle: Bundle, backend: str, variants: dict, threads, inputs
     profiles = _profile(backend, variants, threads, inputs, iterations)
     if not profiles:
         return {"available": False, "method": note, "layers": [], "missing": [], "coverage": {}}
-    if backend == "executorch":
+    if backend in ("executorch", "executorch-custom-ops"):
         return _operator_profile(bundle, note, profiles, iterations, seed)
     checks = {lay["layer"]: c for lay in bundle.sparse_layers if (c := bundle.check_reason(backend, lay["layer"]))}
     for layer, support in (profiles.get("sparse") or {}).get("support", {}).items():

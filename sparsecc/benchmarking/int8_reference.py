@@ -29,7 +29,7 @@ __all__ = ["CPU_BACKENDS", "INT8_DENSE", "INT8_SPARSE", "int8_dense_copy", "int8
 
 INT8_DENSE = "onnx-int8-dense"
 INT8_SPARSE = "onnx-int8-sparse"
-CPU_BACKENDS = ("onnx", "onnx-custom-ops", "torch", "torch-sparse", "executorch")  # the backends timed against it
+CPU_BACKENDS = ("onnx", "onnx-custom-ops", "torch", "torch-sparse", "executorch", "executorch-custom-ops")  # the backends timed against it
 
 
 def quantize_dense_onnx(src: Path, dst: Path) -> Path:

@@ -49,6 +49,12 @@ def profile_executorch(variants: dict[str, Variant], inputs: Sequence[np.ndarray
     from executorch.extension.pybindings import portable_lib
 
     args = [torch.from_numpy(a) for a in inputs]
+    for v in variants.values():  # a .pte that calls sparsecc's kernels: register them first
+        library = v.files().get("custom_ops_library")
+        if library is not None:
+            from sparsecc.kernels.et_library import load_et_library
+
+            load_et_library(library)
     modules = {name: portable_lib._load_for_executorch(str(v.path), enable_etdump=True)
                for name, v in variants.items()}
     names = list(modules)

@@ -113,7 +113,7 @@ def _load_executorch(v: Variant, threads: int | None) -> Loaded:
     # import the runtime's extension modules first: that is a once-per-process cost, not this model's load time
     _deps.runtime()
     _deps.portable_lib()
-    return _load_with_backend("executorch", v, threads)
+    return _load_with_backend(v.backend, v, threads)  # executorch-custom-ops: its runner loads the kernel library
 
 
 def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = None) -> Loaded:
@@ -124,7 +124,7 @@ def load_variant(v: Variant, threads: int | None, profile_prefix: str | None = N
         return _load_onnx(v, threads, profile_prefix)
     if v.backend == "torch":
         return _load_torch(v, threads)
-    if v.backend == "executorch":
+    if v.backend in ("executorch", "executorch-custom-ops"):
         return _load_executorch(v, threads)
     if v.backend == "torch-sparse":
         return _load_torch_sparse(v, threads)

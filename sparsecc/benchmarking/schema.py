@@ -97,7 +97,7 @@ _RUN = {
     "type": "object",
     "required": ["backend", "threads", "status", "error"],
     "properties": {
-        "backend": {"enum": ["onnx", "executorch", "torch", "torch-sparse"]},
+        "backend": {"enum": ["onnx", "onnx-custom-ops", "executorch", "executorch-custom-ops", "torch", "torch-sparse"]},
         "threads": {"type": ["integer", "null"]},
         "status": {"enum": ["ok", "interrupted", "error"]},
         "error": {"type": ["string", "null"]},

@@ -16,7 +16,7 @@ from sparsecc.errors import BenchError
 
 __all__ = ["Bundle", "Variant", "BACKENDS", "SPARSE", "DENSE"]
 
-BACKENDS = ("onnx", "onnx-custom-ops", "executorch", "torch", "torch-sparse")
+BACKENDS = ("onnx", "onnx-custom-ops", "executorch", "executorch-custom-ops", "torch", "torch-sparse")
 SPARSE, DENSE = "sparse", "dense"
 
 

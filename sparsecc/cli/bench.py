@@ -94,8 +94,8 @@ def bench_cmd(
                                               "timed alone, several are compared with the first."),
     backend: Optional[str] = typer.Option(
         None, "--backend", "-b", metavar="BACKENDS",
-        help="Bundles: onnx, onnx-custom-ops, executorch, torch, torch-sparse (comma-separated; default: all the "
-             "bundle has), "
+        help="Bundles: onnx, onnx-custom-ops, executorch, executorch-custom-ops, torch, torch-sparse "
+             "(comma-separated; default: all the bundle has), "
              "or tensorrt alone: the per-layer 2:4 report and the engines' latency from the device."),
     threads: str = typer.Option("1", "--threads", metavar="N[,N]",
                                 help="Intra-op thread counts, e.g. 1,2 (each in its own process)."),

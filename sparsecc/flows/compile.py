@@ -471,6 +471,14 @@ def _bundle_readme(name: str, m: dict[str, Any]) -> str:
                   "method = Runtime.get().load_program('executorch/model.pte').load_method('forward')",
                   "x = np.load('inputs/example.npz')",
                   "outputs = method.execute([torch.from_numpy(x[k]) for k in sorted(x.files, key=lambda k: int(k[4:]))])", ""]
+    if "executorch-custom-ops" in m["targets"]:  # the bundled kernel library registers sparsecc's ops first
+        lines += ["import ctypes, numpy as np, torch",
+                  "from executorch.runtime import Runtime",
+                  "ctypes.CDLL('executorch-custom-ops/libsparsecc_executorch.so', mode=ctypes.RTLD_GLOBAL)",
+                  "program = Runtime.get().load_program('executorch-custom-ops/model.pte')  # keep it alive",
+                  "method = program.load_method('forward')",
+                  "x = np.load('inputs/example.npz')",
+                  "outputs = method.execute([torch.from_numpy(x[k]) for k in sorted(x.files, key=lambda k: int(k[4:]))])", ""]
     if "torch-sparse" in m["targets"]:
         lines += ["from sparsecc.backends.torch_sparse import load_sparse_program  # builds the CPU kernels once",
                   "module = load_sparse_program('torch-sparse/program.pt2').module()  # per layer: torch-sparse/kernels.json",
