@@ -12,7 +12,7 @@ the custom-op program is checked against the sparse PyTorch program (same
 weights, relative error <= 1e-4).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_et_custom_op.py --out bench/results/et-custom-op-minilm.json
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_et_custom_op.py --model efficientnet-lite0 \
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_et_custom_op.py --model efficientnet-lite0 \\
         --recipe recipes/pointwise8x8-90.yaml --out bench/results/et-custom-op-efficientnet.json
 """
 
