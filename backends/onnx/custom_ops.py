@@ -145,12 +145,12 @@ def compress_np(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def decompress_np(crow: np.ndarray, col: np.ndarray, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The dense [N, K] weight of a CSR (values [nnz]) or BSR (values [nnz, B, B]) triple."""
+    """The dense [N, K] weight of a CSR (values [nnz]) or block (values [nnz, br, bc]: BSR, int8 1x4 groups) triple."""
     n, k = int(shape[0]), int(shape[1])
-    b = 1 if values.ndim == 1 else values.shape[1]
-    tiles = np.zeros((n // b, k // b, b, b), dtype=values.dtype)
-    rows = np.repeat(np.arange(n // b), np.diff(crow.astype(np.int64)))
-    tiles[rows, col] = values.reshape(-1, b, b)
+    br, bc = (1, 1) if values.ndim == 1 else (int(values.shape[1]), int(values.shape[2]))
+    tiles = np.zeros((n // br, k // bc, br, bc), dtype=values.dtype)
+    rows = np.repeat(np.arange(n // br), np.diff(crow.astype(np.int64)))
+    tiles[rows, col] = values.reshape(-1, br, bc)
     return tiles.transpose(0, 2, 1, 3).reshape(n, k)
 
 

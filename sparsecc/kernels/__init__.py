@@ -11,7 +11,8 @@ rebuilt only when the source changes) and registers:
   a 1x1 convolution (stride 1, no padding, one group) over ``x[B, Cin, H, W]``;
 - ``torch.ops.sparsecc.kernel_isa(request)``: the instruction set in use;
 - ``torch.ops.sparsecc.int8_linear(...)``: int8 sparse weight x int8
-  activations (``int8_spmm.cpp`` + ``int8_body.h``; see `sparsecc.kernels.int8`),
+  activations (``int8_spmm.cpp``, the torch front end of the torch-free
+  ``int8_driver.h`` / ``int8_isa.h`` / ``int8_body.h``; see `sparsecc.kernels.int8`),
   and ``int8_isa(request)``, the instruction set an int8 call runs with;
 - ``torch.ops.sparsecc.act_sparse_linear(x, weight_t, bias, threshold)``: dense
   weight x sparse activations, skipping inputs with ``|x| <= threshold``

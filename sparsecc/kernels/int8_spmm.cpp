@@ -16,7 +16,8 @@
 // the fp32 kernels use (sparsecc::kernel_isa), narrowed to what this CPU has.
 // On AArch64: "neon" (sdot, needs the dot-product extension; "" gives it when
 // the fp32 kernels use neon and the CPU has it) or "portable". The kernels
-// themselves are in int8_isa.h (torch-free).
+// (int8_isa.h) and the driver that quantizes, packs and tiles (int8_driver.h)
+// are torch-free: this file is the torch front end only.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -30,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "int8_isa.h"  // QJob, the per-ISA kernels of int8_body.h, cpu_has, tile_tokens
+#include "int8_driver.h"  // int8_tiles over the per-ISA kernels of int8_isa.h / int8_body.h
 
 namespace sparsecc {
 
@@ -54,147 +55,7 @@ static std::string resolve_isa(const std::string& request) {
 #endif
     return request;
   }
-  std::string isa = current_isa();
-#if SPARSECC_INT8_X86
-  if (isa == "avx512" && !cpu_has("avx512")) isa = "avx2";
-  if (isa == "avx2" && !cpu_has("avx2")) isa = "portable";
-#elif SPARSECC_INT8_AARCH64
-  isa = isa == "neon" && cpu_has("neon") ? "neon" : "portable";
-#else
-  isa = "portable";
-#endif
-  return isa;
-}
-
-// Quantize tokens [t0, t0 + nt) into the panel; padding tokens read as zero.
-static void pack(const float* x, int64_t K, int64_t t0, int64_t nt, int64_t P, float act_scale, QuantFn quant,
-                 float* sx, uint8_t* p8, int16_t* p16) {
-  at::parallel_for(0, nt, 16, [&](int64_t a, int64_t b) {
-    std::vector<int8_t> row(K);
-    for (int64_t t = a; t < b; ++t) {
-      sx[t] = quant(x + (t0 + t) * K, K, act_scale, row.data());
-      if (p8) {  // 4 consecutive k per 32-bit lane, shifted to unsigned: q + 128 == q ^ 0x80 as a byte
-        for (int64_t k4 = 0; k4 < K / 4; ++k4) {
-          uint8_t* dst = p8 + (k4 * P + t) * 4;
-          for (int i = 0; i < 4; ++i) dst[i] = static_cast<uint8_t>(row[4 * k4 + i]) ^ 0x80;
-        }
-      } else {  // 2 consecutive k per 32-bit lane, int16
-        for (int64_t k2 = 0; k2 < K / 2; ++k2) {
-          p16[(k2 * P + t) * 2] = row[2 * k2];
-          p16[(k2 * P + t) * 2 + 1] = row[2 * k2 + 1];
-        }
-      }
-    }
-  });
-  for (int64_t t = nt; t < P; ++t) {
-    sx[t] = 1.f;
-    if (p8) {
-      for (int64_t k = 0; k < K; ++k) p8[((k / 4) * P + t) * 4 + k % 4] = 128;
-    } else {
-      for (int64_t k = 0; k < K; ++k) p16[((k / 2) * P + t) * 2 + k % 2] = 0;
-    }
-  }
-}
-
-#if SPARSECC_INT8_X86
-constexpr int64_t kFewTokens = 8;  // up to here, VNNI on 8x8 / 16x16 blocks vectorizes over the block
-
-static void run_few(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale) {
-  std::vector<uint8_t> rows(T * K);
-  std::vector<int8_t> row(K);
-  alignas(64) float scales[16];
-  for (int64_t t = 0; t < 16; ++t) scales[t] = 1.f;
-  for (int64_t t = 0; t < T; ++t) {
-    scales[t] = vnni::quantize_row(x + t * K, K, act_scale, row.data());
-    for (int64_t k = 0; k < K; ++k) rows[t * K + k] = static_cast<uint8_t>(row[k]) ^ 0x80;
-  }
-  QJob j = base;
-  j.panel8 = rows.data();  // marks the activations as shifted by +128
-  j.rows8 = rows.data();
-  j.K = K;
-  j.sx = scales;
-  j.y = y;
-  j.t0 = 0;
-  j.nt = T;
-  at::parallel_for(0, N / base.br, 1, [&](int64_t b0, int64_t b1) { vnni::few(j, b0, b1); });
-}
-#endif  // SPARSECC_INT8_X86
-
-#if SPARSECC_INT8_AARCH64
-// sdot: 4 tokens per vector, signed activations [K/4][P][4] (1 byte each).
-static void run_neon(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale) {
-  const int64_t vw = 4;
-  const int64_t TT = std::min(tile_tokens(K, vw, 1), (T + vw - 1) / vw * vw);
-  at::Tensor panel = at::empty({K * TT}, at::kChar);
-  at::Tensor scales = at::empty({TT}, at::kFloat);
-  const int64_t blocks = N / base.br;
-  for (int64_t t0 = 0; t0 < T; t0 += TT) {
-    const int64_t nt = std::min(TT, T - t0);
-    const int64_t P = (nt + vw - 1) / vw * vw;
-    int8_t* p = panel.data_ptr<int8_t>();
-    float* sx = scales.data_ptr<float>();
-    at::parallel_for(0, nt, 16, [&](int64_t a, int64_t b) {
-      std::vector<int8_t> row(K);
-      for (int64_t t = a; t < b; ++t) {
-        sx[t] = neon::quantize_row(x + (t0 + t) * K, K, act_scale, row.data());
-        pack_signed4(row.data(), K, t, P, p);
-      }
-    });
-    for (int64_t t = nt; t < P; ++t) {
-      sx[t] = 1.f;
-      pack_signed4(nullptr, K, t, P, p);
-    }
-    QJob j = base;
-    j.panel8 = nullptr;
-    j.panel16 = nullptr;
-    j.panels8 = p;
-    j.P = P;
-    j.sx = sx;
-    j.y = y;
-    j.t0 = t0;
-    j.nt = nt;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { neon::rows(j, b0, b1); });
-  }
-}
-#endif
-
-static void run(const float* x, float* y, int64_t T, int64_t K, int64_t N, const QJob& base, float act_scale,
-                const std::string& isa) {
-#if SPARSECC_INT8_X86
-  const bool use_vnni = isa == "avx512";
-  if (use_vnni && T <= kFewTokens && (base.br == 8 || base.br == 16)) return run_few(x, y, T, K, N, base, act_scale);
-  const int64_t vw = use_vnni ? 16 : 8;
-  const RowsFn fn = use_vnni ? vnni::rows : isa == "avx2" ? avx2::rows : portable::rows;
-  const QuantFn quant = use_vnni ? vnni::quantize_row : isa == "avx2" ? avx2::quantize_row : portable::quantize_row;
-#else
-#if SPARSECC_INT8_AARCH64
-  if (isa == "neon") return run_neon(x, y, T, K, N, base, act_scale);
-#endif
-  (void)isa;  // "portable", from resolve_isa
-  const bool use_vnni = false;
-  const int64_t vw = 8;
-  const RowsFn fn = portable::rows;
-  const QuantFn quant = portable::quantize_row;
-#endif
-  const int64_t TT = std::min(tile_tokens(K, vw, use_vnni ? 1 : 2), (T + vw - 1) / vw * vw);
-  at::Tensor panel = at::empty({K * TT * (use_vnni ? 1 : 2)}, at::kByte);
-  at::Tensor scales = at::empty({TT}, at::kFloat);
-  const int64_t blocks = N / base.br;
-  for (int64_t t0 = 0; t0 < T; t0 += TT) {
-    const int64_t nt = std::min(TT, T - t0);
-    const int64_t P = (nt + vw - 1) / vw * vw;
-    QJob j = base;
-    j.panel8 = use_vnni ? panel.data_ptr<uint8_t>() : nullptr;
-    j.panel16 = use_vnni ? nullptr : reinterpret_cast<const int16_t*>(panel.data_ptr<uint8_t>());
-    j.P = P;
-    j.sx = scales.data_ptr<float>();
-    j.y = y;
-    j.t0 = t0;
-    j.nt = nt;
-    pack(x, K, t0, nt, P, act_scale, quant, scales.data_ptr<float>(), use_vnni ? panel.data_ptr<uint8_t>() : nullptr,
-         use_vnni ? nullptr : reinterpret_cast<int16_t*>(panel.data_ptr<uint8_t>()));
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { fn(j, b0, b1); });
-  }
+  return narrow_isa(current_isa());
 }
 
 static at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
@@ -237,8 +98,14 @@ static at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& crow, const
   QJob base{nullptr, nullptr, 0, nullptr, nullptr, n_out, 0, 0, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
             values.data_ptr<int8_t>(), wscale.data_ptr<float>(), row_sums.data_ptr<int32_t>(),
             bias.has_value() ? b.data_ptr<float>() : nullptr, br};
-  if (T > 0 && n_out > 0) run(x2.data_ptr<float>(), y.data_ptr<float>(), T, K, n_out, base,
-                              static_cast<float>(act_scale), isa);
+  if (T > 0 && n_out > 0) {
+    const Int8Scratch need = int8_scratch(T, K, br, isa);
+    at::Tensor panel = at::empty({need.panel_bytes}, at::kByte);
+    at::Tensor scales = at::empty({std::max<int64_t>(need.scales, 1)}, at::kFloat);
+    auto par = [](int64_t b, int64_t e, int64_t grain, const auto& fn) { at::parallel_for(b, e, grain, fn); };
+    int8_tiles(x2.data_ptr<float>(), y.data_ptr<float>(), T, K, n_out, base, static_cast<float>(act_scale), isa,
+               panel.data_ptr<uint8_t>(), scales.data_ptr<float>(), par);
+  }
   return y.reshape(out_shape);
 }
 

@@ -1,8 +1,9 @@
-"""The ONNX Runtime custom-op library: ``libsparsecc_ort.so``, domain ``sparsecc``, ops ``SparseMatMul`` and
-``SparseConv1x1``.
+"""The ONNX Runtime custom-op library: ``libsparsecc_ort.so``, domain ``sparsecc``, ops ``SparseMatMul``,
+``SparseConv1x1`` and ``SparseMatMulInt8``.
 
 Built with g++ from ``ort_sparse_matmul.cpp``, which includes the same kernel
-sources as the torch operators (``spmm_isa.h`` -> ``spmm_body.h``). It needs
+sources as the torch operators (``spmm_isa.h`` -> ``spmm_body.h`` for fp32,
+``int8_driver.h`` -> ``int8_isa.h`` -> ``int8_body.h`` for int8). It needs
 only ONNX Runtime's C API headers, no ONNX Runtime library: the runtime hands
 its API table to ``RegisterCustomOps`` when a session registers the library.
 
@@ -44,7 +45,7 @@ __all__ = [
 
 DOMAIN = "sparsecc"
 OP_TYPE = "SparseMatMul"
-OP_TYPES = (OP_TYPE, "SparseConv1x1")
+OP_TYPES = (OP_TYPE, "SparseConv1x1", "SparseMatMulInt8")
 LIBRARY_NAME = "libsparsecc_ort.so"
 # Debian 13's ONNX Runtime headers (C API 21): the pinned package, its suite and the .deb's SHA-256.
 HEADERS_PACKAGE = {
@@ -56,7 +57,7 @@ HEADERS_PACKAGE = {
 _MIRROR = "http://deb.debian.org/debian"
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _SOURCE_DIR = Path(__file__).resolve().parent
-_SOURCES = ("ort_sparse_matmul.cpp", "spmm_isa.h", "spmm_body.h")
+_SOURCES = ("ort_sparse_matmul.cpp", "spmm_isa.h", "spmm_body.h", "int8_driver.h", "int8_isa.h", "int8_body.h")
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
           # the bundle's .so must load beside any ONNX Runtime wheel: no libstdc++ version of ours required
           "-static-libstdc++", "-static-libgcc"]

@@ -12,12 +12,15 @@
 // rule (s = max|x| / 127 or the static scale; round half to even; clamp to 127).
 // Each ISA gets its panel layout as int8_spmm.cpp packs it: VNNI u8 (q + 128)
 // [K/4][P][4], AVX2/portable int16 [K/2][P][2], sdot int8 [K/4][P][4]
-// (pack_signed4, the function int8_spmm.cpp uses).
+// (pack_signed4, the function int8_spmm.cpp uses). Each case runs a second time
+// through the driver (int8_driver.h: int8_tiles, with a serial loop cut into
+// grain-sized pieces), the path the torch operator and the ONNX Runtime op take,
+// few-token VNNI and sdot included, against the same reference.
 //
 // --self-check-fail perturbs one output by one ulp after the kernel ran: the run
 // must fail naming the case. Exit 0 when all pass.
 
-#include "int8_isa.h"
+#include "int8_driver.h"
 
 #include <cstdio>
 #include <cstring>
@@ -79,13 +82,14 @@ float quantize_ref(const float* x, int64_t K, float act_scale, int8_t* q) {
 }
 
 std::string run_case(const Isa& isa, int64_t br, int64_t bc, double density, int empty_every, int64_t T,
-                     bool with_bias, float act_scale, uint64_t seed) {
+                     bool with_bias, float act_scale, uint64_t seed, bool driver) {
   const int64_t N = 48, K = 64;
   Rng rng(seed);
   char name[256];
-  std::snprintf(name, sizeof name, "isa=%s blocks=%lldx%lld density=%.2f empty_every=%d T=%lld bias=%d act_scale=%g",
-                isa.name, static_cast<long long>(br), static_cast<long long>(bc), density, empty_every,
-                static_cast<long long>(T), with_bias ? 1 : 0, act_scale);
+  std::snprintf(name, sizeof name,
+                "isa=%s blocks=%lldx%lld density=%.2f empty_every=%d T=%lld bias=%d act_scale=%g driver=%d", isa.name,
+                static_cast<long long>(br), static_cast<long long>(bc), density, empty_every, static_cast<long long>(T),
+                with_bias ? 1 : 0, act_scale, driver ? 1 : 0);
   // weight: dense int8 copy, blocks kept at random, int8 values -127..127 (zeros inside kept blocks too)
   std::vector<int8_t> w(N * K, 0);
   std::vector<int32_t> crow{0}, col;
@@ -131,7 +135,18 @@ std::string run_case(const Isa& isa, int64_t br, int64_t bc, double density, int
   std::vector<int8_t> s8, q(K);
   std::vector<float> sx(TT);
   char msg[512];
-  for (int64_t t0 = 0; t0 < T; t0 += TT) {
+  if (driver) {
+    const QJob base{nullptr, nullptr, 0, nullptr, nullptr, N, 0, 0, crow.data(), col.data(), val.data(),
+                    wscale.data(), row_sums.data(), with_bias ? bias.data() : nullptr, br};
+    const Int8Scratch need = int8_scratch(T, K, br, isa.name);
+    std::vector<uint8_t> panel(need.panel_bytes);
+    std::vector<float> scales(std::max<int64_t>(need.scales, 1));
+    auto par = [](int64_t b, int64_t e, int64_t grain, const auto& fn) {
+      for (int64_t lo = b; lo < e; lo += grain) fn(lo, std::min(e, lo + grain));
+    };
+    int8_tiles(x.data(), y.data(), T, K, N, base, act_scale, isa.name, panel.data(), scales.data(), par);
+  }
+  for (int64_t t0 = 0; !driver && t0 < T; t0 += TT) {
     const int64_t nt = std::min(TT, T - t0);
     const int64_t P = (nt + vw - 1) / vw * vw;
     p8.assign(K * P, 0);
@@ -231,11 +246,15 @@ int main(int argc, char** argv) {
         ++i;
         const bool bias = i % 2 == 0;
         const float act_scale = i % 3 == 0 ? 0.0125f : 0.f;  // static (clamps) or dynamic per token
-        const std::string err = run_case(*isa, s.br, s.bc, s.density, s.empty_every, T, bias, act_scale, seed++);
-        if (!err.empty()) {
-          std::printf("FAIL %s\n", err.c_str());
-          if (++failures >= 10) return 1;
+        for (bool driver : {false, true}) {
+          const std::string err = run_case(*isa, s.br, s.bc, s.density, s.empty_every, T, bias, act_scale, seed,
+                                           driver);
+          if (!err.empty()) {
+            std::printf("FAIL %s\n", err.c_str());
+            if (++failures >= 10) return 1;
+          }
         }
+        ++seed;
       }
   }
   std::printf("%s: %lld runs over int8 isas %s, %d failed\n", failures ? "FAILED" : "ok",
