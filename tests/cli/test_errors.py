@@ -93,7 +93,7 @@ def test_no_command_catches_exception_broadly():
             assert "except Exception" not in text, f
 
 
-# -- defect 8 -------------------------------------------------------------------------------
+# -- a model file that raises, or runs code at import --------------------------------------
 
 
 RAISING = textwrap.dedent(

@@ -50,7 +50,7 @@ def user_bundle(tmp_path_factory):
 
 
 def test_sequential_with_an_input_argument_compiles_and_runs_on_onnx(user_bundle):
-    """Defect 1: torch.export names it input_1, ONNX names it input; the feed was empty."""
+    """torch.export names it input_1, ONNX names it input; the feed was empty."""
     m = json.loads((user_bundle / "manifest.json").read_text())
     assert m["targets"]["onnx"]["parity"]["ok"]
     assert [c["inputs"] for c in m["targets"]["onnx"]["parity"]["cases"]][0] == "example"
@@ -70,7 +70,7 @@ def test_feed_order_matches_by_name_then_position_and_never_drops():
 
 
 def test_parity_on_smallest_example_and_largest_allowed_shapes_on_every_target(user_bundle):
-    """Defect 5: a file.py:factory model with dynamic batch and seq got parity on the example only."""
+    """a file.py:factory model with dynamic batch and seq got parity on the example only."""
     m = json.loads((user_bundle / "manifest.json").read_text())
     shapes = {p["label"]: p["shapes"]["input_1" if "input_1" in p["shapes"] else next(iter(p["shapes"]))]
               for p in m["parity_inputs"]}
@@ -83,7 +83,7 @@ def test_parity_on_smallest_example_and_largest_allowed_shapes_on_every_target(u
 
 
 def test_a_bundle_from_a_model_file_travels(user_bundle, tmp_path, monkeypatch):
-    """Defect 6: the manifest pointed at my_model.py relative to the working directory."""
+    """the manifest pointed at my_model.py relative to the working directory."""
     moved = tmp_path / "elsewhere" / "bundle"
     shutil.copytree(user_bundle, moved)
     monkeypatch.chdir(tmp_path)
@@ -106,7 +106,7 @@ def test_an_evaluation_of_nothing_is_an_error():
 
 
 def test_force_never_deletes_a_users_folder(tmp_path):
-    """Defect 2: `compile --force -o d` removed d/thesis.txt."""
+    """`compile --force -o d` removed d/thesis.txt."""
     d = tmp_path / "d"
     d.mkdir()
     (d / "thesis.txt").write_text("x")
@@ -116,7 +116,7 @@ def test_force_never_deletes_a_users_folder(tmp_path):
 
 
 def test_torch_runner_passes_keyword_inputs_as_keywords(zoo, tmp_path):
-    """Defect 7: `bench --backend torch` on MiniLM-style bundles (keyword inputs) failed."""
+    """`bench --backend torch` on MiniLM-style bundles (keyword inputs) failed."""
     from sparsecc.benchmarking.runners import load_variant
     from sparsecc.core.program import tensor_leaves
 

@@ -1,4 +1,4 @@
-"""Defect 3: a Ctrl-C at any point of `sparsecc compile ... --force` exits 130, leaves the previous
+"""A Ctrl-C at any point of `sparsecc compile ... --force` exits 130, leaves the previous
 bundle as it was and no leftovers (real subprocess, default signal handling)."""
 
 import os
@@ -26,11 +26,13 @@ def _compile(out: Path) -> subprocess.Popen:
 
 def test_sigint_at_any_point_keeps_the_previous_bundle(tmp_path):
     out = tmp_path / "b"
-    t0 = time.perf_counter()
-    first = _compile(out)
-    log = first.communicate(timeout=300)[0].decode()
-    full = time.perf_counter() - t0
-    assert first.returncode == 0, log
+    full = 0.0
+    for _ in range(2):  # the second, warm run (caches filled, as for the interrupted ones) sets the time scale
+        t0 = time.perf_counter()
+        first = _compile(out)
+        log = first.communicate(timeout=300)[0].decode()
+        full = time.perf_counter() - t0
+        assert first.returncode == 0, log
     before = hash_files(out)
     for fraction in FRACTIONS:
         proc = _compile(out)
