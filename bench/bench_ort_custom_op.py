@@ -25,7 +25,7 @@ model against the int8 op in 8x8 blocks and 1x4 groups).
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --out bench/results/ort-custom-op-minilm.json
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --model efficientnet-lite0 \
         --recipe recipes/pointwise8x8-90.yaml --out bench/results/ort-custom-op-efficientnet.json
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --int8 \
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ort_custom_op.py --int8 \\
         --out bench/results/ort-custom-op-int8-minilm.json
 """
 
