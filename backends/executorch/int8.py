@@ -37,6 +37,7 @@ from sparsecc.backends.base import LoweringError
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.core.program import ProgramEditor
 from sparsecc.passes.quantize_weights import int8_grid, quant_info
+from sparsecc.verify.parity import INT8_ATOL, INT8_RTOL, int8_parity_tolerance  # shared with the ONNX target
 
 __all__ = [
     "StaticActivationsError", "quantized_weights", "quantize_dynamic_linears", "int8_parity_tolerance",
@@ -45,19 +46,6 @@ __all__ = [
 
 _EPS = torch.finfo(torch.float32).eps
 _LINEAR = torch.ops.aten.linear.default
-
-# Parity of the dynamic int8 artifact with the fake-quantized program. One
-# layer rounds each token x to the grid s_x = (max x - min x) / 255, so an
-# output moves by at most s_x/2 * sum_k |w_k| <= (max|x| / 255) * sum_k |w_k|,
-# i.e. 1/255 of the largest output that token could give. Each quantized
-# layer on the path adds its own such error and propagates the earlier ones;
-# with L layers in a chain the bound relative to the output's scale grows as
-# about L/255 (each layer's typical output is well under its bound |x| sum|w|,
-# which the per-output-scale comparison absorbs). The tolerance takes 4/255
-# per layer on the deepest chain, capped at 0.25 of the output's scale.
-INT8_RTOL_PER_LAYER = 4.0 / 255.0
-INT8_RTOL = 4.0 / 255.0
-INT8_ATOL = 1e-4
 
 
 class StaticActivationsError(LoweringError):
@@ -92,11 +80,6 @@ def _depth(program: ExportedProgram, layers: set[str]) -> int:
         d = max((depth.get(a, 0) for a in n.all_input_nodes), default=0)
         depth[n] = d + (1 if n.name in layers else 0)
     return max(depth.values(), default=0)
-
-
-def int8_parity_tolerance(depth: int) -> tuple[float, float]:
-    """(rtol, atol) for an artifact whose deepest chain has ``depth`` dynamic int8 linears."""
-    return min(0.25, INT8_RTOL_PER_LAYER * max(1, depth)), INT8_ATOL
 
 
 def quantize_dynamic_linears(program: ExportedProgram, source: ExportedProgram) -> tuple[ExportedProgram, dict[str, Any]]:

@@ -62,13 +62,14 @@ from sparsecc.backends.base import (
     user_input_specs,
 )
 from sparsecc.core.ir import MaskSpec, get_node_info
+from sparsecc.verify.parity import PARITY_ATOL, PARITY_RTOL, int8_parity_tolerance
 from sparsecc.core.program import state_tensor
 
 from . import _deps
 from .checks import check_program
 from .cleanup import clean_graph
 from .custom_ops import DEFAULT_MARGIN, apply_custom_ops
-from .custom_ops_int8 import apply_int8_custom_ops
+from .custom_ops_int8 import apply_int8_custom_ops, int8_chain_depth
 from .export import dim_names, export_program, rename_dims, rename_symbols
 from .patterns import check_patterns
 from .provenance import find_provenance
@@ -172,6 +173,7 @@ def _custom_ops(model: Any, program: ExportedProgram, provenance: dict, options:
         record["layers"] += int8
         record["replaced"] += sum("custom_op" in e for e in int8)
         record["ops"] = sorted({e["op"] for e in record["layers"] if "custom_op" in e})
+    record["int8_depth"] = int8_chain_depth(model)  # activations quantized per token: parity follows from it
     if record["replaced"]:
         shutil.copy2(library, out_dir / LIBRARY_FILE)
         (out_dir / EXAMPLE_FILE).write_text(_EXAMPLE)
@@ -185,6 +187,10 @@ class OnnxBackend(Backend):
     name = "onnx"
     extra = "onnx"
     modules = ("onnx", "onnxruntime", "onnxscript", "onnx_graphsurgeon")
+    # Parity tolerance of the last lowering (compile reads them): fp32, or the dynamic int8 one when
+    # sparsecc.SparseMatMulInt8 layers quantize activations (QDQ weights alone dequantize exactly).
+    parity_rtol = PARITY_RTOL
+    parity_atol = PARITY_ATOL
 
     def check(self, program: ExportedProgram) -> list[LayerCheck]:
         return check_program(program)
@@ -250,6 +256,10 @@ class OnnxBackend(Backend):
         meta["tensorrt_2_4"] = trt
         if custom is not None:
             meta["custom_ops"] = custom
+        depth = (custom or {}).get("int8_depth", 0)
+        self.parity_rtol, self.parity_atol = int8_parity_tolerance(depth) if depth else (PARITY_RTOL, PARITY_ATOL)
+        if depth:
+            meta["parity_tol"] = {"rtol": self.parity_rtol, "atol": self.parity_atol, "int8_depth": depth}
 
         threshold = int(options.extra.get("external_data_threshold", EXTERNAL_DATA_THRESHOLD))
         files = _save(model, out_dir, external=_payload_bytes(model) > threshold)

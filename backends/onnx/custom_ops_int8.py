@@ -16,7 +16,10 @@ Per layer, on its own input shape, interleaved: ONNX Runtime fp32 dense of the
 dequantized weight, the dense int8 layer a user gets from ONNX Runtime
 (``quantize_dynamic``, per-channel QInt8 weights) and the op in each block
 layout; the op replaces the layer only when it beats the faster of the two
-dense ones by the margin.
+dense ones by the margin. Where ONNX Runtime's int8 layer is the faster, and for
+int8 weights too dense for a sparse kernel, the layer becomes that int8 layer
+(``com.microsoft.DynamicQuantizeMatMul`` over the program's integers and scales):
+a weight-only ``DequantizeLinear`` would run at fp32 speed.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .custom_ops import (DEFAULT_MARGIN, MIN_FILL, MIN_SPARSITY, _fold_bias, _in
 from .graph_index import GraphIndex, attribute
 
 __all__ = ["SPARSE_INT8_OP", "INT8_BLOCKS", "Int8Candidate", "find_int8_candidates", "compress_int8_np",
-           "int8_block_choices", "sparse_int8_model", "dense_int8_model", "apply_int8_custom_ops"]
+           "int8_block_choices", "sparse_int8_model", "dense_int8_model", "apply_int8_custom_ops", "int8_chain_depth"]
 
 SPARSE_INT8_OP = "SparseMatMulInt8"
 INT8_BLOCKS = (16, 8, 4)  # square blocks the int8 kernels have code for, widest first (block 1: 1x4 groups)
@@ -58,6 +61,8 @@ class Int8Candidate:
     output: str
     pos: tuple[int, ...]  # graph.node positions replaced: the node, [the Add], [the DequantizeLinear]
     conv1x1: bool = False  # the timing helpers of custom_ops read it
+    dq_inputs: tuple[str, ...] = ()  # the DequantizeLinear's integers, scales [, zero points]
+    trans_b: bool = False  # a Gemm reading the integers as [N, K]
 
     @property
     def weight(self) -> np.ndarray:
@@ -116,7 +121,8 @@ def find_int8_candidates(model: Any, weight_initializers: set[str]) -> list[Int8
         pos = (where[id(node)],) + ((where[id(add)],) if add is not None else ()) + (where[id(dq)],)
         found.append(Int8Candidate(node, node.input[0], dq.input[0], q, scale.copy(),
                                    None if bias is None else bias.reshape(-1).astype(np.float32),
-                                   add.output[0] if add is not None else node.output[0], pos))
+                                   add.output[0] if add is not None else node.output[0], pos,
+                                   dq_inputs=tuple(i for i in dq.input if i), trans_b=trans_b))
     return found
 
 
@@ -221,6 +227,35 @@ def _replace(model: Any, c: Int8Candidate, block: int, name: str, swaps: dict[in
             "op": SPARSE_INT8_OP, "act_scale": 0.0, "torch_shape": [int(d) for d in c.q.shape]}
 
 
+ORT_INT8_OP, ORT_DOMAIN = "DynamicQuantizeMatMul", "com.microsoft"
+
+
+def _to_ort_int8(model: Any, c: Int8Candidate, name: str, prov: dict[str, Any], swaps: dict[int, Any]
+                 ) -> dict[str, Any]:
+    """The layer as ONNX Runtime's own dense int8 kernel (``com.microsoft.DynamicQuantizeMatMul``, what its
+    ``quantize_dynamic`` produces) over the program's integers and scales, in ``swaps``. It reads them [K, N]:
+    a Gemm's [N, K] integers are stored again transposed, and provenance follows them."""
+    onnx = _deps.onnx()
+    inputs = list(c.dq_inputs[:3])  # [K, N] integers, per-column scales, zero points (0) when stored
+    if c.trans_b:
+        inputs[0] = f"{name}.ort_int8_kn"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(c.q.T), inputs[0]))
+        prov.update(initializer=inputs[0], perm=[1, 0], layout="transposed [in, out]",
+                    onnx_reduction_axis=0)
+    if len(inputs) < 3:
+        zero = f"{name}.ort_int8_zero_point"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(c.q.shape[0], np.int8), zero))
+        inputs.append(zero)
+    if c.bias is not None:
+        model.graph.initializer.append(onnx.numpy_helper.from_array(c.bias.astype(np.float32), f"{name}.ort_int8_bias"))
+        inputs.append(f"{name}.ort_int8_bias")
+    node = onnx.helper.make_node(ORT_INT8_OP, [c.x, *inputs], [c.output], name=f"{name}.ort_int8", domain=ORT_DOMAIN)
+    swaps[c.pos[0]] = node
+    for p in c.pos[1:]:
+        swaps[p] = None
+    return {"node": node.name, "op": f"{ORT_DOMAIN}.{ORT_INT8_OP}"}
+
+
 def apply_int8_custom_ops(model: Any, provenance: dict[str, dict[str, Any]], library: str, *,
                           example: Sequence[Any] | None = None, input_specs: Sequence[tuple[str, str, int]] = (),
                           threads: int = 1, rounds: int = 7, margin: float = DEFAULT_MARGIN,
@@ -228,10 +263,16 @@ def apply_int8_custom_ops(model: Any, provenance: dict[str, dict[str, Any]], lib
     """Rewrite, in place, each int8 sparse layer whose op measures faster than both dense references;
     return one record per layer timed (as `custom_ops.apply_custom_ops` does for fp32)."""
     by_init = {e["initializer"]: fqn for fqn, e in provenance.items() if e.get("initializer") and e.get("quantized")}
-    cands = find_int8_candidates(model, set(by_init))
-    cands = [c for c in cands if float((c.q == 0).mean()) >= MIN_SPARSITY and int8_block_choices(c.q)]
+    found = find_int8_candidates(model, set(by_init))
+    cands = [c for c in found if float((c.q == 0).mean()) >= MIN_SPARSITY and int8_block_choices(c.q)]
     seen = {} if tokens or not cands else _input_shapes(model, [c.x for c in cands], example, input_specs)
     layers, swaps = [], {}
+    timed = {id(c) for c in cands}
+    for c in found:  # too dense for a sparse kernel: ONNX Runtime's int8 layer, as quantize_dynamic would give
+        if id(c) not in timed:
+            fqn = by_init[c.initializer]
+            provenance[fqn]["ort_int8"] = _to_ort_int8(model, c, fqn, provenance[fqn], swaps)
+            provenance[fqn]["storage"] = f"int8 for {ORT_DOMAIN}.{ORT_INT8_OP}"
     for c in cands:
         fqn = by_init[c.initializer]
         shape = _timing_shape(c, seen.get(c.x), tokens)  # type: ignore[arg-type]
@@ -247,9 +288,29 @@ def apply_int8_custom_ops(model: Any, provenance: dict[str, dict[str, Any]], lib
             provenance[fqn]["custom_op"] = entry["custom_op"]
             provenance[fqn]["storage"] = f"compressed ({entry['custom_op']['format']}) for " \
                                          f"{CUSTOM_OP_DOMAIN}.{SPARSE_INT8_OP}"
+        elif ref == "dense_int8":  # the int8 layer ONNX Runtime runs fastest, not a weight-only DequantizeLinear
+            entry["ort_int8"] = _to_ort_int8(model, c, fqn, provenance[fqn], swaps)
+            provenance[fqn]["storage"] = f"int8 for {ORT_DOMAIN}.{ORT_INT8_OP}"
         layers.append(entry)
     if swaps:
         _rebuild(model, swaps)
-        if CUSTOM_OP_DOMAIN not in {o.domain for o in model.opset_import}:
-            model.opset_import.append(_deps.onnx().helper.make_opsetid(CUSTOM_OP_DOMAIN, 1))
+        domains = {o.domain for o in model.opset_import}
+        used = {n.domain for n in model.graph.node} & {CUSTOM_OP_DOMAIN, ORT_DOMAIN}
+        for domain in used - domains:
+            model.opset_import.append(_deps.onnx().helper.make_opsetid(domain, 1))
     return layers
+
+
+def int8_chain_depth(model: Any) -> int:
+    """The most int8 layers (``SparseMatMulInt8``, ``DynamicQuantizeMatMul``) on one path through the graph: each
+    quantizes its input at run time,
+    so the parity tolerance grows with it (`sparsecc.verify.parity.int8_parity_tolerance`)."""
+    depth: dict[str, int] = {}
+    deepest = 0
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        d = max((depth.get(i, 0) for i in node.input if i), default=0)
+        d += int((node.op_type, node.domain) in ((SPARSE_INT8_OP, CUSTOM_OP_DOMAIN), (ORT_INT8_OP, ORT_DOMAIN)))
+        for o in node.output:
+            depth[o] = d
+        deepest = max(deepest, d)
+    return deepest

@@ -20,7 +20,8 @@ import torch
 from torch.export import ExportedProgram
 
 __all__ = [
-    "PARITY_RTOL", "PARITY_ATOL", "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "padding_mask", "flat_inputs",
+    "PARITY_RTOL", "PARITY_ATOL", "INT8_RTOL", "INT8_ATOL", "INT8_RTOL_PER_LAYER", "int8_parity_tolerance",
+    "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "padding_mask", "flat_inputs",
     "shape_variants", "save_reference", "load_reference",
 ]
 
@@ -28,6 +29,25 @@ __all__ = [
 # the absolute part covers outputs that are all near zero.
 PARITY_RTOL = 1e-4
 PARITY_ATOL = 1e-5
+# Parity of a dynamic int8 artifact with the fake-quantized program. One
+# layer rounds each token x to the grid s_x = (max x - min x) / 255, so an
+# output moves by at most s_x/2 * sum_k |w_k| <= (max|x| / 255) * sum_k |w_k|,
+# i.e. 1/255 of the largest output that token could give. Each quantized
+# layer on the path adds its own such error and propagates the earlier ones;
+# with L layers in a chain the bound relative to the output's scale grows as
+# about L/255 (each layer's typical output is well under its bound |x| sum|w|,
+# which the per-output-scale comparison absorbs). The tolerance takes 4/255
+# per layer on the deepest chain, capped at 0.25 of the output's scale.
+INT8_RTOL_PER_LAYER = 4.0 / 255.0
+INT8_RTOL = 4.0 / 255.0
+INT8_ATOL = 1e-4
+
+
+def int8_parity_tolerance(depth: int) -> tuple[float, float]:
+    """(rtol, atol) for an artifact whose deepest chain has ``depth`` dynamic int8 linears."""
+    return min(0.25, INT8_RTOL_PER_LAYER * max(1, depth)), INT8_ATOL
+
+
 # A dim without an upper bound is checked at twice the example; a bound above this
 # is checked at this value (a seq bound of 1M cannot be run at compile).
 LARGEST_DIM_CAP = 4096

@@ -220,3 +220,51 @@ def test_int8_parity_with_the_fake_quantized_program(lowered):
     err = (got - want).abs()
     assert torch.all(err <= bound), float((err - bound).max())
     assert float(err.max()) > 0  # the activations really were quantized
+
+
+def test_int8_layers_the_op_loses_run_onnx_runtimes_int8_kernel(library, tmp_path):
+    """margin 1e-9: the op never wins. Each timed layer becomes ONNX Runtime's own int8 layer where that was the
+    faster dense one (DynamicQuantizeMatMul over the program's integers and scales), an int8 weight too dense to
+    time becomes it unconditionally, and none is left as a weight-only DequantizeLinear at fp32 speed unless fp32
+    measured faster; parity follows the dynamic int8 tolerance of the deepest chain."""
+    from sparsecc.verify.parity import int8_parity_tolerance
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 256)
+    recipe = {"pattern": "8x8", "sparsity": 0.9, "quantize": "int8", "layers": {"exclude": ["fc2"]}}
+    program = sparsecc.sparsify(export_module(Two().eval(), (x,)), recipe, fold=True).program
+    backend = OnnxCustomOpsBackend()
+    art = backend.lower(program, tmp_path, LowerOptions(threads=1, extra={
+        "example_inputs": [x], "custom_ops_margin": 1e-9, "custom_ops_rounds": 2}))
+    meta = art.meta["custom_ops"]
+    assert meta["replaced"] == 0 and [e["fqn"] for e in meta["layers"]] == ["fc1.weight"]  # fc2 is dense int8
+    model = onnx.load(str(art.path("model")))
+    ort_int8 = {n.name for n in model.graph.node if (n.domain, n.op_type) == ("com.microsoft", "DynamicQuantizeMatMul")}
+    fc1 = meta["layers"][0]
+    assert ("fc1.weight.ort_int8" in ort_int8) == (fc1["reference"] == "dense_int8")
+    assert "fc2.weight.ort_int8" in ort_int8 and art.meta["provenance"]["fc2.weight"]["ort_int8"]
+    depth = len(ort_int8)
+    assert art.meta["parity_tol"]["int8_depth"] == depth
+    assert (backend.parity_rtol, backend.parity_atol) == int8_parity_tolerance(depth)
+    got = backend.load(art)([x])[0]
+    want = program.module()(x).detach()
+    err = float((got - want).abs().max() / want.abs().max())
+    assert 0 < err <= backend.parity_rtol, err
+    checks = backend.verify_pattern(art, list(mask_specs(program).values()))
+    assert checks and all(c.ok for c in checks), [c.reason for c in checks]
+
+
+def test_compile_of_an_int8_program_checks_parity_at_the_int8_tolerance(library, tmp_path):
+    """A bundle whose layers quantize activations at run time (the op, or ONNX Runtime's int8 layer) is compared
+    with the fake-quantized program at the dynamic int8 tolerance, not fp32's 1e-4 (which it cannot meet)."""
+    import json
+
+    from sparsecc.flows.compile import compile
+
+    torch.manual_seed(0)
+    compile(Two().eval(), {"pattern": "8x8", "sparsity": 0.9, "quantize": "int8"}, tmp_path / "b",
+            example_args=(torch.randn(2, 16, 256),), targets=["onnx-custom-ops"], dense_reference=False)
+    target = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"]["onnx-custom-ops"]
+    depth = target["artifact"]["meta"]["custom_ops"]["int8_depth"]
+    assert target["parity"]["ok"] and depth >= 1
+    assert target["parity"]["rtol"] == pytest.approx(min(0.25, depth * 4 / 255))
