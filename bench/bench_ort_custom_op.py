@@ -132,10 +132,23 @@ def model_rows(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "speedup": med["ort dense"] / med["ort custom op"]}
 
 
-def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
-    from sparsecc.backends.onnx.custom_ops import dense_matmul_model, sparse_matmul_model
+def time_layer_models(models: dict[str, tuple[Any, Any]], x: np.ndarray, args: argparse.Namespace
+                      ) -> tuple[dict[str, float], dict[str, float]]:
+    """Medians (seconds) of one-layer models ``{name: (model, library)}`` timed interleaved on ``x``, and each
+    model's error relative to the "dense" one."""
     from sparsecc.core.ort_session import open_session, session_options
     from sparsecc.core.timing import time_interleaved
+
+    sess = {k: open_session(m.SerializeToString(), session_options(args.threads), lib) for k, (m, lib) in models.items()}
+    ref = sess["dense"].run(None, {"x": x})[0]
+    errs = {k: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max()) for k, s in sess.items()}
+    med = time_interleaved({k: (lambda s=s: s.run(None, {"x": x})) for k, s in sess.items()},
+                           warmup=args.warmup, rounds=args.rounds, sample_s=0.02).medians()
+    return med, errs
+
+
+def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
+    from sparsecc.backends.onnx.custom_ops import dense_matmul_model, sparse_matmul_model
 
     rows = []
     rng = np.random.default_rng(0)
@@ -151,12 +164,7 @@ def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
         models = {"dense": (dense_matmul_model(w, bias, conv), None),
                   "bsr 8x8": (sparse_matmul_model(w, bias, 8, conv), library),
                   "csr": (sparse_matmul_model(w, bias, 1, conv), library)}
-        sess = {k2: open_session(m.SerializeToString(), session_options(args.threads), lib)
-                for k2, (m, lib) in models.items()}
-        ref = sess["dense"].run(None, {"x": x})[0]
-        errs = {k2: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max()) for k2, s in sess.items()}
-        med = time_interleaved({k2: (lambda s=s: s.run(None, {"x": x})) for k2, s in sess.items()},
-                               warmup=args.warmup, rounds=args.rounds, sample_s=0.02).medians()
+        med, errs = time_layer_models(models, x, args)
         rows.append({"layer": kind, "weight": f"{n}x{k}", "input": list(x_shape), "median_ms": {k2: v * 1e3 for k2, v in med.items()},
                      "speedup_bsr": med["dense"] / med["bsr 8x8"], "speedup_csr": med["dense"] / med["csr"],
                      "rel_err": errs})
@@ -167,8 +175,6 @@ def layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
 def int8_layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, Any]]:
     """The two linears in int8: ORT's quantize_dynamic of the dense layer against SparseMatMulInt8."""
     from sparsecc.backends.onnx.custom_ops_int8 import dense_int8_model, sparse_int8_model
-    from sparsecc.core.ort_session import open_session, session_options
-    from sparsecc.core.timing import time_interleaved
     from sparsecc.kernels.int8 import quantize_per_channel
 
     rows = []
@@ -182,12 +188,7 @@ def int8_layer_rows(args: argparse.Namespace, library: Path) -> list[dict[str, A
         models = {"dense": (dense_int8_model(q.astype(np.float32) * scale[:, None], bias), None),
                   "bsr 8x8": (sparse_int8_model(q, scale, bias, 8), library),
                   "csr": (sparse_int8_model(q, scale, bias, 1), library)}  # 1x4 groups, the unstructured layout
-        sess = {k2: open_session(m.SerializeToString(), session_options(args.threads), lib)
-                for k2, (m, lib) in models.items()}
-        ref = sess["dense"].run(None, {"x": x})[0]
-        errs = {k2: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max()) for k2, s in sess.items()}
-        med = time_interleaved({k2: (lambda s=s: s.run(None, {"x": x})) for k2, s in sess.items()},
-                               warmup=args.warmup, rounds=args.rounds, sample_s=0.02).medians()
+        med, errs = time_layer_models(models, x, args)
         rows.append({"layer": "linear int8", "weight": f"{n}x{k}", "input": [args.seq, k],
                      "median_ms": {k2: v * 1e3 for k2, v in med.items()},
                      "speedup_bsr": med["dense"] / med["bsr 8x8"], "speedup_csr": med["dense"] / med["csr"],

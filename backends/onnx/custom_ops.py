@@ -32,7 +32,7 @@ from . import _deps
 from .graph_index import GraphIndex, attribute
 
 __all__ = ["SPARSE_OP", "SPARSE_CONV_OP", "BLOCKS", "Candidate", "find_candidates", "compress_np", "decompress_np",
-           "block_choices", "sparse_matmul_model", "dense_matmul_model", "apply_custom_ops"]
+           "block_choices", "sparse_matmul_model", "dense_matmul_model", "time_models", "apply_custom_ops"]
 
 SPARSE_OP = "SparseMatMul"
 SPARSE_CONV_OP = "SparseConv1x1"
@@ -240,19 +240,20 @@ def _timing_shape(c: Candidate, seen: tuple[int, ...] | None, tokens: int | None
     return seen if c.conv1x1 else (int(np.prod(seen[:-1])), k)
 
 
+def time_models(models: dict[str, tuple[Any, str | None]], x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
+    """Median seconds of one-node models ``{name: (model, custom-op library or None)}`` on input ``x``, interleaved."""
+    sessions = {k: open_session(m.SerializeToString(), session_options(threads), lib) for k, (m, lib) in models.items()}
+    variants = {k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()}
+    return {k: float(v) for k, v in time_interleaved(variants, warmup=2, rounds=rounds, sample_s=0.01).medians().items()}
+
+
 def _time_layer(c: Candidate, shape: tuple[int, ...], library: str, threads: int, rounds: int) -> dict[str, Any]:
     """Median seconds of dense and of each sparse format for one layer, interleaved."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(np.float32)
-    sessions = {"dense": open_session(dense_matmul_model(c.weight, c.bias, c.conv1x1).SerializeToString(),
-                                      session_options(threads))}
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    models = {"dense": (dense_matmul_model(c.weight, c.bias, c.conv1x1), None)}
     for b in block_choices(c.weight):
-        opts = session_options(threads)
-        sessions["csr" if b == 1 else f"bsr{b}"] = open_session(
-            sparse_matmul_model(c.weight, c.bias, b, c.conv1x1).SerializeToString(), opts, library)
-    variants = {k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()}
-    med = time_interleaved(variants, warmup=2, rounds=rounds, sample_s=0.01).medians()
-    return {k: float(v) for k, v in med.items()}
+        models["csr" if b == 1 else f"bsr{b}"] = (sparse_matmul_model(c.weight, c.bias, b, c.conv1x1), library)
+    return time_models(models, x, threads, rounds)
 
 
 def _replace(model: Any, c: Candidate, block: int, name: str, swaps: dict[int, Any]) -> dict[str, Any]:

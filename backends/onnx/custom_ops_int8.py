@@ -33,12 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparsecc.core.ort_session import CUSTOM_OP_DOMAIN, open_session, session_options
-from sparsecc.core.timing import time_interleaved
+from sparsecc.core.ort_session import CUSTOM_OP_DOMAIN
 
 from . import _deps
 from .custom_ops import (DEFAULT_MARGIN, MIN_FILL, MIN_SPARSITY, _fold_bias, _input_shapes, _model, _rebuild,
-                         _timing_shape, dense_matmul_model)
+                         _timing_shape, dense_matmul_model, time_models)
 from .graph_index import GraphIndex, attribute
 
 __all__ = ["SPARSE_INT8_OP", "INT8_BLOCKS", "Int8Candidate", "find_int8_candidates", "compress_int8_np",
@@ -197,10 +196,7 @@ def _time_layer(c: Int8Candidate, shape: tuple[int, ...], library: str, threads:
     models = {"dense": (dense_matmul_model(w, c.bias), None), "dense_int8": (dense_int8_model(w, c.bias), None)}
     for b in int8_block_choices(c.q):
         models["int8_g4" if b == 1 else f"int8_bsr{b}"] = (sparse_int8_model(c.q, c.scale, c.bias, b), library)
-    sessions = {k: open_session(m.SerializeToString(), session_options(threads), lib) for k, (m, lib) in models.items()}
-    variants = {k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()}
-    med = time_interleaved(variants, warmup=2, rounds=rounds, sample_s=0.01).medians()
-    return {k: float(v) for k, v in med.items()}
+    return time_models(models, x, threads, rounds)
 
 
 def _replace(model: Any, c: Int8Candidate, block: int, name: str, swaps: dict[int, Any]) -> dict[str, Any]:
