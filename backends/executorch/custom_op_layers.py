@@ -7,9 +7,9 @@ into its weight and bias, as XNNPACK folds it for the dense conv: the op then
 replaces both, and the stored weight is rescaled per output channel (every zero
 kept). Every other prunable weight gets the reason it is not a candidate.
 
-The 1x1 conv rules are those of the torch-sparse backend's layer finder
-(`find_kernel_layers`), which one backend cannot import from another; this
-one covers only ``linear`` and 1x1 ``conv2d``, the ops the custom op has.
+The 1x1 conv rule is the one every sparse pointwise kernel uses
+(`sparsecc.core.analyze.conv1x1_why_not`); this finder covers only ``linear``
+and 1x1 ``conv2d``, the ops the custom op has.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from sparsecc.core.analyze import concrete, find_prunable_weights
+from sparsecc.core.analyze import concrete, conv1x1_why_not, find_prunable_weights
 from sparsecc.core.ir import get_node_info
-from sparsecc.core.program import placeholders_by_target
+from sparsecc.core.program import constant_of, placeholders_by_target
 from sparsecc.kernels.executorch_ops import CONV1X1_OP, LINEAR_OP
 
 __all__ = ["Candidate", "find_candidates", "block_choices", "compressed_targets", "BLOCKS", "MIN_FILL"]
@@ -76,40 +76,6 @@ def block_choices(weight: torch.Tensor) -> list[int]:
     return [1]
 
 
-def _ints(v: Any, n: int) -> tuple[int, ...]:
-    return (int(v),) * n if isinstance(v, int) else tuple(int(x) for x in v)
-
-
-def _conv_why_not(user: torch.fx.Node, w: tuple[int, ...]) -> str | None:
-    """Why a conv node is not a plain 1x1 convolution on NCHW data, or None."""
-    if len(w) != 4 or w[2:] != (1, 1):
-        return "convolution kernel is not 1x1"
-    args = list(user.args) + [None] * 9
-    if user.target == aten.convolution.default:
-        stride, padding, dilation, transposed, groups = args[3], args[4], args[5], args[6], args[8]
-        if transposed:
-            return "transposed convolution"
-    else:
-        stride, padding, dilation, groups = args[3] or 1, args[4] or 0, args[5] or 1, args[6] or 1
-    if isinstance(padding, str) or _ints(padding, 2) != (0, 0):
-        return f"1x1 convolution with padding {padding}"
-    if _ints(stride, 2) != (1, 1) or _ints(dilation, 2) != (1, 1):
-        return "1x1 convolution with stride or dilation other than 1"
-    if int(groups) != 1:
-        return f"grouped 1x1 convolution (groups={groups})"
-    return None
-
-
-def _state(program: ExportedProgram, node: Any) -> torch.Tensor | None:
-    """The constant tensor behind a placeholder node, else None."""
-    if not isinstance(node, torch.fx.Node) or node.op != "placeholder":
-        return None
-    for spec in program.graph_signature.input_specs:
-        if getattr(spec.arg, "name", None) == node.name and spec.target is not None:
-            return program.state_dict.get(spec.target, program.constants.get(spec.target))
-    return None
-
-
 def _fold_bn(program: ExportedProgram, conv: torch.fx.Node, w: torch.Tensor, b: torch.Tensor | None):
     """(weight, bias, bn node) with the conv's only user, an eval-mode BatchNorm, folded in; else None."""
     if len(conv.users) != 1:
@@ -125,7 +91,7 @@ def _fold_bn(program: ExportedProgram, conv: torch.fx.Node, w: torch.Tensor, b: 
         _, gamma, beta, mean, var, _, eps = bn.args[:7]
         if any(u.target.__name__ != "getitem" or u.args[1] != 0 for u in bn.users):  # type: ignore[union-attr]
             return None
-    t = [_state(program, a) if a is not None else None for a in (gamma, beta, mean, var)]
+    t = [constant_of(program, a) if a is not None else None for a in (gamma, beta, mean, var)]
     if t[2] is None or t[3] is None or (gamma is not None and t[0] is None) or (beta is not None and t[1] is None):
         return None
     scale = (t[0] if t[0] is not None else 1.0) / torch.sqrt(t[3].float() + float(eps))
@@ -146,7 +112,7 @@ def find_candidates(prepared: ExportedProgram, source: ExportedProgram) -> tuple
         if info is not None and info.mask:
             why_not[w.fqn] = "its mask is not folded into the weight (sparsify with fold=True)"
             continue
-        weight = _state(prepared, param)
+        weight = constant_of(prepared, param)
         if weight is None or weight.dtype != torch.float32:
             why_not[w.fqn] = "not a float32 weight here (int8 layers run XNNPACK's int8 path)"
             continue
@@ -161,7 +127,7 @@ def find_candidates(prepared: ExportedProgram, source: ExportedProgram) -> tuple
             continue
         x_shape = tuple(concrete(d) for d in x_val.shape)
         bias_arg = user.args[2] if len(user.args) > 2 else None
-        bias = _state(prepared, bias_arg) if bias_arg is not None else None
+        bias = constant_of(prepared, bias_arg) if bias_arg is not None else None
         bias = bias.detach() if bias is not None else None
         if bias_arg is not None and (bias is None or bias.dtype != torch.float32):
             why_not[w.fqn] = "its bias is computed in the graph, not a float32 constant"
@@ -171,7 +137,8 @@ def find_candidates(prepared: ExportedProgram, source: ExportedProgram) -> tuple
                                    bias_arg.name if bias_arg is not None else None, None, x_shape))
             continue
         if user.target in _CONV and user.args[1] is param:
-            why = _conv_why_not(user, tuple(weight.shape)) or (None if len(x_shape) == 4 else "input is not NCHW")
+            why = conv1x1_why_not(user, tuple(weight.shape)) or (
+                None if len(x_shape) == 4 else "convolution input is not 4-D (NCHW)")
             if why is not None:
                 why_not[w.fqn] = why
                 continue

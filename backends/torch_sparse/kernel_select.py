@@ -27,9 +27,9 @@ import torch.fx
 from torch.export import ExportedProgram
 
 import sparsecc.kernels as kernels
-from sparsecc.core.analyze import concrete, find_prunable_weights
+from sparsecc.core.analyze import concrete, conv1x1_why_not, find_prunable_weights
 from sparsecc.core.ir import get_node_info
-from sparsecc.core.program import placeholders_by_target, state_tensor
+from sparsecc.core.program import constant_target, placeholders_by_target, state_tensor
 from sparsecc.core.timing import time_interleaved
 from sparsecc.backends.torch_sparse.dense_reference import ort_linear
 from sparsecc.backends.torch_sparse.int8_select import (INT8_KERNELS, available_isas, layer_quant, measure_int8,
@@ -164,21 +164,6 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return tuple(concrete(d) for d in val.shape)
 
 
-def _const_target(program: ExportedProgram, node: Any) -> str | None:
-    if not isinstance(node, torch.fx.Node) or node.op != "placeholder":
-        return None
-    for spec in program.graph_signature.input_specs:
-        if getattr(spec.arg, "name", None) == node.name and spec.target is not None:
-            return spec.target
-    return None
-
-
-def _ints(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, int):
-        return (v,) * n
-    return tuple(int(x) for x in v)
-
-
 def _classify(param: torch.fx.Node, user: torch.fx.Node, via: torch.fx.Node | None) -> tuple[str, bool, Any, Any] | str:
     """(op, weight_transposed, activation node, bias node) for a replaceable use, else why not."""
     operand = via if via is not None else param
@@ -201,28 +186,10 @@ def _classify(param: torch.fx.Node, user: torch.fx.Node, via: torch.fx.Node | No
                 return f"addmm bias of shape {list(_shape(bias) or ())} is not one value per output"
         return "linear", via is None, a, bias
     if t in _CONV2D:
-        w = _shape(param)
-        if w is None or len(w) != 4 or w[2:] != (1, 1):
-            return "convolution kernel is not 1x1"
-        if t == aten.convolution.default:
-            x, _, bias, stride, padding, dilation, transposed, _, groups = args[:9]
-            if transposed:
-                return "transposed convolution"
-        else:
-            x = args[0]
-            bias = args[2] if len(args) > 2 else None
-            stride = args[3] if len(args) > 3 else 1
-            padding = args[4] if len(args) > 4 else 0
-            groups = args[6] if len(args) > 6 else 1
-        if _ints(stride, 2) != (1, 1):
-            return f"1x1 convolution with stride {list(_ints(stride, 2))}"
-        if isinstance(padding, str) or _ints(padding, 2) != (0, 0):
-            return f"1x1 convolution with padding {padding}"
-        if int(groups) != 1:
-            return f"grouped 1x1 convolution (groups={groups})"
-        if len(_shape(x) or ()) != 4:
-            return "convolution input is not 4-D (NCHW)"
-        return "conv1x1", False, x, bias
+        why = conv1x1_why_not(user, _shape(param) or ())
+        if why is not None:
+            return why
+        return "conv1x1", False, args[0], args[2] if len(args) > 2 else None
     return f"{user.name} ({t}) has no sparse kernel"
 
 
@@ -262,7 +229,7 @@ def find_kernel_layers(program: ExportedProgram) -> tuple[list[KernelLayer], dic
         if x_shape is None:
             why_not[w.fqn] = "activation shape unknown"
             continue
-        bias_fqn = _const_target(program, bias) if bias is not None else None
+        bias_fqn = constant_target(program, bias) if bias is not None else None
         if bias is not None and bias_fqn is None:
             why_not[w.fqn] = "bias is computed in the graph, not a constant"
             continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.fx
@@ -36,6 +36,7 @@ __all__ = [
     "as_matrix",
     "concrete",
     "weight_uses",
+    "conv1x1_why_not",
 ]
 
 Role = Literal["linear", "conv", "matmul", "embedding"]
@@ -312,3 +313,39 @@ def as_matrix(weight: torch.Tensor, output_axis: int, reduction_axis: int) -> to
     inverse pairing with ``movedim`` back, see `from_matrix` in `masks`.
     """
     return weight.movedim((output_axis, reduction_axis), (0, -1))
+
+
+_CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+
+
+def _pair(v: Any) -> tuple[int, ...]:
+    return (int(v),) * 2 if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+def conv1x1_why_not(conv: torch.fx.Node, weight_shape: Sequence[int]) -> str | None:
+    """Why a ``conv2d`` / ``convolution`` node is not a plain pointwise product (a 1x1 kernel, stride and
+    dilation 1, no padding, one group, 4-D input), or None when it is: the rule every sparse 1x1 kernel
+    (torch-sparse, ExecuTorch) replaces by."""
+    if conv.target not in _CONVOLUTIONS:
+        return f"{conv.name} ({conv.target}) is not a convolution"
+    if len(weight_shape) != 4 or tuple(weight_shape[2:]) != (1, 1):
+        return "convolution kernel is not 1x1"
+    args = list(conv.args) + [None] * 9
+    if conv.target == torch.ops.aten.convolution.default:
+        stride, padding, dilation, transposed, groups = args[3], args[4], args[5], args[6], args[8]
+        if transposed:
+            return "transposed convolution"
+    else:  # conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+        stride, padding, dilation, groups = args[3] or 1, args[4] or 0, args[5] or 1, args[6] or 1
+    if _pair(stride) != (1, 1):
+        return f"1x1 convolution with stride {list(_pair(stride))}"
+    if isinstance(padding, str) or _pair(padding) != (0, 0):
+        return f"1x1 convolution with padding {padding}"
+    if _pair(dilation) != (1, 1):
+        return f"1x1 convolution with dilation {list(_pair(dilation))}"
+    if int(groups) != 1:
+        return f"grouped 1x1 convolution (groups={groups})"
+    x = conv.args[0].meta.get("val") if isinstance(conv.args[0], torch.fx.Node) else None
+    if isinstance(x, torch.Tensor) and x.dim() != 4:  # an unknown shape is the caller's to judge
+        return "convolution input is not 4-D (NCHW)"
+    return None

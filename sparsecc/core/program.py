@@ -41,6 +41,8 @@ __all__ = [
     "tensor_leaves",
     "placeholders_by_target",
     "input_spec_of",
+    "constant_target",
+    "constant_of",
     "state_tensor",
     "save_program",
     "load_program",
@@ -77,6 +79,22 @@ def input_spec_of(program: ExportedProgram, node: torch.fx.Node) -> InputSpec | 
         if getattr(spec.arg, "name", None) == node.name:
             return spec
     return None
+
+
+def constant_target(program: ExportedProgram, node: Any) -> str | None:
+    """The parameter / buffer / constant FQN a placeholder node lifts, else None (a user input, a computed value)."""
+    if not isinstance(node, torch.fx.Node) or node.op != "placeholder":
+        return None
+    spec = input_spec_of(program, node)
+    return spec.target if spec is not None else None
+
+
+def constant_of(program: ExportedProgram, node: Any) -> torch.Tensor | None:
+    """The tensor behind a placeholder node that lifts a parameter, buffer or constant, else None."""
+    target = constant_target(program, node)
+    if target is None:
+        return None
+    return program.state_dict.get(target, program.constants.get(target))
 
 
 def state_tensor(program: ExportedProgram, target: str) -> torch.Tensor:
