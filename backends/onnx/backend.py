@@ -187,8 +187,8 @@ class OnnxBackend(Backend):
     name = "onnx"
     extra = "onnx"
     modules = ("onnx", "onnxruntime", "onnxscript", "onnx_graphsurgeon")
-    # Parity tolerance of the last lowering (compile reads them): fp32, or the dynamic int8 one when
-    # sparsecc.SparseMatMulInt8 layers quantize activations (QDQ weights alone dequantize exactly).
+    # Parity tolerance of the last lowering (compile reads them): fp32, or the dynamic int8 one of the
+    # deepest chain of int8 layers (ONNX Runtime runs even weight-only QDQ MatMuls on quantized activations).
     parity_rtol = PARITY_RTOL
     parity_atol = PARITY_ATOL
 
@@ -256,7 +256,8 @@ class OnnxBackend(Backend):
         meta["tensorrt_2_4"] = trt
         if custom is not None:
             meta["custom_ops"] = custom
-        depth = (custom or {}).get("int8_depth", 0)
+        # int8 layers quantize activations at run time (ours, ONNX Runtime's, or its fusion of the QDQ weights)
+        depth = int8_chain_depth(model) if qdq is not None and qdq["weights"] else 0
         self.parity_rtol, self.parity_atol = int8_parity_tolerance(depth) if depth else (PARITY_RTOL, PARITY_ATOL)
         if depth:
             meta["parity_tol"] = {"rtol": self.parity_rtol, "atol": self.parity_atol, "int8_depth": depth}

@@ -19,7 +19,11 @@ layout; the op replaces the layer only when it beats the faster of the two
 dense ones by the margin. Where ONNX Runtime's int8 layer is the faster, and for
 int8 weights too dense for a sparse kernel, the layer becomes that int8 layer
 (``com.microsoft.DynamicQuantizeMatMul`` over the program's integers and scales):
-a weight-only ``DequantizeLinear`` would run at fp32 speed.
+a weight-only ``DequantizeLinear`` would run at fp32 speed. That int8 layer is
+first checked against the fp32 layer on this CPU (`ort_int8_error`): without
+VNNI, ONNX Runtime's kernels saturate on full-range int8 weights, and a layer
+off by more than one int8 layer's parity tolerance keeps fp32 arithmetic
+(``provenance[fqn]["ort_int8_rejected"]`` says why).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparsecc.core.ort_session import CUSTOM_OP_DOMAIN
+from sparsecc.core.ort_session import CUSTOM_OP_DOMAIN, open_session, session_options
+from sparsecc.verify.parity import INT8_RTOL_PER_LAYER
 
 from . import _deps
 from .custom_ops import (DEFAULT_MARGIN, MIN_FILL, MIN_SPARSITY, _fold_bias, _input_shapes, _model, _rebuild,
@@ -41,7 +46,8 @@ from .custom_ops import (DEFAULT_MARGIN, MIN_FILL, MIN_SPARSITY, _fold_bias, _in
 from .graph_index import GraphIndex, attribute
 
 __all__ = ["SPARSE_INT8_OP", "INT8_BLOCKS", "Int8Candidate", "find_int8_candidates", "compress_int8_np",
-           "int8_block_choices", "sparse_int8_model", "dense_int8_model", "apply_int8_custom_ops", "int8_chain_depth"]
+           "int8_block_choices", "sparse_int8_model", "dense_int8_model", "ort_int8_model", "ort_int8_error",
+           "apply_int8_custom_ops", "int8_chain_depth"]
 
 SPARSE_INT8_OP = "SparseMatMulInt8"
 INT8_BLOCKS = (16, 8, 4)  # square blocks the int8 kernels have code for, widest first (block 1: 1x4 groups)
@@ -188,12 +194,47 @@ def dense_int8_model(weight: np.ndarray, bias: np.ndarray | None) -> Any:
             root.setLevel(level)
 
 
-def _time_layer(c: Int8Candidate, shape: tuple[int, ...], library: str, threads: int, rounds: int
-                ) -> dict[str, float]:
-    """Median seconds of fp32 dense, ORT's dense int8 and each int8 op layout for one layer, interleaved."""
+def ort_int8_model(c: Int8Candidate) -> Any:
+    """The one-node model ``y = com.microsoft.DynamicQuantizeMatMul(x)`` over the layer's integers and scales:
+    the node `_to_ort_int8` writes into the graph."""
+    onnx = _deps.onnx()
+    nh = onnx.numpy_helper
+    inits = [nh.from_array(np.ascontiguousarray(c.q.T), "q"), nh.from_array(c.scale.astype(np.float32), "scale"),
+             nh.from_array(np.zeros(c.q.shape[0], np.int8), "zero_point")]
+    inputs = ["x", "q", "scale", "zero_point"]
+    if c.bias is not None:
+        inits.append(nh.from_array(c.bias.astype(np.float32), "bias"))
+        inputs.append("bias")
+    node = onnx.helper.make_node(ORT_INT8_OP, inputs, ["y"], domain=ORT_DOMAIN)
+    return _model([node], inits, c.q.shape[1], [("", 17), (ORT_DOMAIN, 1)])
+
+
+def ort_int8_error(c: Int8Candidate, shape: tuple[int, ...]) -> float:
+    """How far ONNX Runtime's int8 layer (`ort_int8_model`) lands from the fp32 layer on this CPU: the largest
+    difference over the largest output, on standard-normal inputs and on their magnitudes (what follows a
+    ReLU or GELU). A few thousandths where the CPU has VNNI; without it, ONNX Runtime's u8 x s8 kernels add
+    pairs of products in saturating 16-bit lanes (``vpmaddubsw``), and full-range int8 weights can be off by
+    a tenth or more."""
+    session = open_session(ort_int8_model(c).SerializeToString(), session_options(1), None)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    w, bias = c.weight.astype(np.float64), (0.0 if c.bias is None else c.bias.astype(np.float64))
+    worst = 0.0
+    for feed in (x, np.abs(x)):
+        want = feed.astype(np.float64) @ w.T + bias
+        got = session.run(None, {"x": feed})[0]
+        worst = max(worst, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
+    return worst
+
+
+def _time_layer(c: Int8Candidate, shape: tuple[int, ...], library: str, threads: int, rounds: int,
+                ort_int8: bool = True) -> dict[str, float]:
+    """Median seconds of fp32 dense, ORT's dense int8 (unless ``ort_int8`` is False) and each int8 op layout
+    for one layer, interleaved."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     w = c.weight
-    models = {"dense": (dense_matmul_model(w, c.bias), None), "dense_int8": (dense_int8_model(w, c.bias), None)}
+    models = {"dense": (dense_matmul_model(w, c.bias), None)}
+    if ort_int8:
+        models["dense_int8"] = (dense_int8_model(w, c.bias), None)
     for b in int8_block_choices(c.q):
         models["int8_g4" if b == 1 else f"int8_bsr{b}"] = (sparse_int8_model(c.q, c.scale, c.bias, b), library)
     return time_models(models, x, threads, rounds)
@@ -264,16 +305,27 @@ def apply_int8_custom_ops(model: Any, provenance: dict[str, dict[str, Any]], lib
     seen = {} if tokens or not cands else _input_shapes(model, [c.x for c in cands], example, input_specs)
     layers, swaps = [], {}
     timed = {id(c) for c in cands}
+    tol = INT8_RTOL_PER_LAYER
+
+    def ort_int8_fits(c: Int8Candidate, fqn: str, shape: tuple[int, ...]) -> bool:
+        """Whether ONNX Runtime's int8 layer is within one int8 layer's parity tolerance here; if not, why."""
+        err = ort_int8_error(c, shape)
+        if err > tol:
+            provenance[fqn]["ort_int8_rejected"] = (
+                f"ONNX Runtime's int8 layer is off by {err:.3f} of the largest output on this CPU (allowed "
+                f"{tol:.3f}: its u8 x s8 kernels saturate without VNNI); the layer keeps fp32 arithmetic")
+        return err <= tol
+
     for c in found:  # too dense for a sparse kernel: ONNX Runtime's int8 layer, as quantize_dynamic would give
-        if id(c) not in timed:
-            fqn = by_init[c.initializer]
+        fqn = by_init[c.initializer]
+        if id(c) not in timed and ort_int8_fits(c, fqn, _timing_shape(c, None, tokens)):  # type: ignore[arg-type]
             provenance[fqn]["ort_int8"] = _to_ort_int8(model, c, fqn, provenance[fqn], swaps)
             provenance[fqn]["storage"] = f"int8 for {ORT_DOMAIN}.{ORT_INT8_OP}"
     for c in cands:
         fqn = by_init[c.initializer]
         shape = _timing_shape(c, seen.get(c.x), tokens)  # type: ignore[arg-type]
-        med = _time_layer(c, shape, library, threads, rounds)
-        ref = min(("dense", "dense_int8"), key=med.__getitem__)
+        med = _time_layer(c, shape, library, threads, rounds, ort_int8=ort_int8_fits(c, fqn, shape))
+        ref = min((k for k in ("dense", "dense_int8") if k in med), key=med.__getitem__)
         best = min((k for k in med if k.startswith("int8_")), key=med.__getitem__)
         faster = med[best] <= margin * med[ref]
         entry: dict[str, Any] = {"fqn": fqn, "node": c.node.name, "op": SPARSE_INT8_OP,
@@ -298,14 +350,22 @@ def apply_int8_custom_ops(model: Any, provenance: dict[str, dict[str, Any]], lib
 
 
 def int8_chain_depth(model: Any) -> int:
-    """The most int8 layers (``SparseMatMulInt8``, ``DynamicQuantizeMatMul``) on one path through the graph: each
-    quantizes its input at run time,
-    so the parity tolerance grows with it (`sparsecc.verify.parity.int8_parity_tolerance`)."""
+    """The most layers that quantize activations at run time on one path through the graph, so the parity
+    tolerance grows with it (`sparsecc.verify.parity.int8_parity_tolerance`): ``SparseMatMulInt8``,
+    ``DynamicQuantizeMatMul``, and a ``MatMul`` / ``Gemm`` reading int8 weights through ``DequantizeLinear``,
+    which ONNX Runtime fuses into ``MatMulNBits`` and, at its default accuracy level (4), runs on activations
+    quantized in blocks of 32 where the CPU has that kernel (AVX2 without VNNI here: 0.6% of the output scale
+    on a two-layer MLP)."""
+    int8_weights = {t.name for t in model.graph.initializer if t.data_type == _deps.onnx().TensorProto.INT8}
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_weights
+                   for o in n.output}
     depth: dict[str, int] = {}
     deepest = 0
     for node in model.graph.node:  # ONNX keeps nodes in topological order
         d = max((depth.get(i, 0) for i in node.input if i), default=0)
-        d += int((node.op_type, node.domain) in ((SPARSE_INT8_OP, CUSTOM_OP_DOMAIN), (ORT_INT8_OP, ORT_DOMAIN)))
+        quantizes = (node.op_type, node.domain) in ((SPARSE_INT8_OP, CUSTOM_OP_DOMAIN), (ORT_INT8_OP, ORT_DOMAIN)) \
+            or (node.op_type in ("MatMul", "Gemm") and any(i in dequantized for i in node.input[1:2]))
+        d += int(quantizes)
         for o in node.output:
             depth[o] = d
         deepest = max(deepest, d)
