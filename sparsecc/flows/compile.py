@@ -39,6 +39,7 @@ from sparsecc.flows.recover import recover
 from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
 from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
 from sparsecc.flows.structured import prune_structured
+from sparsecc.passes.quantize_weights import quantize_program
 from sparsecc.plan.calibrate import CalibrationData, calibration_for
 from sparsecc.bundle.manifest import (DenseReference, Manifest, ModelSource, ParityInput, RecoveryRecord, TargetRecord,
                                       write_manifest)
@@ -259,6 +260,9 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
                                              calibration=calibration.batches if calibration is not None else None,
                                              reconstruct=rec.structured.reconstruct)
         program, structured_report = structured_result.program, structured_result.report
+        if rec.quantize is not None:  # int8 weights of the smaller layers, as sparsify does for masked ones
+            say("quantize")
+            program = quantize_program(program, rec.quantize, calibration.batches if calibration else None)
     else:
         say("sparsify")
         result = sparsify(program, rec, fold=True, progress=mask_progress, model_name=model_name,

@@ -272,3 +272,23 @@ def test_compile_reconstructs_when_the_recipe_asks(tmp_path):
     with pytest.raises(ValueError, match="structured reconstruct: true needs calibration data"):
         compile(spec.model, recipe, tmp_path / "c", example_args=spec.example_args, targets=("onnx",),
                 dense_reference=False)
+
+
+def test_compile_quantizes_the_shrunk_layers_when_the_recipe_asks(tmp_path):
+    """`structured:` with `quantize:` gives int8 weights on the smaller layers (stored int8 in the ONNX file),
+    not a silently fp32 bundle."""
+    from sparsecc.flows.compile import compile
+    from sparsecc.models import get_model
+    from sparsecc.passes.quantize_weights import int8_grid, quant_info
+
+    spec = get_model("mlp")
+    recipe = {"structured": {"ratio": 0.5, "units": ["channel"]}, "quantize": {"weights": "int8"}}
+    result = compile(spec, recipe, tmp_path / "b", targets=("onnx",), dense_reference=False)
+    program = result.program
+    quantized = [n for n, _ in program.named_parameters() if quant_info(program, n) is not None]
+    assert quantized == ["fc1.weight", "fc2.weight", "fc3.weight"], quantized
+    q, scale = int8_grid(program, "fc2.weight")
+    assert q.shape == (128, 128) and q.dtype == torch.int8  # fc2 lost half its inputs and outputs, then int8
+    torch.testing.assert_close(q.float() * scale.view(-1, 1), program.state_dict["fc2.weight"], rtol=0, atol=0)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["targets"]["onnx"]["artifact"]["meta"]["int8_qdq"]["weights"] == 3
