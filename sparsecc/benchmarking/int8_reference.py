@@ -49,8 +49,17 @@ def quantize_dense_onnx(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _int8_copy(bundle: Bundle, which: str) -> Path | None:
+def _onnx_build(bundle: Bundle, which: str) -> Variant | None:
+    """The bundle's plain ONNX build; for the dense model, the onnx-custom-ops target's serves as well (its
+    dense layers have no sparse weight to swap: the same fp32 graph)."""
     build = bundle.variant("onnx", which)
+    if build is None and which == DENSE:
+        build = bundle.variant("onnx-custom-ops", which)
+    return build
+
+
+def _int8_copy(bundle: Bundle, which: str) -> Path | None:
+    build = _onnx_build(bundle, which)
     if build is None or not build.path.is_file():
         return None
     folder = Path(tempfile.mkdtemp(prefix=f"sparsecc-int8-{which}-"))
@@ -73,7 +82,7 @@ def int8_sparse_copy(bundle: Bundle) -> Path | None:
 
 
 def _variant(bundle: Bundle, which: str, name: str, path: Path) -> Variant:
-    build = bundle.variant("onnx", which)
+    build = _onnx_build(bundle, which)
     record = build.artifact if build is not None and build.artifact else {}
     return Variant(name, "onnx", path, {**record, "files": {"model": path.name}}, path.parent)
 

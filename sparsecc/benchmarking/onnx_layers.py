@@ -50,8 +50,9 @@ class LayerMap:
         for rec in provenance.values():
             for c in rec.get("consumers", []):
                 self.consumer_layer[c["node"]] = rec["layer"]
-            if rec.get("custom_op"):  # the layer's node was replaced by a sparsecc custom op
-                self.consumer_layer[rec["custom_op"]["node"]] = rec["layer"]
+            for swapped in ("custom_op", "ort_int8"):  # the layer's node replaced by a sparsecc custom op
+                if rec.get(swapped):                  # or by ONNX Runtime's own int8 layer
+                    self.consumer_layer[rec[swapped]["node"]] = rec["layer"]
         self._cache: dict[str, tuple[str, bool]] = {}
 
     def _scope(self, node: Any) -> str:

@@ -225,6 +225,22 @@ def test_the_int8_copy_keeps_the_dense_outputs_within_int8_error(bundle):
     assert 0 < rel(got) < rel(pruned) / 2, (rel(got), rel(pruned))
 
 
+def test_an_onnx_custom_ops_bundle_gets_the_int8_dense_reference(bundle):
+    """A bundle built only for onnx-custom-ops is timed against ONNX Runtime int8 dense too: its dense build is
+    the same fp32 graph. The sparse build is not quantized again (its layers may be sparsecc's ops)."""
+    from sparsecc.benchmarking.int8_reference import int8_dense_copy, int8_sparse_copy
+
+    real = Bundle(bundle)
+
+    class OnlyCustomOps:  # the same builds, filed under the other ONNX target
+        def variant(self, backend, which):
+            return real.variant("onnx", which) if backend == "onnx-custom-ops" else None
+
+    path = int8_dense_copy(OnlyCustomOps())
+    assert path is not None and path.is_file()
+    assert int8_sparse_copy(OnlyCustomOps()) is None
+
+
 def test_int8_both_verdict():
     from sparsecc.cli.bench import int8_both_verdict
 
