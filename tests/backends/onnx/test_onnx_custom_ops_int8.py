@@ -224,13 +224,8 @@ def test_int8_parity_with_the_fake_quantized_program(lowered):
     assert float(err.max()) > 0  # the activations really were quantized
 
 
-def test_int8_layers_the_op_loses_run_onnx_runtimes_int8_kernel(library, tmp_path):
-    """margin 1e-9: the op never wins. Each timed layer becomes ONNX Runtime's own int8 layer where that was the
-    faster dense one (DynamicQuantizeMatMul over the program's integers and scales), an int8 weight too dense to
-    time becomes it unconditionally, and none is left as a weight-only DequantizeLinear at fp32 speed unless fp32
-    measured faster; parity follows the dynamic int8 tolerance of the deepest chain."""
-    from sparsecc.verify.parity import int8_parity_tolerance
-
+def _lower_where_the_op_loses(tmp_path):
+    """fc1 sparse int8 (timed, margin 1e-9: the op never wins), fc2 dense int8: (x, program, backend, artifact)."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 256)
     recipe = {"pattern": "8x8", "sparsity": 0.9, "quantize": "int8", "layers": {"exclude": ["fc2"]}}
@@ -238,6 +233,17 @@ def test_int8_layers_the_op_loses_run_onnx_runtimes_int8_kernel(library, tmp_pat
     backend = OnnxCustomOpsBackend()
     art = backend.lower(program, tmp_path, LowerOptions(threads=1, extra={
         "example_inputs": [x], "custom_ops_margin": 1e-9, "custom_ops_rounds": 2}))
+    return x, program, backend, art
+
+
+def test_int8_layers_the_op_loses_run_onnx_runtimes_int8_kernel(library, tmp_path):
+    """margin 1e-9: the op never wins. Each timed layer becomes ONNX Runtime's own int8 layer where that was the
+    faster dense one (DynamicQuantizeMatMul over the program's integers and scales), an int8 weight too dense to
+    time becomes it unconditionally, and none is left as a weight-only DequantizeLinear at fp32 speed unless fp32
+    measured faster; parity follows the dynamic int8 tolerance of the deepest chain."""
+    from sparsecc.verify.parity import int8_parity_tolerance
+
+    x, program, backend, art = _lower_where_the_op_loses(tmp_path)
     meta = art.meta["custom_ops"]
     assert meta["replaced"] == 0 and [e["fqn"] for e in meta["layers"]] == ["fc1.weight"]  # fc2 is dense int8
     model = onnx.load(str(art.path("model")))
@@ -270,13 +276,7 @@ def test_an_onnx_runtime_int8_layer_off_on_this_cpu_is_not_used(library, tmp_pat
     import sparsecc.backends.onnx.custom_ops_int8 as ci8
 
     monkeypatch.setattr(ci8, "ort_int8_error", lambda c, shape: 0.15)
-    torch.manual_seed(0)
-    x = torch.randn(2, 16, 256)
-    recipe = {"pattern": "8x8", "sparsity": 0.9, "quantize": "int8", "layers": {"exclude": ["fc2"]}}
-    program = sparsecc.sparsify(export_module(Two().eval(), (x,)), recipe, fold=True).program
-    backend = OnnxCustomOpsBackend()
-    art = backend.lower(program, tmp_path, LowerOptions(threads=1, extra={
-        "example_inputs": [x], "custom_ops_margin": 1e-9, "custom_ops_rounds": 2}))
+    x, program, backend, art = _lower_where_the_op_loses(tmp_path)
     model = onnx.load(str(art.path("model")))
     assert not [n.name for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
     for fqn in ("fc1.weight", "fc2.weight"):
