@@ -129,6 +129,10 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         if cache is not None and not cache.exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             save_program(sparse, cache)
+    if args.start:  # go on from an earlier stage's program (its masks are the one-shot ones)
+        sparse = load_program(args.start)
+        record["start"] = args.start
+        log(f"recovery starts from {args.start}")
     m = evaluate(sparse, cfg, spec, ref_raw, args) if not args.skip_oneshot_eval else {}
     record["data"] = {"calibration": f"{cal_samples} calibration batches (sparsecc.data.calibration_inputs)",
                       "training": f"recovery data '{args.data}' ({args.samples} samples)",
@@ -139,9 +143,9 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     log(f"one-shot {m} ({c.wall:.0f}s)")
     save()
     stages = [RecoveryOptions("reconstruct", samples=args.samples, batch_size=args.batch_size, data=args.data,
-                              seq_len=args.seq_len, extra={"damp": args.damp, "cg_iters": args.cg_iters,
-                                                           **({"loss_batches": args.loss_batches}
-                                                              if args.loss_batches else {})})]
+                              seq_len=args.seq_len,
+                              extra={"damp": args.damp, "undo": args.undo, "cg_iters": args.cg_iters,
+                                     **({"loss_batches": args.loss_batches} if args.loss_batches else {})})]
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
@@ -182,7 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--data", default="calibration", help="training data (sparsecc.flows.recover)")
+    p.add_argument("--start", default=None,
+                   help="start the stages from this saved program (e.g. a reconstructed one from --cache-dir) "
+                        "instead of the one-shot program")
     p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative")
+    p.add_argument("--undo", type=float, default=0.0,
+                   help="reconstruction target Wd (undo Xd + (1 - undo) Xs): 1 undoes the earlier layers' error, "
+                        "0 keeps SparseGPT's objective (sparsecc.recovery.reconstruct)")
     p.add_argument("--cg-iters", type=int, default=20, help="reconstruction: conjugate-gradient steps")
     p.add_argument("--loss-batches", type=int, default=0, help="reconstruction: report its loss on N batches")
     p.add_argument("--distill-steps", type=int, default=100)

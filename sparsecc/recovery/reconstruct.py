@@ -4,15 +4,22 @@ After one-shot pruning, the program runs layer by layer in graph order on the
 calibration batches twice, in lockstep: once as the sparse program (inputs
 from the already-reconstructed layers before it) and once with the dense
 weights (the teacher's). At each linear / conv / matmul weight ``W`` with
-mask ``M`` the sparse activation ``Xs`` and the dense one ``Xd`` give
+mask ``M``, the sparse activation ``Xs`` and the dense one ``Xd`` give
 
-    min_W  || W Xs - Wd Xd ||²  + λ ||W||²   subject to  W[~M] = 0
+    min_W  || W Xs - Wd X* ||²  + λ ||W||²   subject to  W[~M] = 0,
+    X* = undo·Xd + (1 - undo)·Xs
 
 which splits into one ridge-damped least-squares problem per output row on
-its kept columns ``S``:  ``(Hs[S,S] + λI) w = (C Wdᵀ)[S]`` with ``Hs = Xsᵀ Xs``
-and ``C = Xsᵀ Xd``. Zeros stay exactly zero (they are never solved for).
-Targets from dense inputs make each layer undo the error of the layers
-before it, which plain one-shot solvers (SparseGPT: ``Wd Xs``) do not.
+its kept columns ``S``:  ``(Hs[S,S] + λI) w = (G Wdᵀ)[S]`` with ``Hs = Xsᵀ Xs``
+and ``G = Xsᵀ X*``. Zeros stay exactly zero (they are never solved for).
+``undo = 0`` (the default) is SparseGPT's objective, the dense weights on the
+sparse inputs, solved exactly on the kept weights where SparseGPT's greedy
+updates only approximate it: on SmolLM2-135M at 2:4 it takes perplexity from
+84.7 (SparseGPT) to 75.9. ``undo = 1`` targets the dense layer's output on
+dense inputs, so each layer also undoes the error of the layers before it;
+that lowers the error of small models further but overfits a language
+model's calibration text (SmolLM2: 85.9 on 8k calibration tokens, 179 on 33k
+of prose).
 
 Layers are visited in graph order and grouped into blocks (a numbered module
 such as ``model.layers.3``, from ``nn_module_stack`` as calibration's
@@ -21,7 +28,8 @@ point are kept (the graph runner frees values after their last use). Gradient
 steps on top (masks fixed) are the ``distill`` method, run after this one.
 
 ``extra`` keys: ``damp`` (ridge λ relative to the mean diagonal of ``Hs``,
-default 0.01), ``exact_flops`` (a layer whose row-by-row factorisations would
+default 0.01), ``undo`` (between 0 and 1, default 0; above), ``exact_flops``
+(a layer whose row-by-row factorisations would
 cost more, and more than the conjugate-gradient steps, is solved by those,
 default 2e9), ``cg_iters`` (default 20), ``loss_batches`` (the loss before
 and after is reported on this many batches; default all).
@@ -274,14 +282,23 @@ def _solve_layer(program: ExportedProgram, w: Any, acc: _Accumulator, mask: torc
     wd = as_matrix(dense.detach(), w.output_axis, w.reduction_axis).reshape(w.out_size, -1)
     ws = as_matrix(state_tensor(program, w.fqn).detach(), w.output_axis, w.reduction_axis)
     ws = ws.reshape(w.out_size, -1) * m
-    new = masked_least_squares(acc.hs, wd.float() @ acc.c.t(), m, solver["damp"], warm=ws,
+    undo = solver["undo"]  # target Wd (undo Xd + (1 - undo) Xs): Xsᵀ of it is g's [K, K] factor
+    cross = acc.c.t() if undo == 1.0 else undo * acc.c.t() + (1.0 - undo) * acc.hs
+    g = wd.float() @ cross
+    new = masked_least_squares(acc.hs, g, m, solver["damp"], warm=ws,
                                exact_flops=solver["exact_flops"], iters=solver["iters"])
     ref = acc.ref[w.fqn]
     before, after = _layer_error(ws, wd, acc, ref), _layer_error(new, wd, acc, ref)
-    if after > before:  # the damping can cost more than it buys: keep the one-shot weights
-        new = ws.double()
+    if _objective(new, g, acc) > _objective(ws, g, acc):  # damping can cost more than it buys: keep one-shot
+        new, after = ws.double(), before
     value = new.reshape(shape).movedim((0, -1), (w.output_axis, w.reduction_axis))
-    return value.to(dense.dtype).contiguous(), (before, min(before, after))
+    return value.to(dense.dtype).contiguous(), (before, after)
+
+
+def _objective(w: torch.Tensor, g: torch.Tensor, acc: _Accumulator) -> float:
+    """|| W Xs - T ||² less its constant || T ||², for the target T whose Xsᵀ-product is ``g``."""
+    w = w.double()
+    return float((w @ acc.hs.double() * w).sum() - 2 * (w * g.double()).sum())
 
 
 @register_method("reconstruct")
@@ -296,7 +313,9 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
         raise RecoveryError("reconstruct needs at least one calibration batch")
     damp = float(options.extra.get("damp", 0.01))
     solver = {"damp": damp, "exact_flops": float(options.extra.get("exact_flops", 2e9)),
-              "iters": int(options.extra.get("cg_iters", 20))}
+              "iters": int(options.extra.get("cg_iters", 20)), "undo": float(options.extra.get("undo", 0.0))}
+    if not 0.0 <= solver["undo"] <= 1.0:
+        raise RecoveryError(f"reconstruct: undo must be between 0 and 1, got {solver['undo']}")
     masks = masks_of(program)
     if not masks:
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")

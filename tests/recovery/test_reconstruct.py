@@ -7,7 +7,7 @@ import torch
 
 from sparsecc.flows.sparsify import sparsify
 from sparsecc.recovery import RecoveryOptions, get_method, masks_of
-from sparsecc.recovery.base import assert_zeros_kept
+from sparsecc.recovery.base import RecoveryError, assert_zeros_kept
 from sparsecc.recovery.reconstruct import masked_least_squares
 from sparsecc.testing import export_module
 
@@ -85,9 +85,12 @@ def test_reconstruction_recovers_a_reachable_dense_target_exactly():
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_reconstruction_lowers_the_output_error_of_every_pattern(pattern):
+    """``undo: 1``: each layer matches the dense layer's output, undoing the error of the layers before it (with
+    whole rows pruned, ``undo: 0``'s target is already met by the one-shot weights)."""
     dense = mlp_program()
     sparse = sparsify(dense, PATTERNS[pattern], fold=True).program
-    result = get_method("reconstruct")(sparse, dense, mlp_batches(16), RecoveryOptions("reconstruct"), None)
+    result = get_method("reconstruct")(sparse, dense, mlp_batches(16),
+                                       RecoveryOptions("reconstruct", extra={"undo": 1.0}), None)
     held_out = mlp_batches(4, seed=99)
     before, after = _out_error(sparse, dense, held_out), _out_error(result.program, dense, held_out)
     assert after < 0.8 * before, (before, after)
@@ -139,3 +142,25 @@ def test_conjugate_gradients_reach_the_exact_solution_of_large_layers():
     few = masked_least_squares(hs, g, mask, damp=0.01, warm=torch.zeros(20, 32), iters=3, method="cg")
     assert not torch.allclose(few, exact, rtol=1e-4, atol=1e-5)  # the test above did run the iterations
     assert bool((cg[~mask] == 0).all())
+
+
+def test_undo_zero_solves_sparsegpts_objective_exactly():
+    """``undo: 0``: each layer fits the dense weights on its own sparse inputs (min ||W Xs - Wd Xs||², ridge
+    damped, kept weights only); ``undo: 1`` fits the dense layer's output on dense inputs instead."""
+    dense = mlp_program()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    batches = mlp_batches(8)
+    run = {u: get_method("reconstruct")(sparse, dense, batches, RecoveryOptions("reconstruct", extra={"undo": u}),
+                                        None).program for u in (0.0, 1.0)}
+    sd = run[0.0].state_dict
+    x = torch.cat([a[0] for a, _ in batches]).double()
+    xs = torch.relu(x @ sd["a.weight"].double().t() + sd["a.bias"].double())  # b's inputs, from the solved a
+    hs = xs.T @ xs
+    wd = dense.state_dict["b.weight"].double()
+    mask = masks_of(sparse)["b.weight"]
+    want = _reference_rows(hs, wd @ hs, mask, 0.01 * float(hs.diagonal().mean()))
+    torch.testing.assert_close(sd["b.weight"].double(), want, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(sd["a.weight"], run[1.0].state_dict["a.weight"])  # the first layer: Xs = Xd
+    assert not torch.allclose(sd["b.weight"], run[1.0].state_dict["b.weight"])
+    with pytest.raises(RecoveryError, match="undo must be between 0 and 1, got 2.0"):
+        get_method("reconstruct")(sparse, dense, batches, RecoveryOptions("reconstruct", extra={"undo": 2}), None)
