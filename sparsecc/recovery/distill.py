@@ -54,7 +54,7 @@ from sparsecc.recovery.base import (
     trainable_copy,
 )
 from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
-from sparsecc.recovery.outputs import batch_loss, distillation_loss, output_loss, teacher_outputs
+from sparsecc.recovery.outputs import batch_loss, distillation_loss, float_leaves, output_loss, teacher_outputs
 from sparsecc.recovery.qat import Int8StraightThrough, int8_weights
 
 __all__ = ["DistillResult", "distill", "distill_fixed_masks", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
@@ -77,10 +77,6 @@ class DistillResult:
             return math.nan
         tail = self.losses[-max(1, len(self.losses) // 10):]
         return sum(tail) / len(tail)
-
-
-def _float_leaves(out: Any) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def mask_sparsity_regularizer(plan: Any, strength: float = 1e-4) -> Callable[[torch.nn.Module], torch.Tensor]:
@@ -149,10 +145,6 @@ def distill(
     if not batches:
         raise ValueError("distill needs at least one batch")
     t0 = time.perf_counter()
-    if isinstance(teacher, ExportedProgram):
-        teacher_module = teacher.module()  # captured in eval mode already
-    else:
-        teacher_module = teacher.eval()
     # program.module() shares its parameters with the program: train a copy
     module = copy.deepcopy(student.module())
     named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
@@ -165,13 +157,11 @@ def distill(
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    # teacher outputs once per batch: the teacher never changes
-    with torch.no_grad():
-        targets = [_float_leaves(teacher_module(*a, **k)) for a, k in batches]
+    targets = teacher_outputs(teacher, batches)  # kept, or computed again per use when too large
     losses: list[float] = []
     for step, i in zip(range(steps), itertools.cycle(range(len(batches)))):
         args, kwargs = batches[i]
-        outs = _float_leaves(module(*args, **kwargs))
+        outs = float_leaves(module(*args, **kwargs))
         total = torch.zeros(())
         for s, t in zip(outs, targets[i], strict=True):
             total = total + distillation_loss(s, t, _auto_kind(t, task) if loss == "auto" else loss, temperature)

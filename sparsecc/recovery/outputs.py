@@ -16,7 +16,8 @@ from torch.export import ExportedProgram
 
 from sparsecc.recovery.base import Batch, RecoveryOptions
 
-__all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "loss_kind", "output_loss", "batch_loss"]
+__all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "TeacherOutputs", "TEACHER_CACHE_BYTES",
+           "loss_kind", "output_loss", "batch_loss"]
 
 _LOGIT_TASKS = ("causal-lm", "image-classification", "classification", "lm")
 
@@ -45,11 +46,48 @@ def _module(model: Any) -> torch.nn.Module:
     return model.module() if isinstance(model, ExportedProgram) else model.eval()
 
 
-def teacher_outputs(teacher: Any, batches: Sequence[Batch]) -> list[list[torch.Tensor]]:
-    """The teacher's floating-point outputs on every batch (computed once: the teacher never changes)."""
-    module = _module(teacher)
-    with torch.no_grad():
-        return [[t.detach() for t in float_leaves(module(*a, **k))] for a, k in batches]
+# Teacher outputs of all batches together are kept up to this size; past it each is computed again when used.
+TEACHER_CACHE_BYTES = 1 << 29
+
+
+class TeacherOutputs(Sequence):
+    """The teacher's floating-point outputs per batch, in batch order. Kept when all of them fit in
+    `TEACHER_CACHE_BYTES`; otherwise each is computed again when asked for (the teacher never changes, so
+    the values are the same): a language model's logits over 2,000 windows of 256 tokens would hold 100 GB."""
+
+    def __init__(self, teacher: Any, batches: Sequence[Batch], budget: int | None = None) -> None:
+        self._module, self._batches = _module(teacher), list(batches)
+        first = self._run(0) if self._batches else []
+        per_batch = sum(t.numel() * t.element_size() for t in first)
+        limit = TEACHER_CACHE_BYTES if budget is None else budget
+        self.stored = per_batch * len(self._batches) <= limit
+        self._kept: dict[int, list[torch.Tensor]] = {0: first} if self._batches else {}
+        if self.stored:
+            for i in range(1, len(self._batches)):
+                self._kept[i] = self._run(i)
+
+    def _run(self, i: int) -> list[torch.Tensor]:
+        a, k = self._batches[i]
+        with torch.no_grad():
+            return [t.detach() for t in float_leaves(self._module(*a, **k))]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        i %= len(self)
+        if i not in self._kept:
+            out = self._run(i)
+            self._kept = {i: out}  # only the last one: memory stays at one batch's outputs
+            return out
+        return self._kept[i]
+
+
+def teacher_outputs(teacher: Any, batches: Sequence[Batch]) -> TeacherOutputs:
+    """The teacher's floating-point outputs on every batch (`TeacherOutputs`: kept, or computed on use)."""
+    return TeacherOutputs(teacher, batches)
 
 
 def loss_kind(target: torch.Tensor, options: RecoveryOptions) -> str:
@@ -74,7 +112,7 @@ def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptio
     return total
 
 
-def output_loss(program: Any, targets: list[list[torch.Tensor]], batches: Sequence[Batch],
+def output_loss(program: Any, targets: Sequence[list[torch.Tensor]], batches: Sequence[Batch],
                 options: RecoveryOptions) -> float:
     """Mean `batch_loss` of ``program`` over ``batches`` (no gradients)."""
     module = _module(program)

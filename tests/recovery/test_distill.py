@@ -110,3 +110,29 @@ def test_apply_plan_rejects_a_module_that_does_not_match():
     sparse = sparsify(mlp_program(), {"pattern": "2:4"}, fold=True).program
     with pytest.raises(UsageError, match="no parameter 'a.weight'"):
         apply_plan(torch.nn.Sequential(torch.nn.Linear(32, 64)), sparse)
+
+
+def test_teacher_outputs_past_the_budget_are_computed_on_use_and_training_is_unchanged(monkeypatch):
+    """Past `TEACHER_CACHE_BYTES` the teacher's outputs are not all kept (an LM's logits over its training
+    windows would not fit in memory); each is computed again when used, with the same values, so the
+    distilled weights are bit for bit those of a run that kept them."""
+    import sparsecc.recovery.outputs as outputs
+
+    dense = mlp_program()
+    batches = mlp_batches(6)
+    kept = outputs.TeacherOutputs(dense, batches)
+    lazy = outputs.TeacherOutputs(dense, batches, budget=0)
+    assert kept.stored and not lazy.stored and len(lazy) == 6
+    for i in (3, 0, 5, 5, -1):
+        assert all(torch.equal(a, b) for a, b in zip(kept[i], lazy[i], strict=True))
+    assert len(lazy._kept) == 1  # one batch's outputs at a time
+    with pytest.raises(IndexError, match="batch 6 of 6"):
+        lazy[6]
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    opts = RecoveryOptions("distill", steps=8, lr=1e-3)
+    first = get_method("distill")(sparse, dense, batches, opts, None)
+    monkeypatch.setattr(outputs, "TEACHER_CACHE_BYTES", 0)
+    again = get_method("distill")(sparse, dense, batches, opts, None)
+    assert first.history == again.history
+    for fqn, t in first.program.state_dict.items():
+        assert torch.equal(t, again.program.state_dict[fqn]), fqn
