@@ -131,3 +131,30 @@ def test_bench_and_eval_refuse_a_changed_bundle(bundle, tmp_path):
         bench(b, backends=["onnx"], runs=1, warmup=0, profile=False, isolate=False)
     with pytest.raises(BundleChangedError, match="onnx/model.onnx"):
         evaluate_bundle(b, "perplexity")
+
+
+def test_a_case_passed_against_float64_is_verified_at_the_bound_it_passed(tmp_path, monkeypatch):
+    """With a fixed bound below fp32 rounding every case goes to the float64 referee; compile records the bound
+    each passed at, and `sparsecc verify` checks the stored outputs with it (and fails without it)."""
+    import sparsecc.flows.compile as compile_flow
+    import sparsecc.verify.float64_referee as float64_referee
+    import sparsecc.backends.onnx.backend as onnx_backend
+    from tests.conftest import captured_zoo_model
+
+    for module in (compile_flow, onnx_backend):
+        monkeypatch.setattr(module, "PARITY_RTOL", 1e-12)
+        monkeypatch.setattr(module, "PARITY_ATOL", 0.0)
+    # the rule itself is tested in tests/verify; here: the plumbing, whatever this CPU's rounding
+    monkeypatch.setattr(float64_referee, "REFEREE_FACTOR", 1e6)
+    spec, program = captured_zoo_model("mlp")
+    b = tmp_path / "b"
+    compile(spec, RECIPE, b, targets=["onnx"], program=program, dense_reference=False)
+    m = json.loads((b / "manifest.json").read_text())
+    refereed = [c for c in m["targets"]["onnx"]["parity"]["cases"] if "float64" in c]
+    assert refereed and all(c["ok"] and c["rtol"] > 1e-12 for c in refereed)
+    require_verified(verify_bundle(b, targets=["onnx"]))
+    for c in m["targets"]["onnx"]["parity"]["cases"]:
+        c.pop("rtol", None)
+    (b / "manifest.json").write_text(json.dumps(m))
+    report = verify_bundle(b, targets=["onnx"])
+    assert {p.check for p in report.problems} == {"parity"}
