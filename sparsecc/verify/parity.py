@@ -21,7 +21,7 @@ from torch.export import ExportedProgram
 
 __all__ = [
     "PARITY_RTOL", "PARITY_ATOL", "INT8_RTOL", "INT8_ATOL", "INT8_RTOL_PER_LAYER", "int8_parity_tolerance",
-    "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "padding_mask", "flat_inputs",
+    "LARGEST_DIM_CAP", "STORE_LIMIT_BYTES", "compare", "padding_mask", "unpadded", "flat_inputs",
     "shape_variants", "save_reference", "load_reference",
 ]
 
@@ -65,6 +65,13 @@ def padding_mask(inputs: Sequence[Any]) -> torch.Tensor | None:
     return None
 
 
+def unpadded(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``t`` [batch, seq, ...] at the positions ``keep`` marks real; ``t`` itself when it has no such axes."""
+    if keep is not None and t.dim() >= 2 and tuple(t.shape[:2]) == tuple(keep.shape):
+        return t[keep]
+    return t
+
+
 def compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: str,
             rtol: float = PARITY_RTOL, atol: float = PARITY_ATOL,
             inputs: Sequence[Any] = ()) -> dict[str, Any]:
@@ -96,9 +103,10 @@ def compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], label: st
         # an element that happens to sit near zero (one logit of 49k) would fail
         # any per-element relative bound while the tensor agrees to 1e-5.
         g, w = g.double(), w.double()
-        if keep is not None and w.dim() >= 2 and tuple(w.shape[:2]) == tuple(keep.shape):
-            g, w = g[keep], w[keep]
+        real = unpadded(w, keep)
+        if real is not w:
             case["padding_excluded"] = int((~keep).sum())
+        g, w = unpadded(g, keep), real
         err = (g - w).abs()
         max_err = float(err.max()) if err.numel() else 0.0
         scale = float(w.abs().max()) if w.numel() else 0.0

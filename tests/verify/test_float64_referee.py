@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.export import export
 
-from sparsecc.verify.float64_referee import REFEREE_FACTOR, float64_outputs, referee
+from sparsecc.verify.float64_referee import REFEREE_FACTOR, float64_module, float64_outputs, referee
 from sparsecc.verify.parity import compare
 
 
@@ -29,7 +29,7 @@ def test_float64_outputs_compute_every_step_in_float64_and_leave_the_program_alo
     model = _UpcastNorm().eval()
     x = torch.randn(4, 16)
     program = export(model, (x,))
-    (out,) = float64_outputs(program, (x,), {})
+    (out,) = float64_outputs(float64_module(program), (x,), {})
     assert out.dtype == torch.float64
     m64 = _UpcastNorm().double()
     m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
