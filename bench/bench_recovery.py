@@ -150,11 +150,12 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
                                       temperature=args.temperature,
-                                      extra={k: v for k, v in (("hidden", args.hidden),
-                                                                ("hidden_weight", args.hidden_weight),
-                                                                ("lr_schedule", args.lr_schedule),
-                                                                ("warmup", args.warmup),
-                                                                ("train", args.train)) if v}))
+                                      extra={**{k: v for k, v in (("hidden", args.hidden),
+                                                                   ("hidden_weight", args.hidden_weight),
+                                                                   ("lr_schedule", args.lr_schedule),
+                                                                   ("warmup", args.warmup),
+                                                                   ("train", args.train)) if v},
+                                             **({"mask_padding": False} if args.no_mask_padding else {})}))
     current = sparse
     for opts in stages:
         if opts.method not in args.methods:
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", type=lambda v: [g for g in v.split(",") if g], default=None,
                    help="distill: train only the parameters matching these comma-separated globs (e.g. '*_bn*')")
     p.add_argument("--warmup", type=int, default=0, help="distill: linear warm-up steps")
+    p.add_argument("--no-mask-padding", action="store_true",
+                   help="distill: also match the teacher at padded positions (sparsecc.recovery.outputs.token_mask)")
     p.add_argument("--tag", default="", help="suffix of the result and cached program names")
     p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
     p.add_argument("--skip-oneshot-eval", action="store_true", help="do not evaluate the one-shot program again")

@@ -25,7 +25,12 @@ Sources
 it for ``recovery: {data: prose}``): language models get seeded random
 windows of the token stream (for the Lee part exactly the tokens of
 `sparsecc.data.lm_tokens`' calibration split), sentence encoders batches of
-its sentences. ``"wiki"`` gives the Wikipedia part alone.
+its sentences. ``"wiki"`` gives the Wikipedia part alone. ``"paragraphs"`` is
+``"prose"`` cut into whole paragraphs instead of sentences (Wikipedia
+paragraphs, then the calibration Lee documents), truncated to 256 tokens: a
+sentence encoder evaluated on documents (the Lee similarity protocol embeds
+whole documents of 60-100 words) is trained on text of that length; for
+language models it is the same token stream as ``"prose"``.
 
 Nothing here overlaps the evaluation data: ``lee.cor`` (embedding
 similarity) and the second half of ``lee_background`` (perplexity) share no
@@ -52,11 +57,11 @@ from typing import Any, Sequence
 from sparsecc.data import DataUnavailableError, data_dir, lee_background_sentences, lee_background_text, lm_tokens
 
 __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "training_text",
-           "training_sentences", "training_inputs", "fetch_prose", "PROSE_SOURCES"]
+           "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "PROSE_SOURCES"]
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-PROSE_SOURCES = ("prose", "wiki")
+PROSE_SOURCES = ("prose", "wiki", "paragraphs")
 LEE_FRACTION = 0.45  # Lee documents must end before this fraction of the file's characters
 _CLEAN_VERSION = 1
 
@@ -194,7 +199,8 @@ def lee_training_text() -> str:
 
 
 def training_text(source: str = "prose") -> str:
-    """``prose``: the Wikipedia prose, then the first Lee documents; ``wiki``: the Wikipedia prose alone."""
+    """``prose`` (and ``paragraphs``): the Wikipedia prose, then the first Lee documents; ``wiki``: the
+    Wikipedia prose alone."""
     if source not in PROSE_SOURCES:
         raise ValueError(f"prose source must be one of {PROSE_SOURCES}, got {source!r}")
     return wiki_text() if source == "wiki" else wiki_text() + "\n" + lee_training_text()
@@ -209,12 +215,30 @@ def training_sentences(source: str = "prose") -> list[str]:
     return wiki if source == "wiki" else wiki + lee_background_sentences("calibration")
 
 
+def training_paragraphs() -> list[str]:
+    """Paragraphs (at least 3 words) of the Wikipedia prose, then the calibration Lee documents, whole."""
+    return [p for p in training_text("prose").splitlines() if len(p.split()) >= 3]
+
+
+def _by_length(chunks: list[list[str]], batch_size: int, g: Any, pool: int = 16) -> list[list[str]]:
+    """The same texts regrouped so that each batch holds texts of about one length (``pool`` batches at a
+    time sorted by words, then the batches in a seeded order): paragraphs run from 3 to 600 words, and a
+    batch padded to its longest spends most of its compute on padding."""
+    import torch
+
+    out = []
+    for s in range(0, len(chunks), pool):
+        texts = sorted((t for c in chunks[s:s + pool] for t in c), key=lambda t: len(t.split()))
+        out += [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+    return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+
 def _lm_batches(spec: Any, source: str, samples: int, seq_len: int, seed: int) -> list[tuple[tuple, dict]]:
     import torch
 
     tok = spec.extras["tokenizer"]
     ids = list(tok(wiki_text(), add_special_tokens=False)["input_ids"])
-    if source == "prose":
+    if source != "wiki":
         ids += lm_tokens(tok, "calibration")  # exactly the calibration split: never an evaluation token
     n_windows = len(ids) // seq_len
     if samples > n_windows:
@@ -240,8 +264,10 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
     Causal LMs: ``samples`` windows ``[1, seq_len]`` (default 256) drawn without
     replacement (seeded) from the token stream. Sentence encoders: ``samples //
     batch_size`` batches of ``batch_size`` seeded random sentences, padded,
-    truncated to ``seq_len`` (default 128). Other models have no text input:
-    ValueError.
+    truncated to ``seq_len`` (default 128), or for ``paragraphs`` of seeded
+    random paragraphs truncated to ``seq_len`` (default 256); more batches than
+    there are paragraphs go round them again in a new order. Other models have
+    no text input: ValueError.
     """
     if name not in PROSE_SOURCES:
         raise ValueError(f"unknown training data {name!r}; the prose sources are {', '.join(PROSE_SOURCES)}")
@@ -254,16 +280,24 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
         return _lm_batches(spec, name, samples, seq_len or 256, seed)
     import torch
 
-    sentences = training_sentences(name)
     n = max(1, samples // batch_size)
-    if n * batch_size > len(sentences):
-        raise ValueError(f"asked for {n} batches of {batch_size} sentences; {len(sentences)} exist")
-    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed)).tolist()
+    g = torch.Generator().manual_seed(seed)
+    if name == "paragraphs":
+        texts, max_length = training_paragraphs(), seq_len or 256
+        rounds = -(-n * batch_size // len(texts))  # a new seeded order each time round
+        order = [j for _ in range(rounds) for j in torch.randperm(len(texts), generator=g).tolist()]
+    else:
+        texts, max_length = training_sentences(name), seq_len or 128
+        if n * batch_size > len(texts):
+            raise ValueError(f"asked for {n} batches of {batch_size} sentences; {len(texts)} exist")
+        order = torch.randperm(len(texts), generator=g).tolist()
+    chunks = [[texts[j] for j in order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
+    if name == "paragraphs":
+        chunks = _by_length(chunks, batch_size, g)
     keys = list(getattr(spec, "example_kwargs", {}) or {}) or ["input_ids", "attention_mask"]
     out = []
-    for i in range(n):
-        chunk = [sentences[j] for j in order[i * batch_size:(i + 1) * batch_size]]
-        enc = extras["tokenizer"](chunk, padding=True, truncation=True, max_length=seq_len or 128,
+    for chunk in chunks:
+        enc = extras["tokenizer"](chunk, padding=True, truncation=True, max_length=max_length,
                                   return_tensors="pt")
         out.append(((), {k: enc[k] for k in keys if k in enc}))
     return out

@@ -54,7 +54,8 @@ from sparsecc.recovery.base import (
     trainable_copy,
 )
 from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
-from sparsecc.recovery.outputs import batch_loss, distillation_loss, float_leaves, output_loss, teacher_outputs
+from sparsecc.recovery.outputs import (batch_loss, distillation_loss, float_leaves, output_loss, teacher_outputs,
+                                      token_mask)
 from sparsecc.recovery.qat import Int8StraightThrough, int8_weights
 
 __all__ = ["DistillResult", "distill", "distill_fixed_masks", "distillation_loss", "mask_sparsity_regularizer", "recalibrate_batchnorm"]
@@ -164,7 +165,8 @@ def distill(
         outs = float_leaves(module(*args, **kwargs))
         total = torch.zeros(())
         for s, t in zip(outs, targets[i], strict=True):
-            total = total + distillation_loss(s, t, _auto_kind(t, task) if loss == "auto" else loss, temperature)
+            total = total + distillation_loss(s, t, _auto_kind(t, task) if loss == "auto" else loss, temperature,
+                                              token_mask(kwargs))
         if regularizer is not None:
             total = total + regularizer(module)
         opt.zero_grad(set_to_none=True)
@@ -299,9 +301,9 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
         for group in opt.param_groups:
             group["lr"] = lr_at(i)  # a pure function of the step: a resumed run sees the same rates
         with ste:
-            loss = batch_loss(module(*args, **kwargs), targets[b], options)
+            loss = batch_loss(module(*args, **kwargs), targets[b], options, kwargs)
             if taps is not None:
-                loss = loss + taps.loss(args, kwargs)
+                loss = loss + taps.loss(args, kwargs, token_mask(kwargs, options))
             if not torch.isfinite(loss):
                 raise RecoveryError(f"distill: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
             opt.zero_grad(set_to_none=True)
@@ -356,12 +358,13 @@ class _HiddenTargets:
             raise RecoveryError(f"distill: the student has {len(self.student)} {self.student.points} points, "
                                 f"the teacher {len(self.teacher)}; hidden-state distillation needs the same graph")
 
-    def loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """Call after the student's forward on (args, kwargs): runs the teacher and compares the taps."""
+    def loss(self, args: tuple, kwargs: dict, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Call after the student's forward on (args, kwargs): runs the teacher and compares the taps
+        (at the real tokens ``mask`` keeps)."""
         self.teacher.clear()
         with torch.no_grad():
             self.teacher_module(*args, **kwargs)
-        value = self.weight * hidden_loss(self.student.values, self.teacher.values)
+        value = self.weight * hidden_loss(self.student.values, self.teacher.values, mask)
         self.student.clear()
         self.teacher.clear()
         return value

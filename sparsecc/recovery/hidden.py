@@ -18,7 +18,8 @@ the tap returns nothing that is used). Points:
 
 `hidden_loss` compares student and teacher taps by relative mean squared error
 (each tap divided by the teacher's mean square, so wide and narrow layers weigh
-the same), averaged over taps.
+the same), averaged over taps, at the real tokens only when given the batch's
+padding mask (`sparsecc.recovery.outputs.token_mask`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from sparsecc.core.recording import record_values
 from sparsecc.errors import UsageError
+from sparsecc.recovery.outputs import real_tokens
 
 __all__ = ["HIDDEN_POINTS", "HiddenTaps", "hidden_loss"]
 
@@ -81,8 +83,10 @@ class HiddenTaps:
         return len(self.names)
 
 
-def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over taps of ``mean((s - t)^2) / mean(t^2)`` (relative MSE)."""
+def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over taps of ``mean((s - t)^2) / mean(t^2)`` (relative MSE), over the positions ``mask``
+    keeps in taps shaped ``[batch, tokens, ...]``."""
     if len(student) != len(teacher):
         raise UsageError(f"hidden-state distillation: the student records {len(student)} hidden states, "
                          f"the teacher {len(teacher)}; their graphs differ")
@@ -93,5 +97,6 @@ def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
         if s.shape != t.shape:
             raise UsageError(f"hidden-state distillation: tap {i} is {list(s.shape)} in the student, "
                              f"{list(t.shape)} in the teacher")
+        s, t = real_tokens(s, mask), real_tokens(t, mask)
         total = total + (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
     return total / len(student)

@@ -345,7 +345,7 @@ def learn_masks(program, teacher, batches, options, progress=None):
         s = interpolate(*scale, i, max(options.steps - 1, 1), "linear")
         args, kwargs = batches[b]
         out = functional_call(model.student, model.masked(t, s), args, kwargs)
-        loss = batch_loss(out, targets[b], options)
+        loss = batch_loss(out, targets[b], options, kwargs)
         if train_weights and reg > 0:
             loss = loss + reg * sum((p - w.dense).pow(2).mean() / n for p, w, n in zip(model.base, weights, norms))
         if not torch.isfinite(loss):

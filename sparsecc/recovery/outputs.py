@@ -4,6 +4,13 @@
 training batches, so methods compare on one scale: KL at the options'
 temperature for logits, cosine + relative MSE for hidden states and
 embeddings (`distillation_loss`).
+
+Padding is not a target: when a batch carries an ``attention_mask`` with
+padded positions, token outputs ``[batch, tokens, ...]`` are compared only at
+the real tokens (`token_mask`; ``options.extra["mask_padding"] = False`` turns
+this off). A sentence encoder's outputs at pad positions are never used (its
+embedding pools over the mask), yet in a batch of sentences padded to the
+longest they are about half of all positions.
 """
 
 from __future__ import annotations
@@ -17,19 +24,44 @@ from torch.export import ExportedProgram
 from sparsecc.recovery.base import Batch, RecoveryOptions
 
 __all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "TeacherOutputs", "TEACHER_CACHE_BYTES",
-           "loss_kind", "output_loss", "batch_loss"]
+           "loss_kind", "output_loss", "batch_loss", "token_mask", "real_tokens",
+           "LOSS_BATCHES", "loss_batch_count"]
 
 _LOGIT_TASKS = ("causal-lm", "image-classification", "classification", "lm")
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0) -> torch.Tensor:
-    """The loss between one student output and the teacher's (see the module docstring)."""
+def token_mask(kwargs: dict[str, Any] | None, options: RecoveryOptions | None = None) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` as booleans ``[batch, tokens]`` when it pads some position, else None
+    (also when ``options.extra["mask_padding"]`` is False)."""
+    if options is not None and not options.extra.get("mask_padding", True):
+        return None
+    mask = (kwargs or {}).get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.all()):
+        return None
+    return mask.bool()
+
+
+def real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x[mask]`` (the real tokens' rows, ``[n, ...]``) when ``x`` is ``[batch, tokens, ...]`` under ``mask``, else ``x``."""
+    if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x
+    return x[mask]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss between one student output and the teacher's (see the module docstring), over the
+    positions ``mask`` keeps (`token_mask`; all of them when None)."""
     if student.shape != teacher.shape:
         raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
     if kind == "kl":
         t = temperature
-        return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                        reduction="batchmean") * t * t
+        batch = student.shape[0] if student.dim() > 1 else 1
+        # batchmean of the unmasked outputs: KL summed over every kept position, divided by the batch
+        return F.kl_div(F.log_softmax(real_tokens(student, mask) / t, -1),
+                        F.log_softmax(real_tokens(teacher, mask) / t, -1), log_target=True,
+                        reduction="sum") / batch * t * t
+    student, teacher = real_tokens(student, mask), real_tokens(teacher, mask)
     if kind == "cosine":
         cos = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
         return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
@@ -101,21 +133,40 @@ def loss_kind(target: torch.Tensor, options: RecoveryOptions) -> str:
     return "cosine"
 
 
-def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptions) -> torch.Tensor:
-    """Sum over output tensors of the distillation loss between student ``outputs`` and ``targets``."""
+def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptions,
+               kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """Sum over output tensors of the distillation loss between student ``outputs`` and ``targets``
+    on the batch called with ``kwargs`` (its padding is left out, `token_mask`)."""
     total = torch.zeros(())
     leaves = float_leaves(outputs)
     if len(leaves) != len(targets):
         raise ValueError(f"the student returns {len(leaves)} floating outputs, the teacher {len(targets)}")
+    mask = token_mask(kwargs, options)
     for s, t in zip(leaves, targets):
-        total = total + distillation_loss(s, t, loss_kind(t, options), options.temperature)
+        total = total + distillation_loss(s, t, loss_kind(t, options), options.temperature, mask)
     return total
+
+
+# loss_before / loss_after are measured on this many training batches unless options.extra says
+LOSS_BATCHES = 64
+
+
+def loss_batch_count(options: RecoveryOptions, available: int) -> int:
+    """How many of the ``available`` training batches the loss before and after is measured on:
+    ``options.extra["loss_batches"]``, else `LOSS_BATCHES` (the batches are in a seeded random order,
+    so the first ones are a fair sample; over all 400 batches of a paragraph distillation the two
+    measurements cost as much as 200 training steps)."""
+    n = int(options.extra.get("loss_batches", LOSS_BATCHES))
+    if n < 1:
+        raise ValueError(f"loss_batches must be >= 1, got {n}")
+    return min(n, available)
 
 
 def output_loss(program: Any, targets: Sequence[list[torch.Tensor]], batches: Sequence[Batch],
                 options: RecoveryOptions) -> float:
-    """Mean `batch_loss` of ``program`` over ``batches`` (no gradients)."""
+    """Mean `batch_loss` of ``program`` over the first `loss_batch_count` of ``batches`` (no gradients)."""
     module = _module(program)
+    n = loss_batch_count(options, len(batches))
     with torch.no_grad():
-        losses = [float(batch_loss(module(*a, **k), t, options)) for (a, k), t in zip(batches, targets)]
+        losses = [float(batch_loss(module(*a, **k), targets[i], options, k)) for i, (a, k) in enumerate(batches[:n])]
     return sum(losses) / len(losses)

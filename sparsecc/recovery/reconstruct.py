@@ -32,7 +32,8 @@ default 0.01), ``undo`` (between 0 and 1, default 0; above), ``exact_flops``
 (a layer whose row-by-row factorisations would
 cost more, and more than the conjugate-gradient steps, is solved by those,
 default 2e9), ``cg_iters`` (default 20), ``loss_batches`` (the loss before
-and after is reported on this many batches; default all).
+and after is reported on this many batches; default 64,
+`sparsecc.recovery.outputs.loss_batch_count`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from sparsecc.recovery.base import (
     register_method,
     save_checkpoint,
 )
-from sparsecc.recovery.outputs import output_loss, teacher_outputs
+from sparsecc.recovery.outputs import loss_batch_count, output_loss, teacher_outputs
 
 __all__ = ["reconstruct", "masked_least_squares"]
 
@@ -321,7 +322,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")
     dense = _dense_state(teacher)
     # the reported loss on the first ``loss_batches`` batches (a full pass of a large LM costs minutes)
-    scored = batches[:int(options.extra.get("loss_batches", len(batches)))]
+    scored = batches[:loss_batch_count(options, len(batches))]
     targets = teacher_outputs(teacher, scored)
     loss_before = output_loss(program, targets, scored, options)
     analysis, taps, per_weight, skipped = _plan(program, masks, dense)

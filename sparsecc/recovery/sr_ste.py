@@ -168,7 +168,7 @@ def sr_ste(program, teacher, batches, options, progress=None):
             flow = 1.0
         weights = {f: ste_weight(p, ms[f], flow) for f, p in zip(fqns, model.dense)}
         args, kwargs = batches[b]
-        loss = batch_loss(functional_call(model.student, weights, args, kwargs), outputs[b], options)
+        loss = batch_loss(functional_call(model.student, weights, args, kwargs), outputs[b], options, kwargs)
         if not torch.isfinite(loss):
             raise RecoveryError(f"sr-ste: the loss is {float(loss)} at step {i + 1}; lower lr ({options.lr})")
         opt.zero_grad(set_to_none=True)

@@ -103,3 +103,26 @@ def test_sentence_batches_for_encoders_and_clear_errors(text):
     image = SimpleNamespace(name="cnn", task="image-classification", extras={})
     with pytest.raises(ValueError, match="takes no tokenized text"):
         prose.training_inputs(image, "prose", samples=8)
+
+
+def test_paragraph_batches_are_whole_paragraphs_grouped_by_length(text):
+    spec = SimpleNamespace(name="enc", task="feature-extraction", extras={"tokenizer": WordTokenizer()},
+                           example_kwargs={"input_ids": None, "attention_mask": None})
+    paragraphs = prose.training_paragraphs()
+    assert len(paragraphs) > 4000 and paragraphs[-1] == prose.lee_training_text().splitlines()[-1]
+    n = len(paragraphs) // 8 + 10  # more batches than paragraphs: a second round, in a new order
+    batches = prose.training_inputs(spec, "paragraphs", samples=8 * n, batch_size=8, seq_len=300)
+    assert len(batches) == n
+    tokens = [kw["attention_mask"].sum(1) for _, kw in batches]
+    assert max(int(kw["input_ids"].shape[1]) for _, kw in batches) == 300  # truncated to seq_len
+    real = sum(int(t.sum()) for t in tokens)
+    padded = sum(int(kw["input_ids"].numel()) for _, kw in batches)
+    assert real > 0.8 * padded  # grouped by length: little padding (in random batches it is about half)
+    first = {tuple(kw["input_ids"][i, :12].tolist()) for _, kw in batches[:40] for i in range(8)}
+    again = prose.training_inputs(spec, "paragraphs", samples=8 * n, batch_size=8, seq_len=300)
+    assert first == {tuple(kw["input_ids"][i, :12].tolist()) for _, kw in again[:40] for i in range(8)}
+    lm = SimpleNamespace(name="lm", task="causal-lm", extras={"tokenizer": WordTokenizer()},
+                         example_kwargs={"input_ids": None})
+    windows = prose.training_inputs(lm, "paragraphs", samples=4, seq_len=32, seed=1)
+    same = prose.training_inputs(lm, "prose", samples=4, seq_len=32, seed=1)
+    assert all(torch.equal(a[1]["input_ids"], b[1]["input_ids"]) for a, b in zip(windows, same))
