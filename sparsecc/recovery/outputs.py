@@ -56,7 +56,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t
         raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
     if kind == "kl":
         t = temperature
-        batch = student.shape[0] if student.dim() > 1 else 1
+        batch = student.shape[0] if student.dim() else 1  # what batchmean divides by
         # batchmean of the unmasked outputs: KL summed over every kept position, divided by the batch
         return F.kl_div(F.log_softmax(real_tokens(student, mask) / t, -1),
                         F.log_softmax(real_tokens(teacher, mask) / t, -1), log_target=True,
