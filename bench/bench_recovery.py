@@ -154,7 +154,8 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
                                                                    ("hidden_weight", args.hidden_weight),
                                                                    ("lr_schedule", args.lr_schedule),
                                                                    ("warmup", args.warmup),
-                                                                   ("train", args.train)) if v},
+                                                                   ("train", args.train),
+                                                                   ("pooled", args.pooled)) if v},
                                              **({"mask_padding": False} if args.no_mask_padding else {})}))
     current = sparse
     for opts in stages:
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=0, help="distill: linear warm-up steps")
     p.add_argument("--no-mask-padding", action="store_true",
                    help="distill: also match the teacher at padded positions (sparsecc.recovery.outputs.token_mask)")
+    p.add_argument("--pooled", type=float, default=0.0,
+                   help="distill: weight of the mean-pooled embedding's cosine in the loss (sentence encoders)")
     p.add_argument("--tag", default="", help="suffix of the result and cached program names")
     p.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (README: 40)")
     p.add_argument("--skip-oneshot-eval", action="store_true", help="do not evaluate the one-shot program again")

@@ -25,7 +25,7 @@ from sparsecc.recovery.base import Batch, RecoveryOptions
 
 __all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "TeacherOutputs", "TEACHER_CACHE_BYTES",
            "loss_kind", "output_loss", "batch_loss", "token_mask", "real_tokens",
-           "LOSS_BATCHES", "loss_batch_count"]
+           "LOSS_BATCHES", "loss_batch_count", "mean_pooled"]
 
 _LOGIT_TASKS = ("causal-lm", "image-classification", "classification", "lm")
 
@@ -48,10 +48,21 @@ def real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x[mask]
 
 
+def mean_pooled(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[batch, tokens, d]`` averaged over the tokens ``mask`` keeps (all when None): a sentence
+    encoder's embedding."""
+    if mask is None or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x.mean(1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 2.0,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+                      mask: torch.Tensor | None = None, pooled: float = 0.0) -> torch.Tensor:
     """The loss between one student output and the teacher's (see the module docstring), over the
-    positions ``mask`` keeps (`token_mask`; all of them when None)."""
+    positions ``mask`` keeps (`token_mask`; all of them when None). ``pooled`` > 0 adds, for token
+    outputs ``[batch, tokens, d]`` under the cosine loss, that weight times one minus the cosine of their
+    `mean_pooled` embeddings: the vector a sentence encoder is used by."""
     if student.shape != teacher.shape:
         raise ValueError(f"student output {list(student.shape)} does not match the teacher's {list(teacher.shape)}")
     if kind == "kl":
@@ -61,10 +72,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t
         return F.kl_div(F.log_softmax(real_tokens(student, mask) / t, -1),
                         F.log_softmax(real_tokens(teacher, mask) / t, -1), log_target=True,
                         reduction="sum") / batch * t * t
+    sentence = 0.0
+    if kind == "cosine" and pooled > 0 and student.dim() == 3:
+        sentence = pooled * (1 - F.cosine_similarity(mean_pooled(student, mask), mean_pooled(teacher, mask),
+                                                     dim=-1).mean())
     student, teacher = real_tokens(student, mask), real_tokens(teacher, mask)
     if kind == "cosine":
         cos = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
-        return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+        return cos + (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12) + sentence
     if kind == "mse":
         return (student - teacher).pow(2).mean()
     raise ValueError(f"unknown distillation loss {kind!r}; use kl, cosine, mse or auto")
@@ -142,8 +157,9 @@ def batch_loss(outputs: Any, targets: list[torch.Tensor], options: RecoveryOptio
     if len(leaves) != len(targets):
         raise ValueError(f"the student returns {len(leaves)} floating outputs, the teacher {len(targets)}")
     mask = token_mask(kwargs, options)
+    pooled = float(options.extra.get("pooled", 0.0))
     for s, t in zip(leaves, targets):
-        total = total + distillation_loss(s, t, loss_kind(t, options), options.temperature, mask)
+        total = total + distillation_loss(s, t, loss_kind(t, options), options.temperature, mask, pooled)
     return total
 
 

@@ -75,3 +75,29 @@ def test_the_loss_before_and_after_is_measured_on_the_first_loss_batches():
     assert output_loss(Scale(), targets, batches, two) == pytest.approx((1 + 4) / 2)
     with pytest.raises(ValueError, match="loss_batches must be >= 1"):
         loss_batch_count(RecoveryOptions("distill", extra={"loss_batches": 0}), 5)
+
+
+def test_the_pooled_term_is_the_cosine_of_the_mean_over_real_tokens():
+    from sparsecc.recovery.outputs import mean_pooled
+
+    student, teacher, mask = _padded_pair(3)
+    m = mask.bool()
+    torch.testing.assert_close(mean_pooled(teacher, m)[0], teacher[0, :3].mean(0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(mean_pooled(teacher, None), teacher.mean(1), rtol=0, atol=0)
+    plain = distillation_loss(student, teacher, "cosine", 2.0, m)
+    both = distillation_loss(student, teacher, "cosine", 2.0, m, pooled=3.0)
+    by_hand = 1 - torch.nn.functional.cosine_similarity(
+        torch.stack([student[0, :3].mean(0), student[1].mean(0)]),
+        torch.stack([teacher[0, :3].mean(0), teacher[1].mean(0)]), dim=-1).mean()
+    torch.testing.assert_close(both - plain, 3.0 * by_hand, rtol=1e-5, atol=1e-7)
+    assert float(by_hand) > 0
+    junk = student.clone()
+    junk[0, 3:] = 1e3  # padding stays out of the pooled embedding too
+    torch.testing.assert_close(distillation_loss(junk, teacher, "cosine", 2.0, m, pooled=3.0), both,
+                               rtol=1e-6, atol=0)
+    # only token outputs under the cosine loss get it; options.extra["pooled"] reaches it through batch_loss
+    assert distillation_loss(student, teacher, "mse", 2.0, m, pooled=3.0) == distillation_loss(
+        student, teacher, "mse", 2.0, m)
+    opts = RecoveryOptions("distill", loss="cosine", extra={"pooled": 3.0})
+    torch.testing.assert_close(batch_loss([student], [teacher], opts, {"attention_mask": mask}), both,
+                               rtol=0, atol=0)
