@@ -21,7 +21,7 @@ from sparsecc import capture
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.plan.budgets import allocate, block_of, needs_calibration, needs_stats, parse_budget
 from sparsecc.plan.calibrate import CalibrationData, collect_stats
-from sparsecc.data.datasets import calibration_inputs
+from sparsecc.data import calibration_inputs
 from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model
 from sparsecc.plan.recipe import load_recipe, plan_masks

@@ -141,7 +141,7 @@ def minilm_quality() -> None:
 def quality(eval_windows: int, criterion: str = "sparsegpt", rows: tuple[str, ...] = ("dense", "2:4")) -> None:
     """SmolLM2 perplexity: fp32 / int8 weights / int8 kernels, dense and 2:4 (README protocol)."""
     from sparsecc import capture, sparsify
-    from sparsecc.data.datasets import calibration_inputs
+    from sparsecc.data import calibration_inputs
     from sparsecc.models import get_model
     from sparsecc.plan.calibrate import CalibrationData
     from sparsecc.quality.evaluate import EvalOptions, evaluate, reference_outputs

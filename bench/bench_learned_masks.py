@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,25 +38,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 RECIPE = {"pattern": "2:4", "criterion": "sparsegpt"}
 
-
-def machine() -> dict[str, Any]:
-    from sparsecc.core.machine import machine_info
-
-    info = dict(machine_info())
-    info.update({"python": platform.python_version(), "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "load_avg": os.getloadavg()})
-    return info
-
-
-class Clock:
-    """Wall and process (CPU, all threads) seconds of one stage."""
-
-    def __enter__(self) -> "Clock":
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+from bench_recovery import Clock, machine, run_configs  # noqa: E402  (the same records and clock)
 
 
 def stage_options(method: str, args: argparse.Namespace):
@@ -159,22 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true", help="print training progress")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
-    args.methods = args.methods.split(",")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(json.dumps(machine(), default=str))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            p.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-        out = out_dir / f"learned-masks-{name.replace(':', 'of')}.json"
-        record = run_config(name, args, out)
-        for s in record["stages"]:
-            print(f"{name:14s} {s['stage']:20s} {record['metric']}={s['metrics'].get(record['metric'])} "
-                  f"cpu={s.get('cpu_s', 0):.0f}s wall={s.get('wall_s', 0):.0f}s tokens={s.get('tokens', '-')}")
-        print(f"wrote {out}")
-
+    run_configs(p, args, CONFIGS, run_config, "learned-masks-{}.json")
 
 if __name__ == "__main__":
     main()

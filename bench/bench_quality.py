@@ -31,7 +31,7 @@ import torch
 from sparsecc import capture, sparsify
 from sparsecc.plan.calibrate import CalibrationData
 from sparsecc.plan.criteria import needs_calibration
-from sparsecc.data.datasets import calibration_inputs
+from sparsecc.data import calibration_inputs
 from sparsecc.quality.evaluate import EvalOptions, evaluate, reference_outputs
 from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model

@@ -27,7 +27,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -220,6 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default="", help="keep / reuse the one-shot program here, and write each "
                    "recovered stage's program beside it (<method>-<config>.pt2)")
     args = p.parse_args(argv)
+    run_configs(p, args, CONFIGS, run_config, f"recovery-{{}}{'-' + args.tag if args.tag else ''}.json")
+
+
+def run_configs(p: argparse.ArgumentParser, args: argparse.Namespace, configs: dict[str, Any],
+                run_config: Callable[[str, argparse.Namespace, Path], dict[str, Any]], out_name: str) -> None:
+    """Run ``run_config`` for each of ``args.configs`` (comma-separated names of ``configs``), writing
+    ``args.out_dir / out_name.format(name)`` (':' spelt 'of'), and print one line per stage."""
     args.methods = args.methods.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,12 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.configs.split(","):
-        if name not in CONFIGS:
-            p.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-        out = out_dir / f"recovery-{name.replace(':', 'of')}{'-' + args.tag if args.tag else ''}.json"
+        if name not in configs:
+            p.error(f"unknown config {name!r}; known: {', '.join(configs)}")
+        out = out_dir / out_name.format(name.replace(":", "of"))
         record = run_config(name, args, out)
         for s in record["stages"]:
-            print(f"{name:18s} {s['stage']:12s} {record['metric']}={s['metrics'].get(record['metric'])} "
+            print(f"{name:18s} {s['stage']:20s} {record['metric']}={s['metrics'].get(record['metric'])} "
                   f"cpu={s.get('cpu_s', 0):.0f}s wall={s.get('wall_s', 0):.0f}s tokens={s.get('tokens', '-')}")
         print(f"wrote {out}")
 

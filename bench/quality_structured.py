@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from sparsecc import capture
-from sparsecc.data.datasets import calibration_inputs
+from sparsecc.data import calibration_inputs
 from sparsecc.quality.evaluate import evaluate, reference_outputs
 from sparsecc.core.machine import machine_info
 from sparsecc.models import get_model

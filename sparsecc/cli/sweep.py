@@ -51,7 +51,7 @@ def sensitivity_cmd(
     from rich.table import Table
 
     from sparsecc.core.analyze import find_prunable_weights
-    from sparsecc.data.datasets import calibration_inputs
+    from sparsecc.data import calibration_inputs
     from sparsecc.plan.budgets import sensitivity_sweep
     from sparsecc.plan.calibrate import CalibrationData, collect_stats
     from sparsecc.plan.criteria import needs_calibration

@@ -76,17 +76,17 @@ def join_batches(program: ExportedProgram, batches: list[Batch], size: int) -> l
 
 def _has_data(spec: Any) -> bool:
     """Whether `calibration_inputs` draws real data for ``spec`` (see its protocol), not random inputs."""
-    from sparsecc.data.datasets import _is_digit_model
+    from sparsecc.data.calibration import is_digit_model
 
     task, extras = getattr(spec, "task", ""), getattr(spec, "extras", {}) or {}
     return ((task in ("causal-lm", "feature-extraction") and "tokenizer" in extras)
-            or (task == "image-classification" and ("image_size" in extras or _is_digit_model(spec))))
+            or (task == "image-classification" and ("image_size" in extras or is_digit_model(spec))))
 
 
 def training_batches(spec: Any, options: RecoveryOptions, program: ExportedProgram | None = None,
                      ) -> tuple[list[Batch], str]:
     """The batches ``options.data`` names for zoo model ``spec``, and a label saying what they are."""
-    from sparsecc.data.datasets import _reference_inputs, calibration_inputs
+    from sparsecc.data.calibration import calibration_inputs, reference_inputs
 
     if spec is None:
         raise UsageError("recovery needs training data: pass batches=..., or a zoo model whose loader provides it")
@@ -95,13 +95,13 @@ def training_batches(spec: Any, options: RecoveryOptions, program: ExportedProgr
     lm = task == "causal-lm"
     n = options.samples if lm else max(1, options.samples // bs)
     if options.data == "synthetic":
-        return _reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
+        return reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
     if options.data == "calibration":
         try:
             batches = calibration_inputs(spec, n, options.seq_len, batch_size=bs, seed=options.seed)
             label = "calibration"
         except ValueError:  # a reference model without data (no tokenizer, say): synthetic inputs
-            batches, label = _reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
+            batches, label = reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
         if label == "calibration" and not _has_data(spec):
             label = "synthetic"  # calibration_inputs falls back to fresh random inputs for these
     else:

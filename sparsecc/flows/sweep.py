@@ -198,7 +198,7 @@ def _needs_calibration(criterion: str) -> bool:
 def sparsify_with_calibration(program: Any, spec: Any, recipe: Any, *, fold: bool = True,
                               progress: Callable[[int, int, str], None] | None = None,
                               calibration: Any = None) -> Any:
-    """`sparsecc.sparsify`, with calibration data from `sparsecc.datasets` when the recipe's criterion needs it.
+    """`sparsecc.sparsify`, with calibration data from `sparsecc.data` when the recipe's criterion needs it.
 
     The batches are ``calibration_inputs(spec, recipe.calibration.samples,
     recipe.calibration.seq_len)``; pass ``calibration`` to reuse data built before.

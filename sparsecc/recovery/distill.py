@@ -132,7 +132,7 @@ def distill(
     """Train ``student`` for ``steps`` steps (cycling over ``batches``) to match ``teacher``.
 
     ``batches`` are ``(args, kwargs)`` the programs take, e.g.
-    `sparsecc.datasets.calibration_inputs`. Returns the trained program and
+    `sparsecc.data.calibration_inputs`. Returns the trained program and
     the loss of every step; ``student`` itself is not changed. ``regularizer(module)``
     adds a penalty to every step (see `mask_sparsity_regularizer`). ``train``
     (globs on parameter names) trains only the parameters it matches, the rest

@@ -1,4 +1,4 @@
-"""sparsecc.datasets: the offline data, the fixed LM split protocol, and calibration inputs."""
+"""sparsecc.data: the offline data, the fixed LM split protocol, and calibration inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import sparsecc.data as ds
 from sparsecc.data import calibration, lee, mnist
-from sparsecc.data import datasets as ds
+from sparsecc.data.fashion_mnist import _read_idx as read_idx
 from sparsecc.models import ModelSpec, get_model
 
 
@@ -109,11 +110,11 @@ def test_read_idx(tmp_path):
     data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     p = tmp_path / "x-idx3-ubyte.gz"
     p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">III", 2, 3, 4) + data.tobytes()))
-    np.testing.assert_array_equal(ds._read_idx(p), data)
+    np.testing.assert_array_equal(read_idx(p), data)
     bad = tmp_path / "bad.gz"
     bad.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + struct.pack(">I", 1) + b"\x00\x00\x00\x00"))
     with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
-        ds._read_idx(bad)
+        read_idx(bad)
 
 
 def test_mnist_digits_splits():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sparsecc.data import datasets as ds
+import sparsecc.data as ds
 from sparsecc.flows import sweep as sw
 from sparsecc.cli import app
 from sparsecc.quality.evaluate import EvalError, EvalOptions

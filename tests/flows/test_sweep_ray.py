@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparsecc.data import datasets as ds
+import sparsecc.data as ds
 from sparsecc.flows import sweep as sw
 from sparsecc.flows.sweep_ray import RayUnavailableError, connect
 from sparsecc.quality.evaluate import EvalOptions

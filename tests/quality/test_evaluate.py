@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import sparsecc
-from sparsecc.data import datasets as ds
+import sparsecc.data as ds
 from sparsecc.quality import evaluate as ev
 from sparsecc.cli import app
 from sparsecc.models import ModelSpec
