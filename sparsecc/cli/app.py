@@ -30,7 +30,7 @@ from sparsecc.errors import SparseccError, UsageError, exit_code
 
 __all__ = [
     "app", "main", "console", "out", "settings", "EXIT_CODES", "JSON_OPTION", "SHAPES_OPTION", "emit",
-    "activity", "capture_model", "mask_progress", "step_progress", "int_list", "float_list", "eval_options",
+    "activity", "capture_model", "mask_progress", "one_shot_masks", "step_progress", "int_list", "float_list", "eval_options",
     "write_json_atomic", "recipe_source", "refuse_existing",
 ]
 
@@ -255,6 +255,23 @@ def mask_progress(act: Optional[Activity] = None) -> Iterator:
                 act.detail(f"masks {i}/{n} {fqn}")
 
         yield update
+
+
+def one_shot_masks(act: Activity, spec: Any, program: Any, rec: Any, *, fold: bool = True, ranks: Any = None):
+    """`sparsecc.sparsify` of a captured zoo model for a CLI verb: the recipe's calibration batches when its
+    criterion needs them, mask progress on ``act``. Returns the `SparsifyResult`."""
+    from sparsecc.flows.sparsify import recipe_needs_calibration
+    from sparsecc.flows.sparsify import sparsify as run_sparsify
+    from sparsecc.plan.calibrate import calibration_for
+
+    calibration = None
+    if recipe_needs_calibration(rec):
+        act.step(f"loading {rec.calibration.samples} calibration batches")
+        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+    act.step("computing masks")
+    with mask_progress(act) as progress:
+        return run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name,
+                            calibration=calibration, ranks=ranks)
 
 
 def int_list(text: str, flag: str) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsecc.cli.app import (JSON_OPTION, SHAPES_OPTION, activity, app, capture_model, emit, mask_progress, out,
+from sparsecc.cli.app import (JSON_OPTION, SHAPES_OPTION, activity, app, capture_model, emit, one_shot_masks, out,
                               recipe_source, refuse_existing)
 from sparsecc.cli.inspect import MODEL_ARG
 from sparsecc.errors import SparseccError, UsageError
@@ -69,9 +69,6 @@ def recover_cmd(
     from sparsecc.bundle.staging import staged_output
     from sparsecc.core.program import save_program
     from sparsecc.flows.recover import recover
-    from sparsecc.flows.sparsify import recipe_needs_calibration
-    from sparsecc.flows.sparsify import sparsify as run_sparsify
-    from sparsecc.plan.calibrate import calibration_for
     from sparsecc.plan.recipe import load_recipe
 
     rec = load_recipe(recipe_source(recipe))
@@ -79,14 +76,7 @@ def recover_cmd(
     refuse_existing(out_dir, force)
     spec, dense = capture_model(model, shapes)
     with activity(spec.name) as act:
-        calibration = None
-        if recipe_needs_calibration(rec):
-            act.step(f"loading {rec.calibration.samples} calibration batches")
-            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
-        act.step("computing masks")
-        with mask_progress(act) as progress:
-            sparse = run_sparsify(dense, rec, fold=True, progress=progress, model_name=spec.name,
-                                  calibration=calibration).program
+        sparse = one_shot_masks(act, spec, dense, rec).program
         run = recover(sparse, dense, stages, spec=spec, progress=act.step)
         act.step(f"writing {out_dir}")
         try:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsecc.cli.app import (JSON_OPTION, SHAPES_OPTION, activity, app, capture_model, emit, mask_progress, out,
+from sparsecc.cli.app import (JSON_OPTION, SHAPES_OPTION, activity, app, capture_model, emit, one_shot_masks, out,
                               recipe_source, refuse_existing)
 from sparsecc.cli.inspect import MODEL_ARG
 from sparsecc.errors import SparseccError
@@ -60,20 +60,10 @@ def _run(model, rec, out_dir, fold, force, shapes, ranks) -> None:
 
     from sparsecc.bundle.staging import staged_output
     from sparsecc.core.program import save_program
-    from sparsecc.flows.sparsify import recipe_needs_calibration
-    from sparsecc.flows.sparsify import sparsify as run_sparsify
-    from sparsecc.plan.calibrate import calibration_for
 
     spec, program = capture_model(model, shapes)
     with activity(spec.name) as act:
-        calibration = None
-        if recipe_needs_calibration(rec):
-            act.step(f"loading {rec.calibration.samples} calibration batches")
-            calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
-        act.step("computing masks")
-        with mask_progress(act) as progress:
-            result = run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name,
-                                  calibration=calibration, ranks=ranks)
+        result = one_shot_masks(act, spec, program, rec, fold=fold, ranks=ranks)
         if ranks is not None and ranks.rank != 0:  # every rank holds the same result; rank 0 writes it
             return
         act.step(f"writing {out_dir}")
