@@ -139,5 +139,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     run_configs(p, args, CONFIGS, run_config, "learned-masks-{}.json")
 
+
 if __name__ == "__main__":
     main()

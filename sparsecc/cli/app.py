@@ -258,16 +258,12 @@ def mask_progress(act: Optional[Activity] = None) -> Iterator:
 
 
 def one_shot_masks(act: Activity, spec: Any, program: Any, rec: Any, *, fold: bool = True, ranks: Any = None):
-    """`sparsecc.sparsify` of a captured zoo model for a CLI verb: the recipe's calibration batches when its
-    criterion needs them, mask progress on ``act``. Returns the `SparsifyResult`."""
-    from sparsecc.flows.sparsify import recipe_needs_calibration
+    """`sparsecc.sparsify` of a captured zoo model for a CLI verb: the recipe's calibration batches when it
+    needs them, mask progress on ``act``. Returns the `SparsifyResult`."""
+    from sparsecc.flows.sparsify import recipe_calibration
     from sparsecc.flows.sparsify import sparsify as run_sparsify
-    from sparsecc.plan.calibrate import calibration_for
 
-    calibration = None
-    if recipe_needs_calibration(rec):
-        act.step(f"loading {rec.calibration.samples} calibration batches")
-        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+    calibration = recipe_calibration(spec, rec, act.step)
     act.step("computing masks")
     with mask_progress(act) as progress:
         return run_sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name,

@@ -16,7 +16,7 @@ from sparsecc.core.analyze import Analysis, find_prunable_weights
 from sparsecc.plan.budgets import Allocation, allocate
 from sparsecc.plan.budgets import needs_calibration as budget_needs_calibration
 from sparsecc.plan.budgets import needs_stats as budget_needs_stats
-from sparsecc.plan.calibrate import CalibrationData, collect_stats, gradient_stats, sequential_solve
+from sparsecc.plan.calibrate import CalibrationData, calibration_for, collect_stats, gradient_stats, sequential_solve
 from sparsecc.plan.distributed import Ranks
 from sparsecc.plan.criteria import CriterionContext, choose_mask, needs_calibration
 from sparsecc.core.ir import MaskSpec, get_node_info
@@ -29,7 +29,8 @@ from sparsecc.flows.report import SparsityReport
 from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
 from sparsecc.errors import UsageError
 
-__all__ = ["NoPrunableLayersError", "SparsifyResult", "sparsify", "mask_specs", "recipe_needs_calibration"]
+__all__ = ["NoPrunableLayersError", "SparsifyResult", "sparsify", "mask_specs", "recipe_needs_calibration",
+           "recipe_calibration"]
 
 
 class NoPrunableLayersError(UsageError, ValueError):
@@ -63,6 +64,17 @@ def recipe_needs_calibration(recipe: Recipe) -> bool:
     st = recipe.structured
     structured = st is not None and (st.reconstruct or st.criterion == "taylor")
     return static_int8 or thresholds or weights or structured
+
+
+def recipe_calibration(spec: Any, recipe: Recipe, say: Callable[[str], None] | None = None,
+                       ) -> CalibrationData | None:
+    """Zoo model ``spec``'s calibration batches as ``recipe.calibration`` asks for them, when the recipe
+    needs any (`recipe_needs_calibration`), else None; ``say`` hears that they are being loaded."""
+    if not recipe_needs_calibration(recipe):
+        return None
+    if say is not None:
+        say(f"loading {recipe.calibration.samples} calibration batches")
+    return calibration_for(spec, recipe.calibration.samples, recipe.calibration.seq_len)
 
 
 def sparsify(

@@ -38,8 +38,7 @@ from sparsecc.bundle.staging import staged_output
 from sparsecc.core.capture import capture
 from sparsecc.core.ir import SparsityPattern
 from sparsecc.core.machine import cpu_info
-from sparsecc.flows.sparsify import sparsify
-from sparsecc.plan import criteria as criteria_module
+from sparsecc.flows.sparsify import recipe_calibration, sparsify
 from sparsecc.plan.calibrate import calibration_for
 from sparsecc.core.analyze import find_prunable_weights
 from sparsecc.plan.activation_stats import collect_stats
@@ -190,25 +189,15 @@ def essential_sparsity(points: Sequence[SweepPoint], tolerance: float) -> dict[s
     return {"essential": essential, "falls_off_at": falls}
 
 
-def _needs_calibration(criterion: str) -> bool:
-    check = getattr(criteria_module, "needs_calibration", None)
-    return bool(check(criterion)) if check is not None else False
-
-
 def sparsify_with_calibration(program: Any, spec: Any, recipe: Any, *, fold: bool = True,
                               progress: Callable[[int, int, str], None] | None = None,
                               calibration: Any = None) -> Any:
-    """`sparsecc.sparsify`, with calibration data from `sparsecc.data` when the recipe's criterion needs it.
-
-    The batches are ``calibration_inputs(spec, recipe.calibration.samples,
-    recipe.calibration.seq_len)``; pass ``calibration`` to reuse data built before.
-    """
+    """`sparsecc.sparsify`, with calibration data from `sparsecc.data` when the recipe needs it
+    (`recipe_calibration`); pass ``calibration`` to reuse data built before."""
     rec = load_recipe(recipe)
-    criteria = {rec.criterion, *(o.criterion for o in rec.overrides if o.criterion)}
-    if calibration is None and any(_needs_calibration(c) for c in criteria):
-        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
-    kwargs = {"calibration": calibration} if calibration is not None else {}
-    return sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name, **kwargs)
+    if calibration is None:
+        calibration = recipe_calibration(spec, rec)
+    return sparsify(program, rec, fold=fold, progress=progress, model_name=spec.name, calibration=calibration)
 
 
 def _grid(patterns: Sequence[str], sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
@@ -293,7 +282,7 @@ def shared_calibration(program: Any, spec: Any, base: dict[str, Any], criteria: 
     shared then. Otherwise the activation statistics of every layer any
     pattern plans are collected once, for all points.
     """
-    calibrated = [c for c in criteria if _needs_calibration(c)]
+    calibrated = [c for c in criteria if needs_calibration(c)]
     if not calibrated:
         return None, None
     rec = load_recipe({**base, "pattern": patterns[0], "criterion": calibrated[0]})
@@ -327,7 +316,7 @@ def sweep_point(program: Any, spec: Any, base: dict[str, Any], crit: str, pat: s
     t0 = time.perf_counter()
     try:
         rec_obj = load_recipe(rec)
-        if stats is not None and _needs_calibration(crit):
+        if stats is not None and needs_calibration(crit):
             result = sparsify(program, rec_obj, fold=True, model_name=spec.name, calibration=calibration,
                               stats={f: dict(d) for f, d in stats.items()})
         else:

@@ -102,3 +102,26 @@ def test_compile_with_exact_relu_skips_zeros_on_torch_sparse_and_records_it(tmp_
     assert target["artifact"]["meta"]["activation_kernels"]  # down reads ReLU's zeros
     assert result.report.runtime["activations"] == {"exact_relu": True}
     assert result.report.sparse_layers == 0
+
+
+def test_sparsify_with_calibration_loads_batches_for_thresholds_alone(monkeypatch):
+    """`sparsecc eval --recipe` / sweep: a recipe whose criterion needs no data still gets calibration
+    batches when its activation thresholds do (`recipe_calibration`)."""
+    import sparsecc.flows.sparsify as sparsify_flow
+    from sparsecc.flows.sparsify import recipe_calibration
+    from sparsecc.flows.sweep import sparsify_with_calibration
+
+    asked, said = [], []
+
+    def fake_calibration_for(spec, samples, seq_len):
+        asked.append(samples)
+        return _calibration()
+
+    monkeypatch.setattr(sparsify_flow, "calibration_for", fake_calibration_for)
+    spec = type("Spec", (), {"name": "mlp"})()
+    assert recipe_calibration(spec, load_recipe({"pattern": "2:4"}), said.append) is None and not asked
+    recipe = {"pattern": "2:4", "activations": {"sparsity": 0.5}, "calibration": {"samples": 6}}
+    result = sparsify_with_calibration(_mlp(nn.GELU()), spec, recipe)
+    assert asked == [6] and _thresholds(result.program) == 2
+    recipe_calibration(spec, load_recipe(recipe), said.append)
+    assert said == ["loading 6 calibration batches"]
