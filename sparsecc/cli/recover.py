@@ -46,8 +46,9 @@ def recover_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps of every stage."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of every stage."),
     data: Optional[str] = typer.Option(
-        None, "--data", help="Training data: calibration, synthetic, or English prose: prose (sentences for "
-                             "encoders), paragraphs, wiki (sparsecc.data.prose)."),
+        None, "--data", help="Training data: calibration, synthetic, English prose: prose (sentences for "
+                             "encoders), paragraphs, wiki (sparsecc.data.prose), or for ImageNet classifiers "
+                             "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training samples of every stage."),
     checkpoint_dir: Optional[Path] = typer.Option(
         None, "--checkpoint-dir", metavar="DIR", help="Checkpoints here; a rerun resumes where Ctrl-C stopped."),

@@ -54,6 +54,7 @@ __all__ = [
     "main",
 ]
 
-from sparsecc.data.prose import training_inputs, training_text  # noqa: E402  (more English prose for training)
+from sparsecc.data.prose import training_text  # noqa: E402  (more English prose for training)
+from sparsecc.data.training import TRAINING_SOURCES, training_inputs  # noqa: E402
 
-__all__ += ["training_inputs", "training_text"]
+__all__ += ["training_inputs", "training_text", "TRAINING_SOURCES"]

@@ -37,14 +37,14 @@ from sparsecc.data.lee import lee_background_sentences, lm_windows
 from sparsecc.data.mnist import mnist_digits
 from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
-__all__ = ["calibration_inputs", "is_digit_model", "reference_inputs"]
+__all__ = ["calibration_inputs", "is_digit_model", "random_crops", "reference_inputs"]
 
 
 def _kw_keys(spec: Any) -> list[str]:
     return list(spec.example_kwargs or {})
 
 
-def _random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
+def random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
     """``count`` seeded random-resized crops (30-100% of the area, aspect 3/4-4/3, random flips), float [0, 1]."""
     from PIL import Image
 
@@ -134,7 +134,7 @@ def calibration_inputs(spec: Any, n: int, seq_len: int | None = None, *, batch_s
         bs = batch_size or 8
         size = int(extras["image_size"])
         photos = [photo(p) for p in CALIBRATION_PHOTOS]
-        x = _random_crops(photos, size, n * bs, seed=seed)
+        x = random_crops(photos, size, n * bs, seed=seed)
         x = (x - float(extras.get("mean", 0.0))) / float(extras.get("std", 1.0))
         return [((torch.from_numpy(x[i * bs : (i + 1) * bs].copy()),), {}) for i in range(n)]
     if task == "image-classification" and is_digit_model(spec):

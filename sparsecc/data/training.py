@@ -1,0 +1,34 @@
+"""Training data by name, for recovery (``recovery: {data: NAME}``): English prose or composited photos.
+
+Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
+
+- ``prose``, ``wiki``, ``paragraphs`` (`sparsecc.data.prose`): text for language
+  models and sentence encoders;
+- ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on
+  calibration-photo crops, for ImageNet classifiers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsecc.data.prose import PROSE_SOURCES
+from sparsecc.data.prose import training_inputs as prose_inputs
+from sparsecc.data.stamps import training_images
+
+__all__ = ["TRAINING_SOURCES", "IMAGE_SOURCES", "training_inputs"]
+
+IMAGE_SOURCES = ("stamps",)
+TRAINING_SOURCES = PROSE_SOURCES + IMAGE_SOURCES
+
+
+def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = None, batch_size: int = 8,
+                    seed: int = 0) -> list[tuple[tuple, dict]]:
+    """Training batches ``(args, kwargs)`` of source ``name`` for zoo model ``spec``: ``samples``
+    LM windows, or ``samples // batch_size`` batches of sentences, paragraphs or images."""
+    if name in IMAGE_SOURCES:
+        return training_images(spec, samples, batch_size, seed)
+    if name in PROSE_SOURCES:
+        return prose_inputs(spec, name, samples, seq_len, batch_size, seed)
+    raise ValueError(f"unknown training data {name!r}; the sources are {', '.join(TRAINING_SOURCES)}, "
+                     "besides calibration and synthetic")
