@@ -37,10 +37,10 @@ from torch.export import ExportedProgram
 from sparsecc.backends import LowerOptions, TensorSpec, get_backend, user_input_specs, user_output_names
 from sparsecc.flows.recover import recover
 from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
-from sparsecc.flows.sparsify import mask_specs, recipe_needs_calibration, sparsify
+from sparsecc.flows.sparsify import mask_specs, recipe_calibration, recipe_needs_calibration, sparsify
 from sparsecc.flows.structured import prune_structured
 from sparsecc.passes.quantize_weights import quantize_program
-from sparsecc.plan.calibrate import CalibrationData, calibration_for
+from sparsecc.plan.calibrate import CalibrationData
 from sparsecc.bundle.readme import bundle_readme
 from sparsecc.bundle.manifest import (DenseReference, Manifest, ModelSource, ParityInput, RecoveryRecord, TargetRecord,
                                       write_manifest)
@@ -252,8 +252,7 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
                     else f"criterion {rec.criterion!r}")
             raise ValueError(f"{what} needs calibration data: pass calibration=... "
                              "or a zoo ModelSpec, whose loader provides it")
-        say("calibration data")
-        calibration = calibration_for(spec, rec.calibration.samples, rec.calibration.seq_len)
+        calibration = recipe_calibration(spec, rec, say)
     if rec.structured is not None:
         # Channel / head removal: a physically smaller program, checked against the masked one.
         say("structured pruning")
