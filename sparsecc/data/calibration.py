@@ -37,7 +37,7 @@ from sparsecc.data.lee import lee_background_sentences, lm_windows
 from sparsecc.data.mnist import mnist_digits
 from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
-__all__ = ["calibration_inputs", "is_digit_model", "random_crops", "reference_inputs"]
+__all__ = ["calibration_inputs", "image_batches", "is_digit_model", "random_crops", "reference_inputs"]
 
 
 def _kw_keys(spec: Any) -> list[str]:
@@ -68,6 +68,16 @@ def random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int)
             arr = arr[:, ::-1]
         out[i] = arr.transpose(2, 0, 1)
     return out
+
+
+def image_batches(x: np.ndarray, extras: dict[str, Any], batch_size: int) -> list[tuple[tuple, dict]]:
+    """Float images ``x`` ``[N, C, H, W]`` in [0, 1], normalized in place as ``(x - mean) / std`` from a
+    spec's ``extras``, as batches ``((images,), {})`` of ``batch_size`` (views of one tensor: no copy)."""
+    import torch
+
+    x -= float(extras.get("mean", 0.0))  # in place: 4,800 views at 224 are 2.9 GB already
+    x /= float(extras.get("std", 1.0))
+    return [((t,), {}) for t in torch.from_numpy(x).split(batch_size)]
 
 
 def _fresh_like(template: Any, seed: int) -> Any:
@@ -134,18 +144,14 @@ def calibration_inputs(spec: Any, n: int, seq_len: int | None = None, *, batch_s
         bs = batch_size or 8
         size = int(extras["image_size"])
         photos = [photo(p) for p in CALIBRATION_PHOTOS]
-        x = random_crops(photos, size, n * bs, seed=seed)
-        x = (x - float(extras.get("mean", 0.0))) / float(extras.get("std", 1.0))
-        return [((torch.from_numpy(x[i * bs : (i + 1) * bs].copy()),), {}) for i in range(n)]
+        return image_batches(random_crops(photos, size, n * bs, seed=seed), extras, bs)
     if task == "image-classification" and is_digit_model(spec):
         bs = batch_size or 8
         images, _ = mnist_digits("calibration")
         if n * bs > len(images):
             raise ValueError(f"asked for {n} batches of {bs} digits; {len(images)} calibration digits exist")
         order = np.random.default_rng(seed).permutation(len(images))[: n * bs]
-        x = images[order].astype(np.float32)[:, None] / 255.0
-        x = (x - float(extras.get("mean", 0.0))) / float(extras.get("std", 1.0))
-        return [((torch.from_numpy(x[i * bs : (i + 1) * bs].copy()),), {}) for i in range(n)]
+        return image_batches(images[order].astype(np.float32)[:, None] / 255.0, extras, bs)
     return reference_inputs(spec, n, seq_len, batch_size, seed)
 
 

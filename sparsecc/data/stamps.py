@@ -184,14 +184,11 @@ def stamp_composites(count: int, size: int, seed: int = 0, stamps: list[np.ndarr
 def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> list[tuple[tuple, dict]]:
     """``samples // batch_size`` batches of `stamp_composites` for an ImageNet classifier ``spec``
     (``extras['image_size']``), normalized with its mean and std."""
-    import torch
+    from sparsecc.data.calibration import image_batches
 
     extras = getattr(spec, "extras", {}) or {}
     if getattr(spec, "task", "") != "image-classification" or "image_size" not in extras:
         raise ValueError(f"training data 'stamps' is photos for ImageNet classifiers; model "
                          f"{getattr(spec, 'name', '?')!r} (task {getattr(spec, 'task', '')!r}) has no image_size")
     n = max(1, samples // batch_size)
-    x = stamp_composites(n * batch_size, int(extras["image_size"]), seed=seed)
-    x -= float(extras.get("mean", 0.0))  # in place: 4,800 views at 224 are 2.9 GB already
-    x /= float(extras.get("std", 1.0))
-    return [((t,), {}) for t in torch.from_numpy(x).split(batch_size)[:n]]
+    return image_batches(stamp_composites(n * batch_size, int(extras["image_size"]), seed=seed), extras, batch_size)

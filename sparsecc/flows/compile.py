@@ -245,8 +245,8 @@ def _transform(program: ExportedProgram, rec: Recipe | None, spec: Any, calibrat
         timings["sparsify"] = time.perf_counter() - t0
         return program, None, None, None
     dense_program, report, structured_report = program, None, None
-    if calibration is None and recipe_needs_calibration(rec):
-        if spec is None:
+    if calibration is None:
+        if spec is None and recipe_needs_calibration(rec):
             st = rec.structured
             what = (f"structured {'reconstruct: true' if st.reconstruct else 'criterion taylor'}" if st is not None
                     else f"criterion {rec.criterion!r}")
