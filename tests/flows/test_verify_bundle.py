@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sparsecc.bundle.hashes import BundleChangedError
@@ -68,14 +69,26 @@ def _break_pte_group(b: Path) -> str:
 
 
 def _break_torch_sparse_group(b: Path) -> str:
+    """Break group 0 of the first layer in whichever form the kernel choice (a timing) stored it."""
     from sparsecc.backends.torch_sparse import load_sparse_program
-    from sparsecc.core.program import save_program
+    from sparsecc.backends.torch_sparse.rewrite_sparse_kernels import compressed_targets
+    from sparsecc.core.program import save_program, state_tensor
 
     path = b / "torch-sparse" / "program.pt2"
     program = load_sparse_program(path)
-    fqn = json.loads((b / "manifest.json").read_text())["masks"][0]["fqn"]
-    flat = program.state_dict[fqn].data.view(-1)  # mlp's layers measure faster dense: a plain parameter
-    flat[int((flat == 0).nonzero()[0])] = 1.0
+    m = json.loads((b / "manifest.json").read_text())
+    fqn = m["masks"][0]["fqn"]
+    choice = next(c for c in m["targets"]["torch-sparse"]["artifact"]["meta"]["kernels"]["layers"] if c["fqn"] == fqn)
+    if choice["kernel"] == "dense":  # a plain parameter: a third nonzero in row 0's first group
+        flat = state_tensor(program, fqn).data.view(-1)
+        flat[int((flat == 0).nonzero()[0])] = 1.0
+    elif choice["block"] > 1:  # BSR blocks hold the zeros: the first is in row 0, group 0
+        values = state_tensor(program, compressed_targets(fqn)[2]).data.view(-1)
+        values[int((values == 0).nonzero()[0])] = 1.0
+    else:  # CSR holds nonzeros only: move row 0's third one into columns 0-2
+        col = state_tensor(program, compressed_targets(fqn)[1]).data
+        assert col.dtype in (torch.int32, torch.int64) and int(col[3]) > 2
+        col[:3] = torch.arange(3, dtype=col.dtype)
     save_program(program, path)
     return fqn
 
