@@ -30,13 +30,16 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sparsecc.data.cache import FETCH_HINT, DataUnavailableError, atomic_write, data_dir, run_tool
 
-__all__ = ["STAMPS_DEB", "STAMPS_DIR", "PHOTO_COLOURS", "MIN_SIDE", "fetch_stamps", "stamp_photos",
+if TYPE_CHECKING:
+    from sparsecc.data.calibration import ImageBatches
+
+__all__ = ["STAMPS_DEB", "STAMPS_DIR", "PHOTO_COLOURS", "MIN_SIDE", "fetch_stamps", "stamp_photos", "stamp_pixels",
            "stamp_composites", "is_photo", "training_images"]
 
 STAMPS_DEB = "tuxpaint-stamps-default"
@@ -145,7 +148,13 @@ def stamp_photos() -> list[np.ndarray]:
 
 def stamp_composites(count: int, size: int, seed: int = 0, stamps: list[np.ndarray] | None = None,
                      backgrounds: list[np.ndarray] | None = None) -> np.ndarray:
-    """``count`` seeded views ``[count, 3, size, size]``, float [0, 1]: one stamp on a photo crop or plain colour.
+    """`stamp_pixels` as floats in [0, 1]."""
+    return stamp_pixels(count, size, seed, stamps, backgrounds).astype(np.float32) / 255.0
+
+
+def stamp_pixels(count: int, size: int, seed: int = 0, stamps: list[np.ndarray] | None = None,
+                 backgrounds: list[np.ndarray] | None = None) -> np.ndarray:
+    """``count`` seeded views ``[count, 3, size, size]``, uint8: one stamp on a photo crop or plain colour.
 
     ``stamps`` (RGBA) default to `stamp_photos`, ``backgrounds`` (RGB) to the calibration photos.
     """
@@ -162,7 +171,7 @@ def stamp_composites(count: int, size: int, seed: int = 0, stamps: list[np.ndarr
     backgrounds = [photo(p) for p in CALIBRATION_PHOTOS] if backgrounds is None else backgrounds
     rng = np.random.default_rng(seed)
     scenes = random_crops(backgrounds, size, count, seed=seed + 1)
-    out = np.empty((count, 3, size, size), dtype=np.float32)
+    out = np.empty((count, 3, size, size), dtype=np.uint8)
     for i in range(count):
         if rng.random() < _PLAIN_BACKGROUND:
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -177,13 +186,13 @@ def stamp_composites(count: int, size: int, seed: int = 0, stamps: list[np.ndarr
         stamp = stamp.resize((w, h), Image.BILINEAR)
         x, y = int(rng.integers(size - w + 1)), int(rng.integers(size - h + 1))
         canvas.paste(stamp, (x, y), stamp)
-        out[i] = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        out[i] = np.asarray(canvas).transpose(2, 0, 1)
     return out
 
 
-def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> list[tuple[tuple, dict]]:
-    """``samples // batch_size`` batches of `stamp_composites` for an ImageNet classifier ``spec``
-    (``extras['image_size']``), normalized with its mean and std."""
+def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> ImageBatches:
+    """``samples // batch_size`` batches of `stamp_pixels` for an ImageNet classifier ``spec``
+    (``extras['image_size']``), normalized with its mean and std as each batch is read."""
     from sparsecc.data.calibration import image_batches
 
     extras = getattr(spec, "extras", {}) or {}
@@ -191,4 +200,4 @@ def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0)
         raise ValueError(f"training data 'stamps' is photos for ImageNet classifiers; model "
                          f"{getattr(spec, 'name', '?')!r} (task {getattr(spec, 'task', '')!r}) has no image_size")
     n = max(1, samples // batch_size)
-    return image_batches(stamp_composites(n * batch_size, int(extras["image_size"]), seed=seed), extras, batch_size)
+    return image_batches(stamp_pixels(n * batch_size, int(extras["image_size"]), seed=seed), extras, batch_size)

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -43,6 +43,7 @@ from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # par
 
 __all__ = [
     "Batch",
+    "batch_sequence",
     "RecoveryOptions",
     "RecoveryResult",
     "RecoveryFn",
@@ -64,6 +65,13 @@ __all__ = [
 ]
 
 Batch = tuple[tuple, dict]  # (args, kwargs), one call of the model, as CalibrationData.batches
+
+
+def batch_sequence(batches: Iterable[Batch]) -> Sequence[Batch]:
+    """``batches`` as an indexable sequence: a list or any sized, indexable sequence is kept as it is
+    (`sparsecc.data.calibration.ImageBatches` makes each batch when read), anything else is listed."""
+    return batches if isinstance(batches, Sequence) else list(batches)
+
 
 METHODS = KNOWN_METHODS
 

@@ -52,6 +52,7 @@ from sparsecc.recovery.base import (
     program_with_weights,
     register_method,
     trainable_copy,
+    batch_sequence,
 )
 from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
 from sparsecc.recovery.outputs import (batch_loss, distillation_loss, float_leaves, output_loss, teacher_outputs,
@@ -142,7 +143,7 @@ def distill(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    batches = list(batches)
+    batches = batch_sequence(batches)
     if not batches:
         raise ValueError("distill needs at least one batch")
     t0 = time.perf_counter()
@@ -209,7 +210,7 @@ def recalibrate_batchnorm(
     """
     from sparsecc.plan.calibrate import _GraphRunner
 
-    batches = list(batches)
+    batches = batch_sequence(batches)
     if not batches:
         raise ValueError("recalibrate_batchnorm needs at least one batch")
     runner = _GraphRunner(program)
@@ -270,7 +271,7 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     straight-through gradient (`sparsecc.recovery.qat`), and come back on their grid.
     """
     t0 = time.perf_counter()
-    batches = list(batches)
+    batches = batch_sequence(batches)
     if not batches:
         raise RecoveryError("distill needs at least one training batch")
     if teacher is None:

@@ -72,6 +72,7 @@ from sparsecc.recovery.base import (
     save_checkpoint,
     load_checkpoint,
     trainable_copy,
+    batch_sequence,
 )
 from sparsecc.recovery.outputs import batch_loss, output_loss, teacher_outputs
 from sparsecc.recovery.schedules import interpolate
@@ -305,7 +306,7 @@ def _pair(extra: Mapping[str, Any], key: str, default: tuple[float, float]) -> t
 def learn_masks(program, teacher, batches, options, progress=None):
     """Learn the N:M masks of ``program`` by distillation against ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, extra = list(batches), dict(options.extra)
+    batches, extra = batch_sequence(batches), dict(options.extra)
     if not batches:
         raise RecoveryError("learned-mask needs at least one training batch")
     if teacher is None:

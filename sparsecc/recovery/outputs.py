@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.export import ExportedProgram
 
-from sparsecc.recovery.base import Batch, RecoveryOptions
+from sparsecc.recovery.base import Batch, RecoveryOptions, batch_sequence
 
 __all__ = ["distillation_loss", "float_leaves", "teacher_outputs", "TeacherOutputs", "TEACHER_CACHE_BYTES",
            "loss_kind", "output_loss", "batch_loss", "token_mask", "real_tokens",
@@ -103,7 +103,7 @@ class TeacherOutputs(Sequence):
     the values are the same): a language model's logits over 2,000 windows of 256 tokens would hold 100 GB."""
 
     def __init__(self, teacher: Any, batches: Sequence[Batch], budget: int | None = None) -> None:
-        self._module, self._batches = _module(teacher), list(batches)
+        self._module, self._batches = _module(teacher), batch_sequence(batches)
         first = self._run(0) if self._batches else []
         per_batch = sum(t.numel() * t.element_size() for t in first)
         limit = TEACHER_CACHE_BYTES if budget is None else budget

@@ -60,6 +60,7 @@ from sparsecc.recovery.base import (
     program_with_weights,
     register_method,
     save_checkpoint,
+    batch_sequence,
 )
 from sparsecc.recovery.outputs import loss_batch_count, output_loss, teacher_outputs
 
@@ -309,7 +310,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     from sparsecc.plan.calibrate import _GraphRunner, block_key
 
     t0 = time.perf_counter()
-    batches = list(batches)
+    batches = batch_sequence(batches)
     if not batches:
         raise RecoveryError("reconstruct needs at least one calibration batch")
     damp = float(options.extra.get("damp", 0.01))

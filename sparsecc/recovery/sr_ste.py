@@ -49,6 +49,7 @@ from sparsecc.recovery.base import (
     batch_tokens,
     register_method,
     trainable_copy,
+    batch_sequence,
 )
 from sparsecc.recovery.learned_masks import dense_weights, write_masks
 from sparsecc.recovery.outputs import batch_loss, output_loss, teacher_outputs
@@ -133,7 +134,7 @@ class _DenseStudent(torch.nn.Module):
 def sr_ste(program, teacher, batches, options, progress=None):
     """Train the sparse ``program``'s weights from dense towards ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, cfg = list(batches), _settings(options.extra)
+    batches, cfg = batch_sequence(batches), _settings(options.extra)
     if not batches:
         raise RecoveryError("sr-ste needs at least one training batch")
     if teacher is None:

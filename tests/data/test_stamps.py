@@ -99,6 +99,10 @@ def test_training_inputs_routes_stamps_to_image_models(stamp_folder):
     assert kwargs == {} and x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert float(x.min()) >= (0 - 0.5) / 0.25 and float(x.max()) <= (1 - 0.5) / 0.25
     assert "stamps" in TRAINING_SOURCES and "paragraphs" in TRAINING_SOURCES
+    # thousands of views stay 8-bit until a batch is read
+    assert batches.pixels.dtype == np.uint8 and batches.pixels.shape == (8, 3, 32, 32)
+    np.testing.assert_array_equal(batches.pixels.astype(np.float32) / 255.0,
+                                  st.stamp_composites(8, 32, seed=0))
 
 
 def test_training_inputs_name_what_is_wrong():

@@ -42,6 +42,27 @@ def test_distillation_of_a_conv_net_keeps_its_zeros():
     assert result.loss_after < result.loss_before
 
 
+def test_distillation_reads_image_batches_by_index_and_never_lists_them(monkeypatch):
+    """Training views made when read (`ImageBatches`) are indexed, never copied into a list of floats:
+    the result equals a run on the same batches made up front."""
+    import numpy as np
+
+    from sparsecc.data.calibration import ImageBatches
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 4, 8, 8), dtype=np.uint8)
+    lazy = ImageBatches(pixels, {"mean": 0.5, "std": 0.25}, 2)
+    eager = list(lazy)
+    monkeypatch.setattr(ImageBatches, "__iter__", lambda self: pytest.fail("image batches were listed"))
+    dense = conv_program()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    opts = RecoveryOptions("distill", steps=6, lr=1e-3, loss="kl")
+    got = get_method("distill")(sparse, dense, lazy, opts, None)
+    want = get_method("distill")(sparse, dense, eager, opts, None)
+    assert got.history == want.history
+    for fqn, t in want.program.state_dict.items():
+        assert torch.equal(t, got.program.state_dict[fqn]), fqn
+
+
 def test_distillation_of_a_structured_result():
     from sparsecc.flows.structured import prune_structured
 
