@@ -48,7 +48,8 @@ def recover_cmd(
     data: Optional[str] = typer.Option(
         None, "--data", help="Training data: calibration, synthetic, English prose: prose (sentences for "
                              "encoders), paragraphs, wiki (sparsecc.data.prose), or for ImageNet classifiers "
-                             "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps)."),
+                             "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps), "
+                             "gcompris: crops of photos of animals, tools and buildings (sparsecc.data.gcompris)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training samples of every stage."),
     checkpoint_dir: Optional[Path] = typer.Option(
         None, "--checkpoint-dir", metavar="DIR", help="Checkpoints here; a rerun resumes where Ctrl-C stopped."),

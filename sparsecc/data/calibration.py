@@ -37,7 +37,8 @@ from sparsecc.data.lee import lee_background_sentences, lm_windows
 from sparsecc.data.mnist import mnist_digits
 from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
-__all__ = ["ImageBatches", "calibration_inputs", "image_batches", "is_digit_model", "random_crops", "reference_inputs"]
+__all__ = ["ImageBatches", "calibration_inputs", "image_batches", "is_digit_model", "random_crop_pixels", "random_crops",
+           "reference_inputs"]
 
 
 def _kw_keys(spec: Any) -> list[str]:
@@ -45,11 +46,17 @@ def _kw_keys(spec: Any) -> list[str]:
 
 
 def random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
-    """``count`` seeded random-resized crops (30-100% of the area, aspect 3/4-4/3, random flips), float [0, 1]."""
+    """`random_crop_pixels` as floats in [0, 1]."""
+    return random_crop_pixels(images, size, count, seed).astype(np.float32) / 255.0
+
+
+def random_crop_pixels(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
+    """``count`` seeded random-resized crops ``[count, 3, size, size]`` uint8 of RGB ``images`` (30-100% of
+    the area, aspect 3/4-4/3, random flips)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    out = np.empty((count, 3, size, size), dtype=np.float32)
+    out = np.empty((count, 3, size, size), dtype=np.uint8)
     for i in range(count):
         img = images[int(rng.integers(len(images)))]
         h, w = img.shape[:2]
@@ -62,8 +69,7 @@ def random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int)
         else:
             ch, cw = min(h, w), min(h, w)
         y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-        crop = Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR)
-        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        arr = np.asarray(Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR))
         if rng.random() < 0.5:
             arr = arr[:, ::-1]
         out[i] = arr.transpose(2, 0, 1)
@@ -171,7 +177,7 @@ def calibration_inputs(spec: Any, n: int, seq_len: int | None = None, *, batch_s
         bs = batch_size or 8
         size = int(extras["image_size"])
         photos = [photo(p) for p in CALIBRATION_PHOTOS]
-        return image_batches(random_crops(photos, size, n * bs, seed=seed), extras, bs)
+        return image_batches(random_crop_pixels(photos, size, n * bs, seed=seed), extras, bs)
     if task == "image-classification" and is_digit_model(spec):
         bs = batch_size or 8
         images, _ = mnist_digits("calibration")

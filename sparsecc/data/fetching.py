@@ -11,6 +11,7 @@ from sparsecc.data.fashion_mnist import fashion_mnist, fashion_mnist_dir
 from sparsecc.data.lee import fetch_gensim_data
 from sparsecc.data.mnist import fetch_mnist
 from sparsecc.data.photos import photo, photo_names, photos_dir
+from sparsecc.data.gcompris import fetch_gcompris_photos
 from sparsecc.data.stamps import fetch_stamps
 
 __all__ = ["fetch", "main"]
@@ -35,6 +36,7 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
         _Source("photos (scikit-image, scikit-learn, matplotlib)",
                 lambda: [photo(p) for p in photo_names()] and photos_dir()),
         _Source("stamps (Debian tuxpaint-stamps-default; image training data)", fetch_stamps),
+        _Source("gcompris photos (Debian gcompris-qt-data; image training data)", fetch_gcompris_photos),
     ]
     status = {}
     for s in sources:

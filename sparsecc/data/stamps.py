@@ -25,16 +25,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparsecc.data.cache import FETCH_HINT, DataUnavailableError, atomic_write, data_dir, run_tool
+from sparsecc.data.cache import FETCH_HINT, DataUnavailableError, atomic_write, data_dir
+from sparsecc.data.debian import package_files
 
 if TYPE_CHECKING:
     from sparsecc.data.calibration import ImageBatches
@@ -77,31 +75,6 @@ def _pngs_from_folder(folder: Path):
         yield path.relative_to(folder).as_posix(), path.read_bytes()
 
 
-def _pngs_from_package(tmp: Path):
-    """The stamps' PNGs of the ``.deb`` that ``apt-get download`` fetches into ``tmp``."""
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise DataUnavailableError(f"{tool} is not installed (the stamps come from Debian's {STAMPS_DEB})")
-    run_tool(["apt-get", "download", STAMPS_DEB], tmp)
-    debs = sorted(tmp.glob(f"{STAMPS_DEB}_*.deb"))
-    if not debs:
-        raise DataUnavailableError(f"apt-get download {STAMPS_DEB} produced no .deb")
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE)
-    prefix = "./" + STAMPS_DIR.relative_to("/").as_posix() + "/"
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                name = member.name if member.name.startswith("./") else "./" + member.name
-                if member.isfile() and name.startswith(prefix) and name.endswith(".png"):
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        yield name[len(prefix):], f.read()
-    finally:
-        proc.stdout.close()
-        if proc.wait() != 0:
-            raise DataUnavailableError(f"dpkg-deb --fsys-tarfile {debs[0].name} exited with {proc.returncode}")
-
-
 def fetch_stamps() -> Path:
     """Copy the photo stamps into the cache (see the module docstring); returns the cache folder."""
     out = _cache()
@@ -112,7 +85,7 @@ def fetch_stamps() -> Path:
     if env and not folder.is_dir():
         raise DataUnavailableError(f"SPARSECC_STAMPS={env} is not a folder")
     with tempfile.TemporaryDirectory(prefix="sparsecc-stamps-") as tmp:
-        pngs = _pngs_from_folder(folder) if folder else _pngs_from_package(Path(tmp))
+        pngs = _pngs_from_folder(folder) if folder else package_files(STAMPS_DEB, STAMPS_DIR, ".png", Path(tmp))
         kept, seen = [], 0
         for rel, data in pngs:
             seen += 1
@@ -160,7 +133,7 @@ def stamp_pixels(count: int, size: int, seed: int = 0, stamps: list[np.ndarray] 
     """
     from PIL import Image
 
-    from sparsecc.data.calibration import random_crops
+    from sparsecc.data.calibration import random_crop_pixels
     from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
     if count < 1 or size < 8:
@@ -170,14 +143,14 @@ def stamp_pixels(count: int, size: int, seed: int = 0, stamps: list[np.ndarray] 
         raise ValueError("no stamps to composite")
     backgrounds = [photo(p) for p in CALIBRATION_PHOTOS] if backgrounds is None else backgrounds
     rng = np.random.default_rng(seed)
-    scenes = random_crops(backgrounds, size, count, seed=seed + 1)
+    scenes = random_crop_pixels(backgrounds, size, count, seed=seed + 1)
     out = np.empty((count, 3, size, size), dtype=np.uint8)
     for i in range(count):
         if rng.random() < _PLAIN_BACKGROUND:
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             canvas = Image.new("RGB", (size, size), colour)
         else:
-            canvas = Image.fromarray((scenes[i].transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8))
+            canvas = Image.fromarray(np.ascontiguousarray(scenes[i].transpose(1, 2, 0)))
         stamp = Image.fromarray(stamps[int(rng.integers(len(stamps)))])
         if rng.random() < 0.5:
             stamp = stamp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -5,7 +5,9 @@ Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 - ``prose``, ``wiki``, ``paragraphs`` (`sparsecc.data.prose`): text for language
   models and sentence encoders;
 - ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on
-  calibration-photo crops, for ImageNet classifiers.
+  calibration-photo crops, for ImageNet classifiers;
+- ``gcompris`` (`sparsecc.data.gcompris`): random crops of GCompris's photographs of
+  animals, tools and buildings, for ImageNet classifiers.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any
 
 from sparsecc.data.prose import PROSE_SOURCES
 from sparsecc.data.prose import training_inputs as prose_inputs
-from sparsecc.data.stamps import training_images
+from sparsecc.data import gcompris, stamps
 
 __all__ = ["TRAINING_SOURCES", "IMAGE_SOURCES", "training_inputs"]
 
-IMAGE_SOURCES = ("stamps",)
+IMAGE_SOURCES = ("stamps", "gcompris")
+_IMAGE_MAKERS = {"stamps": stamps.training_images, "gcompris": gcompris.training_images}
 TRAINING_SOURCES = PROSE_SOURCES + IMAGE_SOURCES
 
 
@@ -27,7 +30,7 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
     """Training batches ``(args, kwargs)`` of source ``name`` for zoo model ``spec``: ``samples``
     LM windows, or ``samples // batch_size`` batches of sentences, paragraphs or images."""
     if name in IMAGE_SOURCES:
-        return training_images(spec, samples, batch_size, seed)
+        return _IMAGE_MAKERS[name](spec, samples, batch_size, seed)
     if name in PROSE_SOURCES:
         return prose_inputs(spec, name, samples, seq_len, batch_size, seed)
     raise ValueError(f"unknown training data {name!r}; the sources are {', '.join(TRAINING_SOURCES)}, "
