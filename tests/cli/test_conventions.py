@@ -64,6 +64,14 @@ def test_top_level_help_documents_exit_codes_and_global_flags():
         assert flag in text
 
 
+def test_recover_help_names_every_training_source():
+    from sparsecc.data import TRAINING_SOURCES
+
+    text = " ".join(invoke("recover", "--help", columns=200).output.replace("│", " ").split())
+    for name in ("calibration", "synthetic", *TRAINING_SOURCES):
+        assert re.search(rf"\b{name}\b", text), name
+
+
 def test_version():
     res = invoke("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"sparsecc {__version__}"
