@@ -7,15 +7,16 @@ renamed into place, so a killed fetch never leaves half a file behind.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from sparsecc.errors import DependencyError
 
-__all__ = ["DataUnavailableError", "FETCH_HINT", "atomic_write", "data_dir", "run_tool"]
+__all__ = ["DataUnavailableError", "FETCH_HINT", "atomic_write", "cached_index", "data_dir", "run_tool"]
 
 FETCH_HINT = "make data  (or: python -m sparsecc.data fetch)"
 
@@ -56,3 +57,15 @@ def run_tool(cmd: Sequence[str], cwd: Path, timeout: float = 600) -> None:
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
         raise DataUnavailableError(f"`{' '.join(cmd)}` exited with {res.returncode}: {' | '.join(tail)}")
+
+
+def cached_index(folder: Path, fetch: Callable[[], Path], what: str) -> dict[str, Any]:
+    """The ``index.json`` of a cache ``folder`` that ``fetch`` fills (writing the index last), fetched
+    first when missing; a failed fetch says where ``what`` was looked for and the command that gets it."""
+    if not (folder / "index.json").is_file():
+        try:
+            folder = fetch()
+        except DataUnavailableError as e:
+            raise DataUnavailableError(f"{what} are not in {folder} and could not be fetched ({e}); "
+                                       f"run: {FETCH_HINT}") from e
+    return json.loads((folder / "index.json").read_text())

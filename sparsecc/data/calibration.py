@@ -37,17 +37,11 @@ from sparsecc.data.lee import lee_background_sentences, lm_windows
 from sparsecc.data.mnist import mnist_digits
 from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
-__all__ = ["ImageBatches", "calibration_inputs", "image_batches", "is_digit_model", "random_crop_pixels", "random_crops",
-           "reference_inputs"]
+__all__ = ["ImageBatches", "calibration_inputs", "is_digit_model", "random_crop_pixels", "reference_inputs"]
 
 
 def _kw_keys(spec: Any) -> list[str]:
     return list(spec.example_kwargs or {})
-
-
-def random_crops(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
-    """`random_crop_pixels` as floats in [0, 1]."""
-    return random_crop_pixels(images, size, count, seed).astype(np.float32) / 255.0
 
 
 def random_crop_pixels(images: Sequence[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
@@ -106,11 +100,6 @@ class ImageBatches(Sequence):
         x = torch.from_numpy(np.ascontiguousarray(self.pixels[i * self.batch_size:(i + 1) * self.batch_size]))
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         return (((x - self.mean) / self.std,), {})
-
-
-def image_batches(pixels: np.ndarray, extras: dict[str, Any], batch_size: int) -> ImageBatches:
-    """``pixels`` (uint8, or floats in [0, 1]) as normalized batches of ``batch_size``, each made when read."""
-    return ImageBatches(pixels, extras, batch_size)
 
 
 def _fresh_like(template: Any, seed: int) -> Any:
@@ -177,14 +166,14 @@ def calibration_inputs(spec: Any, n: int, seq_len: int | None = None, *, batch_s
         bs = batch_size or 8
         size = int(extras["image_size"])
         photos = [photo(p) for p in CALIBRATION_PHOTOS]
-        return image_batches(random_crop_pixels(photos, size, n * bs, seed=seed), extras, bs)
+        return ImageBatches(random_crop_pixels(photos, size, n * bs, seed=seed), extras, bs)
     if task == "image-classification" and is_digit_model(spec):
         bs = batch_size or 8
         images, _ = mnist_digits("calibration")
         if n * bs > len(images):
             raise ValueError(f"asked for {n} batches of {bs} digits; {len(images)} calibration digits exist")
         order = np.random.default_rng(seed).permutation(len(images))[: n * bs]
-        return image_batches(images[order][:, None], extras, bs)
+        return ImageBatches(images[order][:, None], extras, bs)
     return reference_inputs(spec, n, seq_len, batch_size, seed)
 
 

@@ -10,8 +10,8 @@ from sparsecc.data.cache import DataUnavailableError, data_dir
 from sparsecc.data.fashion_mnist import fashion_mnist, fashion_mnist_dir
 from sparsecc.data.lee import fetch_gensim_data
 from sparsecc.data.mnist import fetch_mnist
-from sparsecc.data.photos import photo, photo_names, photos_dir
 from sparsecc.data.gcompris import fetch_gcompris_photos
+from sparsecc.data.photos import photo, photo_names, photos_dir
 from sparsecc.data.stamps import fetch_stamps
 
 __all__ = ["fetch", "main"]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from sparsecc.data.cache import FETCH_HINT, DataUnavailableError, atomic_write, data_dir
+from sparsecc.data.cache import DataUnavailableError, atomic_write, cached_index, data_dir
 from sparsecc.data.debian import package_files
 
 if TYPE_CHECKING:
@@ -179,20 +179,14 @@ def fetch_gcompris_photos() -> Path:
 def gcompris_photos() -> list[np.ndarray]:
     """The cached photographs, RGB ``[H, W, 3]`` uint8, fetched first when missing."""
     folder = _cache()
-    if not (folder / "index.json").is_file():
-        try:
-            folder = fetch_gcompris_photos()
-        except DataUnavailableError as e:
-            raise DataUnavailableError(f"the GCompris photographs are not in {folder} and could not be fetched "
-                                       f"({e}); run: {FETCH_HINT}") from e
-    index = json.loads((folder / "index.json").read_text())
+    index = cached_index(folder, fetch_gcompris_photos, "the GCompris photographs")
     return [_decode((folder / p["file"]).read_bytes()) for p in index["photos"]]
 
 
 def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> ImageBatches:
     """``samples // batch_size`` batches of seeded random-resized crops of the photographs for an ImageNet
     classifier ``spec`` (``extras['image_size']``), normalized with its mean and std as each batch is read."""
-    from sparsecc.data.calibration import image_batches, random_crop_pixels
+    from sparsecc.data.calibration import ImageBatches, random_crop_pixels
 
     extras = getattr(spec, "extras", {}) or {}
     if getattr(spec, "task", "") != "image-classification" or "image_size" not in extras:
@@ -200,4 +194,4 @@ def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0)
                          f"{getattr(spec, 'name', '?')!r} (task {getattr(spec, 'task', '')!r}) has no image_size")
     n = max(1, samples // batch_size)
     pixels = random_crop_pixels(gcompris_photos(), int(extras["image_size"]), n * batch_size, seed=seed)
-    return image_batches(pixels, extras, batch_size)
+    return ImageBatches(pixels, extras, batch_size)

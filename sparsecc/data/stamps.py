@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparsecc.data.cache import FETCH_HINT, DataUnavailableError, atomic_write, data_dir
+from sparsecc.data.cache import DataUnavailableError, atomic_write, cached_index, data_dir
 from sparsecc.data.debian import package_files
 
 if TYPE_CHECKING:
@@ -109,13 +109,7 @@ def fetch_stamps() -> Path:
 def stamp_photos() -> list[np.ndarray]:
     """The photo stamps as uint8 RGBA ``[H, W, 4]``, in the index's (sorted) order."""
     folder = _cache()
-    if not (folder / "index.json").is_file():
-        try:
-            fetch_stamps()
-        except DataUnavailableError as e:
-            raise DataUnavailableError(f"the Tux Paint stamps are not in {folder} and could not be fetched "
-                                       f"({e}); run: {FETCH_HINT}") from e
-    index = json.loads((folder / "index.json").read_text())
+    index = cached_index(folder, fetch_stamps, "the Tux Paint stamps")
     return [_decode((folder / s["file"]).read_bytes()) for s in index["stamps"]]
 
 
@@ -166,11 +160,11 @@ def stamp_pixels(count: int, size: int, seed: int = 0, stamps: list[np.ndarray] 
 def training_images(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> ImageBatches:
     """``samples // batch_size`` batches of `stamp_pixels` for an ImageNet classifier ``spec``
     (``extras['image_size']``), normalized with its mean and std as each batch is read."""
-    from sparsecc.data.calibration import image_batches
+    from sparsecc.data.calibration import ImageBatches
 
     extras = getattr(spec, "extras", {}) or {}
     if getattr(spec, "task", "") != "image-classification" or "image_size" not in extras:
         raise ValueError(f"training data 'stamps' is photos for ImageNet classifiers; model "
                          f"{getattr(spec, 'name', '?')!r} (task {getattr(spec, 'task', '')!r}) has no image_size")
     n = max(1, samples // batch_size)
-    return image_batches(stamp_pixels(n * batch_size, int(extras["image_size"]), seed=seed), extras, batch_size)
+    return ImageBatches(stamp_pixels(n * batch_size, int(extras["image_size"]), seed=seed), extras, batch_size)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsecc.data import gcompris, stamps
 from sparsecc.data.prose import PROSE_SOURCES
 from sparsecc.data.prose import training_inputs as prose_inputs
-from sparsecc.data import gcompris, stamps
 
 __all__ = ["TRAINING_SOURCES", "IMAGE_SOURCES", "training_inputs"]
 
-IMAGE_SOURCES = ("stamps", "gcompris")
 _IMAGE_MAKERS = {"stamps": stamps.training_images, "gcompris": gcompris.training_images}
+IMAGE_SOURCES = tuple(_IMAGE_MAKERS)
 TRAINING_SOURCES = PROSE_SOURCES + IMAGE_SOURCES
 
 

@@ -206,21 +206,21 @@ def test_image_batches_normalize_when_read_as_the_whole_array_would():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (7, 3, 5, 5), dtype=np.uint8)
     extras = {"mean": 0.45, "std": 0.22}
-    batches = calibration.image_batches(pixels, extras, 3)
+    batches = calibration.ImageBatches(pixels, extras, 3)
     assert len(batches) == 3 and [tuple(a[0].shape) for a, _ in batches] == [(3, 3, 5, 5)] * 2 + [(1, 3, 5, 5)]
     want = (pixels.astype(np.float32) / 255.0 - np.float32(0.45)) / np.float32(0.22)  # the eager formula
     got = torch.cat([a[0] for a, _ in batches]).numpy()
     np.testing.assert_array_equal(got, want)  # the same float32 operations: bit for bit
-    floats = calibration.image_batches(pixels.astype(np.float32) / 255.0, extras, 3)
+    floats = calibration.ImageBatches(pixels.astype(np.float32) / 255.0, extras, 3)
     assert all(torch.equal(a[0], b[0]) for (a, _), (b, _) in zip(floats, batches))
     assert batches[-1][0][0].shape[0] == 1 and len(batches[:2]) == 2 and batches[1:][0][1] == {}
     assert pixels.dtype == np.uint8 and batches.pixels is pixels  # never copied or changed in place
     with pytest.raises(IndexError, match="batch 3 of 3"):
         batches[3]
     with pytest.raises(ValueError, match="uint8 or floats"):
-        calibration.image_batches(pixels.astype(np.int32), extras, 3)
+        calibration.ImageBatches(pixels.astype(np.int32), extras, 3)
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        calibration.image_batches(pixels[0], extras, 3)
+        calibration.ImageBatches(pixels[0], extras, 3)
 
 
 def test_calibration_inputs_bad_n():
