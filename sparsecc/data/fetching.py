@@ -12,6 +12,7 @@ from sparsecc.data.lee import fetch_gensim_data
 from sparsecc.data.mnist import fetch_mnist
 from sparsecc.data.gcompris import fetch_gcompris_photos
 from sparsecc.data.photos import photo, photo_names, photos_dir
+from sparsecc.data.prose import fetch_prose
 from sparsecc.data.stamps import fetch_stamps
 
 __all__ = ["fetch", "main"]
@@ -37,6 +38,7 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
                 lambda: [photo(p) for p in photo_names()] and photos_dir()),
         _Source("stamps (Debian tuxpaint-stamps-default; image training data)", fetch_stamps),
         _Source("gcompris photos (Debian gcompris-qt-data; image training data)", fetch_gcompris_photos),
+        _Source("prose (Wikipedia articles from the gensim wheel; text training data)", fetch_prose),
     ]
     status = {}
     for s in sources:
@@ -54,7 +56,7 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsecc.data",
-                                     description="Fetch sparsecc's offline evaluation data into its cache.")
+                                     description="Fetch sparsecc's offline evaluation and training data into its cache.")
     parser.add_argument("command", choices=["fetch", "where"], help="fetch: fill the cache; where: print the cache folder")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a data set is missing")
     args = parser.parse_args(argv)

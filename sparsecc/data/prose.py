@@ -37,7 +37,7 @@ similarity) and the second half of ``lee_background`` (perplexity) share no
 sentence with `training_text` (tests/data/test_prose.py checks it).
 
 Cache: the bz2 file and the cleaned text under ``data_dir()/prose/``;
-``python -m sparsecc.data.prose fetch`` (part of ``make data``) fills it.
+``python -m sparsecc.data fetch`` (part of ``make data``) fills it.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from sparsecc.data import DataUnavailableError, data_dir, lee_background_sentences, lee_background_text, lm_tokens
+from sparsecc.data.cache import DataUnavailableError, data_dir
+from sparsecc.data.lee import lee_background_sentences, lee_background_text, lm_tokens
 
 __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "training_text",
            "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "PROSE_SOURCES"]
@@ -301,19 +302,3 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
                                   return_tensors="pt")
         out.append(((), {k: enc[k] for k in keys if k in enc}))
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args != ["fetch"]:
-        print("usage: python -m sparsecc.data.prose fetch", file=sys.stderr)
-        return 2
-    path = fetch_prose()
-    articles = wiki_articles()
-    words = sum(len(body.split()) for _, body in articles)
-    print(f"prose: {path} -> {len(articles)} articles, {words:,} words")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -88,7 +88,7 @@ class RecoveryResult:
     loss_before: float
     loss_after: float
     seconds: float
-    tokens: int  # training tokens (or samples) consumed
+    tokens: int  # real training tokens (padding left out), or samples for image models
     history: list[float]
     details: dict[str, Any]
 
@@ -228,11 +228,15 @@ def program_with_weights(program: ExportedProgram, state: Mapping[str, torch.Ten
 
 
 def batch_tokens(batch: Batch) -> int:
-    """Tokens in a batch (the ``input_ids`` / first integer tensor's size), else samples (axis 0)."""
+    """Real tokens in a batch (the ones of its ``attention_mask``: padding is not training text; without a
+    mask the ``input_ids`` / first integer tensor's size), else samples (axis 0)."""
     args, kwargs = batch
     leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     ids = kwargs.get("input_ids") if isinstance(kwargs, Mapping) else None
     if isinstance(ids, torch.Tensor):
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+            return int((mask != 0).sum())
         return int(ids.numel())
     ints = [t for t in leaves if not t.is_floating_point() and t.dim() >= 1]
     if ints:

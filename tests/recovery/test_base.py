@@ -14,6 +14,7 @@ from sparsecc.recovery import RecoveryOptions, available_methods, get_method, ma
 from sparsecc.recovery.base import (
     TrainingLoop,
     assert_zeros_kept,
+    batch_tokens,
     load_checkpoint,
     program_with_weights,
     save_checkpoint,
@@ -119,3 +120,11 @@ def test_a_checkpoint_from_other_options_is_refused(tmp_path):
     other, step2, _ = _loop(tmp_path, steps=4)
     with pytest.raises(UsageError, match="other recovery options"):
         other.run(step2)
+
+
+def test_batch_tokens_counts_real_tokens_not_padding_and_samples_for_images():
+    ids = torch.ones(3, 5, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    assert batch_tokens(((), {"input_ids": ids, "attention_mask": mask})) == 8
+    assert batch_tokens(((), {"input_ids": ids})) == 15  # no mask: every position is a token
+    assert batch_tokens(((torch.zeros(4, 3, 8, 8),), {})) == 4  # images: samples
