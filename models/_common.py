@@ -1,12 +1,14 @@
-"""Helpers shared by the zoo builders: named dynamic dims, seeded building."""
+"""Helpers shared by the zoo builders: named dynamic dims, seeded building, the small CNNs' spec."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.export import Dim
+
+from .base import ModelSpec
 
 # Dim names become the dynamic axis names in ONNX, so every model uses the same two.
 BATCH_MAX = 64
@@ -65,3 +67,19 @@ def token_inputs(
     if pad_last and batch > 1:
         mask[-1, max(1, seq // 2) :] = 0
     return ids, mask
+
+
+def random_cnn_spec(name: str, build: Callable[[], torch.nn.Module], seed: int, description: str) -> ModelSpec:
+    """A seeded random-weight CNN on ``[batch, 3, 32, 32]`` images (BatchNorm statistics randomized,
+    eval mode), its inputs drawn from ``seed + batch``."""
+    with seeded(seed):
+        model = build()
+    randomize_batchnorm(model, generator(seed + 1))
+    model.eval()
+
+    def make_inputs(batch: int, seq: int = 0):
+        return (torch.randn(batch, 3, 32, 32, generator=generator(seed + batch)),), {}
+
+    args, _ = make_inputs(2)
+    return ModelSpec(name=name, model=model, example_args=args, dynamic_shapes=({0: batch_dim()},),
+                     description=description, make_inputs=make_inputs, task="image-classification")

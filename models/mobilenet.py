@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import batch_dim, generator, randomize_batchnorm, seeded
+from ._common import random_cnn_spec
 from .base import ModelSpec
 
 __all__ = ["InvertedResidual", "MobileNetV2", "build_mobilenet"]
@@ -63,21 +63,4 @@ class MobileNetV2(nn.Module):
 
 def build_mobilenet(seed: int = 0) -> ModelSpec:
     """MobileNetV2-style CNN (5 inverted residual blocks); input [batch, 3, 32, 32]."""
-    with seeded(seed):
-        model = MobileNetV2()
-    randomize_batchnorm(model, generator(seed + 1))
-    model.eval()
-
-    def make_inputs(batch: int, seq: int = 0):
-        return (torch.randn(batch, 3, 32, 32, generator=generator(seed + batch)),), {}
-
-    args, _ = make_inputs(2)
-    return ModelSpec(
-        name="mobilenet",
-        model=model,
-        example_args=args,
-        dynamic_shapes=({0: batch_dim()},),
-        description="MobileNetV2-style CNN: inverted residuals with depthwise 3x3, ReLU6",
-        make_inputs=make_inputs,
-        task="image-classification",
-    )
+    return random_cnn_spec("mobilenet", MobileNetV2, seed, "MobileNetV2-style CNN: inverted residuals with depthwise 3x3, ReLU6")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import batch_dim, generator, randomize_batchnorm, seeded
+from ._common import random_cnn_spec
 from .base import ModelSpec
 
 __all__ = ["BasicBlock", "ResNet", "build_resnet"]
@@ -61,21 +61,4 @@ class ResNet(nn.Module):
 
 def build_resnet(seed: int = 0) -> ModelSpec:
     """ResNet-style CNN, blocks 16 -> 32 (stride 2, 1x1 projection) -> 32; input [batch, 3, 32, 32]."""
-    with seeded(seed):
-        model = ResNet()
-    randomize_batchnorm(model, generator(seed + 1))
-    model.eval()
-
-    def make_inputs(batch: int, seq: int = 0):
-        return (torch.randn(batch, 3, 32, 32, generator=generator(seed + batch)),), {}
-
-    args, _ = make_inputs(2)
-    return ModelSpec(
-        name="resnet",
-        model=model,
-        example_args=args,
-        dynamic_shapes=({0: batch_dim()},),
-        description="ResNet-style CNN: stem + 3 basic blocks (one downsampling), 32x32 input",
-        make_inputs=make_inputs,
-        task="image-classification",
-    )
+    return random_cnn_spec("resnet", ResNet, seed, "ResNet-style CNN: stem + 3 basic blocks (one downsampling), 32x32 input")
