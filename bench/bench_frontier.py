@@ -234,19 +234,46 @@ def plot(record: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    points = []
     for r in record["rows"]:
         y = r["metrics"].get(record["metric"], float("nan"))
         dense = r["variant"].startswith("dense")
         ax.scatter(r["speedup_vs_fastest_dense"], y, marker="s" if dense else "o", s=40)
-        ax.annotate(r["variant"], (r["speedup_vs_fastest_dense"], y), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        points.append((r["variant"], r["speedup_vs_fastest_dense"], y))
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"speed-up against the fastest dense build ({record['fastest_dense']})")
     ax.set_ylabel(record["metric"])
     ax.set_title(f"{record['model']}: quality against latency (batch 1, {record['settings']['seq']} tokens)")
+    ax.margins(x=0.1, y=0.1)  # room for labels at the edges
     fig.tight_layout()
+    _place_labels(fig, ax, points)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# Label offsets (points) tried in turn; the first whose box overlaps no placed label is taken.
+_LABEL_SPOTS = [(4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right"), (4, 12, "left"),
+                (-4, 12, "right"), (4, -19, "left"), (-4, -19, "right"), (4, 21, "left"), (-4, -28, "right")]
+
+
+def _place_labels(fig: Any, ax: Any, points: list[tuple[str, float, float]]) -> None:
+    """Label every point where its text overlaps no label placed before it (points close together
+    otherwise print their names on top of each other); the last spot is kept when none is free."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for name, x, y in sorted(points, key=lambda p: (p[1], -p[2])):
+        for dx, dy, ha in _LABEL_SPOTS:
+            lead = None if (dx, dy) == (4, 3) else {"arrowstyle": "-", "lw": 0.4, "color": "grey"}
+            text = ax.annotate(name, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha,
+                               arrowprops=lead)
+            box = text.get_window_extent(renderer).expanded(1.02, 1.1)
+            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
+                ax.get_window_extent(renderer).contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(b) for b in placed):
+                break
+            if (dx, dy, ha) != _LABEL_SPOTS[-1]:
+                text.remove()
+        placed.append(box)
 
 
 if __name__ == "__main__":
