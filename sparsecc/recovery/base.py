@@ -59,6 +59,7 @@ __all__ = [
     "trainable_copy",
     "program_with_weights",
     "batch_tokens",
+    "batch_unit",
     "TrainingLoop",
     "save_checkpoint",
     "load_checkpoint",
@@ -227,6 +228,13 @@ def program_with_weights(program: ExportedProgram, state: Mapping[str, torch.Ten
     return editor.finish()
 
 
+def batch_unit(batch: Batch) -> str:
+    """What `batch_tokens` counts in such a batch: ``"tok"`` (token ids) or ``"samples"`` (images, features)."""
+    args, kwargs = batch
+    leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    return "tok" if any(not t.is_floating_point() and t.dim() >= 1 for t in leaves) else "samples"
+
+
 def batch_tokens(batch: Batch) -> int:
     """Real tokens in a batch (the ones of its ``attention_mask``: padding is not training text; without a
     mask the ``input_ids`` / first integer tensor's size), else samples (axis 0)."""
@@ -340,13 +348,14 @@ class TrainingLoop:
                  n_batches: int, *, name: str, steps: int | None = None,
                  progress: Callable[[str], None] | None = None,
                  state: Callable[[], dict[str, Any]] | None = None,
-                 load_state: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 load_state: Callable[[dict[str, Any]], None] | None = None, unit: str = "tok") -> None:
         if n_batches < 1:
             raise RecoveryError(f"{name}: no training batches")
         self.options, self.module, self.optimizer = options, module, optimizer
         self.n_batches, self.name = n_batches, name
         self.steps = options.steps if steps is None else steps
         self.progress, self._state, self._load_state = progress, state, load_state
+        self.unit = unit  # what the step function's counts are, for the rate in progress lines
         self.step = 0
         self.history: list[float] = []
         self.tokens = 0
@@ -426,7 +435,7 @@ class TrainingLoop:
                     rate = self.tokens / self.seconds if self.seconds else 0.0
                     left = elapsed / done_here * (self.steps - self.step)
                     self._say(f"{self.name}: step {self.step}/{self.steps} loss {loss:.4g} "
-                              f"{rate:,.0f} tok/s, {_fmt_seconds(left)} left")
+                              f"{rate:,.0f} {self.unit}/s, {_fmt_seconds(left)} left")
         if self.path is not None:
             self.save()  # finished: a rerun with the same options returns at once
         return self.history

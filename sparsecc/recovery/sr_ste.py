@@ -47,6 +47,7 @@ from sparsecc.recovery.base import (
     TrainingLoop,
     assert_zeros_kept,
     batch_tokens,
+    batch_unit,
     register_method,
     trainable_copy,
     batch_sequence,
@@ -181,7 +182,7 @@ def sr_ste(program, teacher, batches, options, progress=None):
         opt.step()
         return float(loss.detach()), batch_tokens(batches[b])
 
-    loop = TrainingLoop(options, model, opt, len(batches), name="sr-ste", progress=progress,
+    loop = TrainingLoop(options, model, opt, len(batches), name="sr-ste", progress=progress, unit=batch_unit(batches[0]),
                         state=lambda: {"masks": dict(masks)}, load_state=lambda d: masks.update(d["masks"]))
     history = loop.run(step)
     final_w = {f: p.detach().clone() for f, p in zip(fqns, model.dense)}

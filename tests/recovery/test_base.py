@@ -15,6 +15,7 @@ from sparsecc.recovery.base import (
     TrainingLoop,
     assert_zeros_kept,
     batch_tokens,
+    batch_unit,
     load_checkpoint,
     program_with_weights,
     save_checkpoint,
@@ -128,3 +129,5 @@ def test_batch_tokens_counts_real_tokens_not_padding_and_samples_for_images():
     assert batch_tokens(((), {"input_ids": ids, "attention_mask": mask})) == 8
     assert batch_tokens(((), {"input_ids": ids})) == 15  # no mask: every position is a token
     assert batch_tokens(((torch.zeros(4, 3, 8, 8),), {})) == 4  # images: samples
+    assert batch_unit(((), {"input_ids": ids})) == "tok"
+    assert batch_unit(((torch.zeros(4, 3, 8, 8),), {})) == "samples"
