@@ -49,7 +49,8 @@ def recover_cmd(
         None, "--data", help="Training data: calibration, synthetic, English prose: prose (sentences for "
                              "encoders), paragraphs, wiki (sparsecc.data.prose), or for ImageNet classifiers "
                              "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps), "
-                             "gcompris: crops of photos of animals, tools and buildings (sparsecc.data.gcompris)."),
+                             "gcompris: crops of photos of animals, tools and buildings (sparsecc.data.gcompris), "
+                             "gcompris-mix: those crops blended in pairs (mixup)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training samples of every stage."),
     checkpoint_dir: Optional[Path] = typer.Option(
         None, "--checkpoint-dir", metavar="DIR", help="Checkpoints here; a rerun resumes where Ctrl-C stopped."),

@@ -37,7 +37,8 @@ from sparsecc.data.lee import lee_background_sentences, lm_windows
 from sparsecc.data.mnist import mnist_digits
 from sparsecc.data.photos import CALIBRATION_PHOTOS, photo
 
-__all__ = ["ImageBatches", "calibration_inputs", "is_digit_model", "random_crop_pixels", "reference_inputs"]
+__all__ = ["ImageBatches", "calibration_inputs", "is_digit_model", "mixup_pixels", "random_crop_pixels",
+           "reference_inputs"]
 
 
 def _kw_keys(spec: Any) -> list[str]:
@@ -67,6 +68,24 @@ def random_crop_pixels(images: Sequence[np.ndarray], size: int, count: int, seed
         if rng.random() < 0.5:
             arr = arr[:, ::-1]
         out[i] = arr.transpose(2, 0, 1)
+    return out
+
+
+def mixup_pixels(pixels: np.ndarray, seed: int) -> np.ndarray:
+    """Each uint8 view ``[N, C, H, W]`` blended with another view of the set, ``l * a + (1 - l) * b`` with
+    ``l ~ U(0, 1)`` (seeded): images no photograph shows, on which a teacher's answers are softer, so
+    that a student distilled from few photographs matches the teacher's whole function, not only its
+    answers on those photographs (Beyer et al., "Knowledge distillation: A good teacher is patient and
+    consistent", 2022)."""
+    rng = np.random.default_rng(seed)
+    partner = rng.permutation(len(pixels))
+    weight = rng.uniform(0.0, 1.0, size=len(pixels)).astype(np.float32)
+    out = np.empty_like(pixels)
+    for i in range(0, len(pixels), 256):  # in chunks: the float copy of thousands of views would be GBs
+        j = slice(i, i + 256)
+        w = weight[j, None, None, None]
+        mixed = w * pixels[j].astype(np.float32) + (1.0 - w) * pixels[partner[j]].astype(np.float32)
+        out[j] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     return out
 
 

@@ -7,7 +7,10 @@ Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 - ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on
   calibration-photo crops, for ImageNet classifiers;
 - ``gcompris`` (`sparsecc.data.gcompris`): random crops of GCompris's photographs of
-  animals, tools and buildings, for ImageNet classifiers.
+  animals, tools and buildings, for ImageNet classifiers;
+- ``gcompris-mix``: the same crops blended pairwise (mixup,
+  `sparsecc.data.calibration.mixup_pixels`): more distinct images from the same
+  247 photographs.
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ from __future__ import annotations
 from typing import Any
 
 from sparsecc.data import gcompris, stamps
+from sparsecc.data.calibration import ImageBatches, mixup_pixels
 from sparsecc.data.prose import PROSE_SOURCES
 from sparsecc.data.prose import training_inputs as prose_inputs
 
 __all__ = ["TRAINING_SOURCES", "IMAGE_SOURCES", "training_inputs"]
 
-_IMAGE_MAKERS = {"stamps": stamps.training_images, "gcompris": gcompris.training_images}
+def _mixed(make):
+    """An image source whose views are blended pairwise (`calibration.mixup_pixels`)."""
+    def make_mixed(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> ImageBatches:
+        views = make(spec, samples, batch_size, seed)
+        return ImageBatches(mixup_pixels(views.pixels, seed + 7), {"mean": views.mean, "std": views.std},
+                            views.batch_size)
+    return make_mixed
+
+
+_IMAGE_MAKERS = {"stamps": stamps.training_images, "gcompris": gcompris.training_images,
+                 "gcompris-mix": _mixed(gcompris.training_images)}
 IMAGE_SOURCES = tuple(_IMAGE_MAKERS)
 TRAINING_SOURCES = PROSE_SOURCES + IMAGE_SOURCES
 

@@ -142,3 +142,25 @@ def test_training_inputs_are_seeded_crops_kept_8_bit(rcc_folder):
     text_model = SimpleNamespace(name="minilm", task="feature-extraction", extras={})
     with pytest.raises(ValueError, match="minilm.*image_size"):
         training_inputs(text_model, "gcompris", samples=8)
+
+
+def test_mixed_views_blend_two_crops_of_the_same_set(rcc_folder):
+    spec = SimpleNamespace(name="tiny-imagenet-net", task="image-classification",
+                           extras={"image_size": 32, "mean": 0.5, "std": 0.25})
+    crops = training_inputs(spec, "gcompris", samples=16, batch_size=4, seed=3).pixels
+    mixed = training_inputs(spec, "gcompris-mix", samples=16, batch_size=4, seed=3)
+    assert mixed.pixels.dtype == np.uint8 and mixed.pixels.shape == crops.shape
+    assert (mixed.mean, mixed.std) == (0.5, 0.25)
+    assert np.array_equal(mixed.pixels, training_inputs(spec, "gcompris-mix", samples=16, batch_size=4,
+                                                        seed=3).pixels)
+    # every mixed view is l * a + (1 - l) * b of its own crop a and one other crop b, to rounding
+    a = crops.astype(np.float64)
+    m = mixed.pixels.astype(np.float64)
+    for i in range(len(crops)):
+        fits = []
+        for j in range(len(crops)):
+            d = a[i] - a[j]
+            lam = float((d * (m[i] - a[j])).sum() / max((d * d).sum(), 1e-9)) if j != i else 1.0
+            fits.append(np.abs(lam * a[i] + (1 - lam) * a[j] - m[i]).max() if 0 <= lam <= 1 else np.inf)
+        assert min(fits) <= 1.0, f"view {i} is no blend of two crops"  # rounding, and l fitted
+    assert not np.array_equal(mixed.pixels, crops)
