@@ -15,7 +15,7 @@ Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from sparsecc.data import gcompris, stamps
 from sparsecc.data.calibration import ImageBatches, mixup_pixels
@@ -24,8 +24,10 @@ from sparsecc.data.prose import training_inputs as prose_inputs
 
 __all__ = ["TRAINING_SOURCES", "IMAGE_SOURCES", "training_inputs"]
 
-def _mixed(make):
+
+def _mixed(make: Callable[..., ImageBatches]) -> Callable[..., ImageBatches]:
     """An image source whose views are blended pairwise (`calibration.mixup_pixels`)."""
+
     def make_mixed(spec: Any, samples: int, batch_size: int = 8, seed: int = 0) -> ImageBatches:
         views = make(spec, samples, batch_size, seed)
         return ImageBatches(mixup_pixels(views.pixels, seed + 7), {"mean": views.mean, "std": views.std},
