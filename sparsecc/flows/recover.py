@@ -35,7 +35,7 @@ from sparsecc.errors import UsageError
 from sparsecc.passes.quantize_weights import QuantizeWeightsPass, quant_info
 from sparsecc.plan.quantize_options import QuantizeOptions
 from sparsecc.plan.recovery_options import RecoveryOptions
-from sparsecc.recovery.base import Batch, RecoveryResult, assert_zeros_kept, get_method, masks_of
+from sparsecc.recovery.base import Batch, RecoveryResult, assert_zeros_kept, batch_unit, get_method, masks_of
 
 __all__ = ["RecoveryRun", "recover", "training_batches", "join_batches"]
 
@@ -152,8 +152,9 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
             **result.summary(), "data": label, "batches": len(data),
             "options": {k: v for k, v in opts.to_dict().items() if k not in ("method", "checkpoint_dir")},
         })
+        unit = "tokens" if not data or batch_unit(data[0]) == "tok" else "samples"
         say(f"recovery {opts.method}: loss {result.loss_before:.4g} -> {result.loss_after:.4g} "
-            f"in {result.seconds:.1f}s ({result.tokens} tokens)")
+            f"in {result.seconds:.1f}s ({result.tokens} {unit})")
     run.program = _back_on_int8_grid(run.program, say)
     run.seconds = time.perf_counter() - t_all
     return run
