@@ -260,19 +260,18 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[str, float, float]]) -> 
     """Label every point where its text overlaps no label placed before it (points close together
     otherwise print their names on top of each other); the last spot is kept when none is free."""
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed = []
     for name, x, y in sorted(points, key=lambda p: (p[1], -p[2])):
-        for dx, dy, ha in _LABEL_SPOTS:
-            lead = None if (dx, dy) == (4, 3) else {"arrowstyle": "-", "lw": 0.4, "color": "grey"}
+        for k, (dx, dy, ha) in enumerate(_LABEL_SPOTS):
+            lead = None if k == 0 else {"arrowstyle": "-", "lw": 0.4, "color": "grey"}
             text = ax.annotate(name, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha,
                                arrowprops=lead)
             box = text.get_window_extent(renderer).expanded(1.02, 1.1)
-            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
-                ax.get_window_extent(renderer).contains(box.x1, box.y1)
-            if inside and not any(box.overlaps(b) for b in placed):
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if (inside and not any(box.overlaps(b) for b in placed)) or k == len(_LABEL_SPOTS) - 1:
                 break
-            if (dx, dy, ha) != _LABEL_SPOTS[-1]:
-                text.remove()
+            text.remove()
         placed.append(box)
 
 

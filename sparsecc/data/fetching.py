@@ -12,7 +12,7 @@ from sparsecc.data.lee import fetch_gensim_data
 from sparsecc.data.mnist import fetch_mnist
 from sparsecc.data.gcompris import fetch_gcompris_photos
 from sparsecc.data.photos import photo, photo_names, photos_dir
-from sparsecc.data.prose import fetch_prose
+from sparsecc.data.prose import fetch_prose, wiki_articles
 from sparsecc.data.stamps import fetch_stamps
 
 __all__ = ["fetch", "main"]
@@ -38,7 +38,9 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
                 lambda: [photo(p) for p in photo_names()] and photos_dir()),
         _Source("stamps (Debian tuxpaint-stamps-default; image training data)", fetch_stamps),
         _Source("gcompris photos (Debian gcompris-qt-data; image training data)", fetch_gcompris_photos),
-        _Source("prose (Wikipedia articles from the gensim wheel; text training data)", fetch_prose),
+        # the cleaned articles are cached too, so a first training run does not parse 6 MB of markup
+        _Source("prose (Wikipedia articles from the gensim wheel; text training data)",
+                lambda: wiki_articles() and fetch_prose()),
     ]
     status = {}
     for s in sources:

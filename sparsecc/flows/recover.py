@@ -152,9 +152,8 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
             **result.summary(), "data": label, "batches": len(data),
             "options": {k: v for k, v in opts.to_dict().items() if k not in ("method", "checkpoint_dir")},
         })
-        unit = "tokens" if not data or batch_unit(data[0]) == "tok" else "samples"
         say(f"recovery {opts.method}: loss {result.loss_before:.4g} -> {result.loss_after:.4g} "
-            f"in {result.seconds:.1f}s ({result.tokens} {unit})")
+            f"in {result.seconds:.1f}s ({result.tokens} {'tokens' if batch_unit(data[0]) == 'tok' else 'samples'})")
     run.program = _back_on_int8_grid(run.program, say)
     run.seconds = time.perf_counter() - t_all
     return run

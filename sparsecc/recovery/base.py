@@ -37,7 +37,7 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc.core.ir import get_node_info
-from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor
+from sparsecc.core.program import ProgramEditor, placeholders_by_target, state_tensor, tensor_leaves
 from sparsecc.errors import SparseccError, UsageError, VerificationError
 from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # parsed with the recipe, below this layer
 
@@ -228,27 +228,29 @@ def program_with_weights(program: ExportedProgram, state: Mapping[str, torch.Ten
     return editor.finish()
 
 
+def _id_tensors(batch: Batch) -> list[torch.Tensor]:
+    return [t for t in tensor_leaves(batch) if not t.is_floating_point() and t.dim() >= 1]
+
+
 def batch_unit(batch: Batch) -> str:
-    """What `batch_tokens` counts in such a batch: ``"tok"`` (token ids) or ``"samples"`` (images, features)."""
-    args, kwargs = batch
-    leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    return "tok" if any(not t.is_floating_point() and t.dim() >= 1 for t in leaves) else "samples"
+    """What `batch_tokens` counts in such a batch: ``"tok"`` (it has token ids) or ``"samples"``."""
+    return "tok" if _id_tensors(batch) else "samples"
 
 
 def batch_tokens(batch: Batch) -> int:
     """Real tokens in a batch (the ones of its ``attention_mask``: padding is not training text; without a
     mask the ``input_ids`` / first integer tensor's size), else samples (axis 0)."""
-    args, kwargs = batch
-    leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    kwargs = batch[1]
     ids = kwargs.get("input_ids") if isinstance(kwargs, Mapping) else None
     if isinstance(ids, torch.Tensor):
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
             return int((mask != 0).sum())
         return int(ids.numel())
-    ints = [t for t in leaves if not t.is_floating_point() and t.dim() >= 1]
+    ints = _id_tensors(batch)
     if ints:
         return int(ints[0].numel())
+    leaves = tensor_leaves(batch)
     return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
 
 
@@ -355,7 +357,7 @@ class TrainingLoop:
         self.n_batches, self.name = n_batches, name
         self.steps = options.steps if steps is None else steps
         self.progress, self._state, self._load_state = progress, state, load_state
-        self.unit = unit  # what the step function's counts are, for the rate in progress lines
+        self.unit = unit  # what the step function counts (`batch_unit`), for the rate in progress lines
         self.step = 0
         self.history: list[float] = []
         self.tokens = 0

@@ -317,7 +317,8 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
         apply_masks_(module, masks)  # weight decay and Adam's moments must not revive a pruned entry
         return float(loss.detach()), batch_tokens(batches[b])
 
-    loop = TrainingLoop(options, module, opt, len(batches), name="distill", progress=progress, unit=batch_unit(batches[0]))
+    loop = TrainingLoop(options, module, opt, len(batches), name="distill", progress=progress,
+                        unit=batch_unit(batches[0]))
     history = loop.run(step)
     with ste:  # quantization-aware: the result holds the int8 values training saw, not the latent floats
         result = program_with_weights(program, module.state_dict())

@@ -357,7 +357,8 @@ def learn_masks(program, teacher, batches, options, progress=None):
         opt.step()
         return float(loss.detach()), batch_tokens(batches[b])
 
-    loop = TrainingLoop(options, model, opt, len(batches), name="learned-mask", progress=progress, unit=batch_unit(batches[0]))
+    loop = TrainingLoop(options, model, opt, len(batches), name="learned-mask", progress=progress,
+                        unit=batch_unit(batches[0]))
     history = loop.run(step)
     final_w, final_masks = model.exported()
     result = write_masks(program, final_w, final_masks, "learned-mask")

@@ -182,8 +182,9 @@ def sr_ste(program, teacher, batches, options, progress=None):
         opt.step()
         return float(loss.detach()), batch_tokens(batches[b])
 
-    loop = TrainingLoop(options, model, opt, len(batches), name="sr-ste", progress=progress, unit=batch_unit(batches[0]),
-                        state=lambda: {"masks": dict(masks)}, load_state=lambda d: masks.update(d["masks"]))
+    loop = TrainingLoop(options, model, opt, len(batches), name="sr-ste", progress=progress,
+                        unit=batch_unit(batches[0]), state=lambda: {"masks": dict(masks)},
+                        load_state=lambda d: masks.update(d["masks"]))
     history = loop.run(step)
     final_w = {f: p.detach().clone() for f, p in zip(fqns, model.dense)}
     final_masks = {t.fqn: t.mask(final_w[t.fqn]) for t in targets_}  # the projection onto the full target

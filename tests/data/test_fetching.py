@@ -7,7 +7,7 @@ import pytest
 from sparsecc.data import DataUnavailableError, fetching
 
 _SOURCES = ("fetch_gensim_data", "fetch_mnist", "fashion_mnist", "fashion_mnist_dir", "photo", "photo_names",
-            "photos_dir", "fetch_stamps", "fetch_gcompris_photos", "fetch_prose")
+            "photos_dir", "fetch_stamps", "fetch_gcompris_photos", "fetch_prose", "wiki_articles")
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def offline(monkeypatch, tmp_path):
     def no_pypi():
         raise DataUnavailableError("prose: pip download gensim==4.4.0 failed (no network)")
 
-    monkeypatch.setattr(fetching, "fetch_prose", no_pypi)
+    monkeypatch.setattr(fetching, "wiki_articles", no_pypi)
     return tmp_path
 
 
