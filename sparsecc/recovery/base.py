@@ -44,6 +44,7 @@ from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # par
 __all__ = [
     "Batch",
     "batch_sequence",
+    "training_batches",
     "RecoveryOptions",
     "RecoveryResult",
     "RecoveryFn",
@@ -72,6 +73,17 @@ def batch_sequence(batches: Iterable[Batch]) -> Sequence[Batch]:
     """``batches`` as an indexable sequence: a list or any sized, indexable sequence is kept as it is
     (`sparsecc.data.calibration.ImageBatches` makes each batch when read), anything else is listed."""
     return batches if isinstance(batches, Sequence) else list(batches)
+
+
+def training_batches(batches: Iterable[Batch], teacher: Any, method: str) -> Sequence[Batch]:
+    """``batches`` as a sequence, after the checks every teacher-driven method makes: at least one
+    batch, and a teacher to match."""
+    batches = batch_sequence(batches)
+    if not batches:
+        raise RecoveryError(f"{method} needs at least one training batch")
+    if teacher is None:
+        raise RecoveryError(f"{method} needs a teacher (the dense program)")
+    return batches
 
 
 METHODS = KNOWN_METHODS

@@ -12,6 +12,7 @@ from sparsecc.errors import UsageError, VerificationError
 from sparsecc.flows.sparsify import sparsify
 from sparsecc.recovery import RecoveryOptions, available_methods, get_method, masks_of
 from sparsecc.recovery.base import (
+    RecoveryError,
     TrainingLoop,
     assert_zeros_kept,
     batch_tokens,
@@ -131,3 +132,14 @@ def test_batch_tokens_counts_real_tokens_not_padding_and_samples_for_images():
     assert batch_tokens(((torch.zeros(4, 3, 8, 8),), {})) == 4  # images: samples
     assert batch_unit(((), {"input_ids": ids})) == "tok"
     assert batch_unit(((torch.zeros(4, 3, 8, 8),), {})) == "samples"
+
+
+@pytest.mark.parametrize("method", ["distill", "learned-mask", "sr-ste"])
+def test_teacher_driven_methods_refuse_no_batches_and_no_teacher_naming_the_method(method):
+    program = sparsify(mlp_program(), {"pattern": "2:4"}).program
+    teacher = mlp_program().module()
+    batch = ((torch.randn(2, 32),), {})
+    with pytest.raises(RecoveryError, match=f"^{method} needs at least one training batch"):
+        get_method(method)(program, teacher, [], RecoveryOptions(method, steps=1))
+    with pytest.raises(RecoveryError, match=f"^{method} needs a teacher"):
+        get_method(method)(program, None, [batch], RecoveryOptions(method, steps=1))
