@@ -151,6 +151,7 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     stages = [RecoveryOptions("reconstruct", samples=args.samples, batch_size=args.batch_size, data=args.data,
                               seq_len=args.seq_len,
                               extra={"damp": args.damp, "undo": args.undo, "cg_iters": args.cg_iters,
+                                     **({"ridge_to": args.ridge_to} if args.ridge_to else {}),
                                      **({"loss_batches": args.loss_batches} if args.loss_batches else {})})]
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="start the stages from this saved program (e.g. a reconstructed one from --cache-dir) "
                         "instead of the one-shot program")
     p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative")
+    p.add_argument("--ridge-to", choices=("one-shot", "zero"), default=None,
+                   help="reconstruction: what the ridge pulls the kept weights towards (the method's default "
+                        "when omitted)")
     p.add_argument("--undo", type=float, default=0.0,
                    help="reconstruction target Wd (undo Xd + (1 - undo) Xs): 1 undoes the earlier layers' error, "
                         "0 keeps SparseGPT's objective (sparsecc.recovery.reconstruct)")

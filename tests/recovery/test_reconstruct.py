@@ -146,7 +146,7 @@ def test_conjugate_gradients_reach_the_exact_solution_of_large_layers():
 
 def test_undo_zero_solves_sparsegpts_objective_exactly():
     """``undo: 0``: each layer fits the dense weights on its own sparse inputs (min ||W Xs - Wd Xs||², ridge
-    damped, kept weights only); ``undo: 1`` fits the dense layer's output on dense inputs instead."""
+    damped towards the one-shot weights, kept weights only); ``undo: 1`` fits the dense layer's output on dense inputs instead."""
     dense = mlp_program()
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
     batches = mlp_batches(8)
@@ -158,9 +158,52 @@ def test_undo_zero_solves_sparsegpts_objective_exactly():
     hs = xs.T @ xs
     wd = dense.state_dict["b.weight"].double()
     mask = masks_of(sparse)["b.weight"]
-    want = _reference_rows(hs, wd @ hs, mask, 0.01 * float(hs.diagonal().mean()))
+    lam = 0.01 * float(hs.diagonal().mean())
+    center = sparse.state_dict["b.weight"].double()  # the ridge pulls towards the one-shot weights (default)
+    want = _reference_rows(hs, wd @ hs + lam * center * mask, mask, lam)
     torch.testing.assert_close(sd["b.weight"].double(), want, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(sd["a.weight"], run[1.0].state_dict["a.weight"])  # the first layer: Xs = Xd
     assert not torch.allclose(sd["b.weight"], run[1.0].state_dict["b.weight"])
     with pytest.raises(RecoveryError, match="undo must be between 0 and 1, got 2.0"):
         get_method("reconstruct")(sparse, dense, batches, RecoveryOptions("reconstruct", extra={"undo": 2}), None)
+
+
+@pytest.mark.parametrize("kind", ["shared", "nm", "unstructured"])
+def test_the_ridge_pulls_towards_its_center(kind):
+    """λ|w - c|²: the solution of (Hs + λI) w = g + λc on the kept columns; with no data (Hs = 0, g = 0)
+    it is the center itself, with the zero center it is zero."""
+    torch.manual_seed(2)
+    x = torch.randn(100, 16, dtype=torch.float64)
+    hs, g = x.T @ x, torch.randn(12, 16, dtype=torch.float64)
+    mask = {"shared": (torch.rand(16) > 0.5).expand(12, 16).clone(), "unstructured": torch.rand(12, 16) > 0.4,
+            "nm": torch.zeros(12, 16, dtype=torch.bool).view(12, 4, 4).scatter_(
+                2, torch.rand(12, 4, 4).argsort(-1)[..., :2], True).view(12, 16)}[kind]
+    center = torch.randn(12, 16, dtype=torch.float64)
+    lam = 0.5 * float(hs.diagonal().mean())
+    got = masked_least_squares(hs, g, mask, damp=0.5, center=center)
+    torch.testing.assert_close(got, _reference_rows(hs, g + lam * center * mask, mask, lam), rtol=1e-9, atol=1e-9)
+    assert bool((got[~mask] == 0).all())
+    none = masked_least_squares(torch.zeros_like(hs), torch.zeros_like(g), mask, damp=1.0, center=center)
+    torch.testing.assert_close(none, center * mask, rtol=1e-9, atol=1e-12)
+    cg = masked_least_squares(hs, g, mask, damp=0.5, center=center, warm=torch.zeros(12, 16), iters=200,
+                              method="cg")
+    torch.testing.assert_close(cg, got, rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_to_one_shot_keeps_weights_the_calibration_data_never_excites():
+    """An input that is always zero in calibration says nothing about its weights: ``ridge_to: one-shot``
+    leaves them at their one-shot values, ``zero`` (the plain ridge) shrinks them to zero."""
+    dense = mlp_program()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
+    batches = [((a[0].index_fill(1, torch.tensor([5]), 0.0),), k) for a, k in mlp_batches(8)]
+    w0 = sparse.state_dict["a.weight"]
+    kept = masks_of(sparse)["a.weight"][:, 5]
+    assert bool(kept.any()) and bool((w0[kept, 5] != 0).all())
+    run = {r: get_method("reconstruct")(sparse, dense, batches,
+                                        RecoveryOptions("reconstruct", extra={"ridge_to": r}), None).program
+           for r in ("one-shot", "zero")}
+    torch.testing.assert_close(run["one-shot"].state_dict["a.weight"][:, 5], w0[:, 5])
+    assert bool((run["zero"].state_dict["a.weight"][:, 5] == 0).all())
+    with pytest.raises(RecoveryError, match="ridge_to must be one-shot or zero, got 'dense'"):
+        get_method("reconstruct")(sparse, dense, batches, RecoveryOptions("reconstruct", extra={"ridge_to": "dense"}),
+                                  None)
