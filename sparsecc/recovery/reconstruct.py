@@ -19,7 +19,9 @@ updates only approximate it: on SmolLM2-135M at 2:4 it takes perplexity from
 86.4 (SparseGPT) to 67.9. ``undo = 1`` targets the dense layer's output on
 dense inputs, so each layer also undoes the error of the layers before it;
 with the plain ridge that overfit a language model's calibration text
-(SmolLM2: 85.9 on 8k calibration tokens, 179 on 33k of prose).
+(SmolLM2: 85.9 on 8k calibration tokens, 179 on 33k of prose), with the
+ridge towards the one-shot weights it takes SmolLM2 to 62.9 on 33k
+calibration tokens.
 
 Layers are visited in graph order and grouped into blocks (a numbered module
 such as ``model.layers.3``, from ``nn_module_stack`` as calibration's
