@@ -100,7 +100,10 @@ def training_batches(spec: Any, options: RecoveryOptions, program: ExportedProgr
         try:
             batches = calibration_inputs(spec, n, options.seq_len, batch_size=bs, seed=options.seed)
             label = "calibration"
-        except ValueError:  # a reference model without data (no tokenizer, say): synthetic inputs
+        except ValueError as e:
+            if _has_data(spec):  # more than its calibration split holds: say so, never train on noise instead
+                raise UsageError(f"recovery data 'calibration' for {getattr(spec, 'name', '?')}: {e}") from None
+            # a reference model without data (no tokenizer, say): synthetic inputs
             batches, label = reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
         if label == "calibration" and not _has_data(spec):
             label = "synthetic"  # calibration_inputs falls back to fresh random inputs for these

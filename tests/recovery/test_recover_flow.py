@@ -105,3 +105,17 @@ def test_int8_weights_are_back_on_their_grid_after_training(tmp_path):
         assert torch.equal(q.float() * scale.reshape(shape), w), fqn  # int8 values, not trained floats
     assert_zeros_kept(result.program, masks_of(result.program))
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"]["onnx"]["parity"]["ok"]
+
+
+def test_more_calibration_than_the_split_holds_is_an_error_not_noise():
+    """A language model asked for more calibration windows than the calibration half has gets a UsageError
+    naming the model and the counts; it used to train on random tokens, labelled 'synthetic', instead."""
+    from sparsecc.flows.recover import training_batches
+    from sparsecc.models import get_model
+    from sparsecc.recovery import RecoveryOptions
+
+    spec = get_model("minilm")
+    with pytest.raises(UsageError, match=r"recovery data 'calibration' for minilm: asked for 100000 batches of 8"):
+        training_batches(spec, RecoveryOptions("distill", data="calibration", samples=800000, batch_size=8))
+    batches, label = training_batches(spec, RecoveryOptions("distill", data="calibration", samples=16, batch_size=8))
+    assert label == "calibration" and len(batches) == 2
