@@ -44,7 +44,7 @@ from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # par
 __all__ = [
     "Batch",
     "batch_sequence",
-    "training_batches",
+    "checked_batches",
     "RecoveryOptions",
     "RecoveryResult",
     "RecoveryFn",
@@ -75,7 +75,7 @@ def batch_sequence(batches: Iterable[Batch]) -> Sequence[Batch]:
     return batches if isinstance(batches, Sequence) else list(batches)
 
 
-def training_batches(batches: Iterable[Batch], teacher: Any, method: str) -> Sequence[Batch]:
+def checked_batches(batches: Iterable[Batch], teacher: Any, method: str) -> Sequence[Batch]:
     """``batches`` as a sequence, after the checks every teacher-driven method makes: at least one
     batch, and a teacher to match."""
     batches = batch_sequence(batches)

@@ -54,7 +54,7 @@ from sparsecc.recovery.base import (
     register_method,
     trainable_copy,
     batch_sequence,
-    training_batches,
+    checked_batches,
 )
 from sparsecc.recovery.hidden import HiddenTaps, hidden_loss
 from sparsecc.recovery.outputs import (batch_loss, distillation_loss, float_leaves, output_loss, teacher_outputs,
@@ -273,7 +273,7 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     straight-through gradient (`sparsecc.recovery.qat`), and come back on their grid.
     """
     t0 = time.perf_counter()
-    batches = training_batches(batches, teacher, "distill")
+    batches = checked_batches(batches, teacher, "distill")
     masks = masks_of(program)
     targets = teacher_outputs(teacher, batches)
     loss_before = output_loss(program, targets, batches, options)

@@ -73,7 +73,7 @@ from sparsecc.recovery.base import (
     save_checkpoint,
     load_checkpoint,
     trainable_copy,
-    training_batches,
+    checked_batches,
 )
 from sparsecc.recovery.outputs import batch_loss, output_loss, teacher_outputs
 from sparsecc.recovery.schedules import interpolate
@@ -307,7 +307,7 @@ def _pair(extra: Mapping[str, Any], key: str, default: tuple[float, float]) -> t
 def learn_masks(program, teacher, batches, options, progress=None):
     """Learn the N:M masks of ``program`` by distillation against ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, extra = training_batches(batches, teacher, "learned-mask"), dict(options.extra)
+    batches, extra = checked_batches(batches, teacher, "learned-mask"), dict(options.extra)
     fqns = [i.spec.fqn for n in program.graph.nodes if n.op == "placeholder"
             for i in [get_node_info(n)] if i is not None and i.spec is not None and i.spec.pattern.kind == "nm"]
     if not fqns:

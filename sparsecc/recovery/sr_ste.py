@@ -50,7 +50,7 @@ from sparsecc.recovery.base import (
     batch_unit,
     register_method,
     trainable_copy,
-    training_batches,
+    checked_batches,
 )
 from sparsecc.recovery.learned_masks import dense_weights, write_masks
 from sparsecc.recovery.outputs import batch_loss, output_loss, teacher_outputs
@@ -135,7 +135,7 @@ class _DenseStudent(torch.nn.Module):
 def sr_ste(program, teacher, batches, options, progress=None):
     """Train the sparse ``program``'s weights from dense towards ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, cfg = training_batches(batches, teacher, "sr-ste"), _settings(options.extra)
+    batches, cfg = checked_batches(batches, teacher, "sr-ste"), _settings(options.extra)
     targets_ = sparse_targets(program)
     if not targets_:
         raise RecoveryError("sr-ste: the program has no weight with a MaskSpec (sparsify it first)")
