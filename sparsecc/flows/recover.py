@@ -97,16 +97,15 @@ def training_batches(spec: Any, options: RecoveryOptions, program: ExportedProgr
     if options.data == "synthetic":
         return reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
     if options.data == "calibration":
+        # a model without data (no tokenizer, say) trains on synthetic inputs: calibration_inputs makes
+        # random ones for it, or fails and reference_inputs does
+        label = "calibration" if _has_data(spec) else "synthetic"
         try:
             batches = calibration_inputs(spec, n, options.seq_len, batch_size=bs, seed=options.seed)
-            label = "calibration"
         except ValueError as e:
-            if _has_data(spec):  # more than its calibration split holds: say so, never train on noise instead
+            if label == "calibration":  # more than its calibration split holds: say so, never train on noise
                 raise UsageError(f"recovery data 'calibration' for {getattr(spec, 'name', '?')}: {e}") from None
-            # a reference model without data (no tokenizer, say): synthetic inputs
-            batches, label = reference_inputs(spec, n, options.seq_len, bs, options.seed), "synthetic"
-        if label == "calibration" and not _has_data(spec):
-            label = "synthetic"  # calibration_inputs falls back to fresh random inputs for these
+            batches = reference_inputs(spec, n, options.seq_len, bs, options.seed)
     else:
         provider = getattr(importlib.import_module("sparsecc.data"), "training_inputs", None)
         if provider is None:

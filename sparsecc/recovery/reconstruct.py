@@ -37,10 +37,10 @@ direction the calibration data never excites keeps its one-shot value; or
 programs, SmolLM2 2:4 reaches perplexity 67.9 against 77.5 with the plain
 ridge and MiniLM 2:4 a cosine of 0.892 against 0.882; EfficientNet-Lite0 2:4
 collapses with the plain ridge, most likely through the inputs its
-calibration crops leave dark, whose weights that ridge zeroes), ``undo`` (between 0 and 1, default
-0; above), ``exact_flops`` (a layer whose row-by-row factorisations would
-cost more, and more than the conjugate-gradient steps, is solved by those,
-default 2e9), ``cg_iters`` (default 20), ``loss_batches`` (the loss before
+calibration crops leave dark, whose weights that ridge zeroes), ``undo``
+(between 0 and 1, default 0; above), ``exact_flops`` (a layer whose
+row-by-row factorisations would cost more, and more than the
+conjugate-gradient steps, is solved by those, default 2e9), ``cg_iters`` (default 20), ``loss_batches`` (the loss before
 and after is reported on this many batches; default 64,
 `sparsecc.recovery.outputs.loss_batch_count`).
 """
@@ -78,14 +78,15 @@ __all__ = ["reconstruct", "masked_least_squares"]
 
 def masked_least_squares(hs: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, damp: float = 0.01,
                          max_elements: int = 1 << 25, exact_flops: float = 2e9, warm: torch.Tensor | None = None,
-                         iters: int = 20, method: str = "auto", center: torch.Tensor | None = None) -> torch.Tensor:
+                         iters: int = 20, method: str = "auto",
+                         center: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``w`` minimising ``wᵀ Hs w - 2 wᵀ g + λ |w - c|²`` on each row's kept columns; masked entries
     exactly zero.
 
     ``hs`` is ``[K, K]`` (Xsᵀ Xs), ``g`` is ``[out, K]`` (row r: Xsᵀ Xd wd_r), ``mask`` ``[out, K]`` bool,
     λ = ``damp`` x the mean diagonal of ``hs``, ``c`` = ``center`` (``[out, K]``; zero when None): the
-    ridge pulls the weights towards it where the data says little. Rows that share a kept pattern (blocks, channels) are
-    solved together by Cholesky; otherwise each row's system is solved exactly (gathered in batches)
+    ridge pulls the weights towards it where the data says little. Rows that share a kept pattern
+    (blocks, channels) are solved together by Cholesky; otherwise each row's system is solved exactly (gathered in batches)
     when that costs under ``exact_flops``, else by ``iters`` steps of Jacobi-preconditioned conjugate
     gradients on all rows at once, started from ``warm`` (the one-shot weights): the same solution
     approached at one ``[out, K] x [K, K]`` product per step instead of ``out`` factorisations.

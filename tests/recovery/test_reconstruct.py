@@ -146,7 +146,8 @@ def test_conjugate_gradients_reach_the_exact_solution_of_large_layers():
 
 def test_undo_zero_solves_sparsegpts_objective_exactly():
     """``undo: 0``: each layer fits the dense weights on its own sparse inputs (min ||W Xs - Wd Xs||², ridge
-    damped towards the one-shot weights, kept weights only); ``undo: 1`` fits the dense layer's output on dense inputs instead."""
+    damped towards the one-shot weights, kept weights only); ``undo: 1`` fits the dense layer's output on
+    dense inputs instead."""
     dense = mlp_program()
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
     batches = mlp_batches(8)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sparsecc.errors import UsageError
-from sparsecc.flows.recover import recover
+from sparsecc.flows.recover import recover, training_batches
 from sparsecc.flows.sparsify import sparsify
-from sparsecc.models import list_models
+from sparsecc.models import get_model, list_models
 from sparsecc.plan.recipe import load_recipe
-from sparsecc.recovery import masks_of
+from sparsecc.recovery import RecoveryOptions, masks_of
 from sparsecc.recovery.base import assert_zeros_kept
 
 from ..conftest import captured_zoo_model
@@ -110,12 +110,10 @@ def test_int8_weights_are_back_on_their_grid_after_training(tmp_path):
 def test_more_calibration_than_the_split_holds_is_an_error_not_noise():
     """A language model asked for more calibration windows than the calibration half has gets a UsageError
     naming the model and the counts; it used to train on random tokens, labelled 'synthetic', instead."""
-    from sparsecc.flows.recover import training_batches
-    from sparsecc.models import get_model
-    from sparsecc.recovery import RecoveryOptions
-
     spec = get_model("minilm")
+    too_many = RecoveryOptions("distill", data="calibration", samples=800000, batch_size=8)
     with pytest.raises(UsageError, match=r"recovery data 'calibration' for minilm: asked for 100000 batches of 8"):
-        training_batches(spec, RecoveryOptions("distill", data="calibration", samples=800000, batch_size=8))
-    batches, label = training_batches(spec, RecoveryOptions("distill", data="calibration", samples=16, batch_size=8))
+        training_batches(spec, too_many)
+    batches, label = training_batches(spec, RecoveryOptions("distill", data="calibration", samples=16,
+                                                            batch_size=8))
     assert label == "calibration" and len(batches) == 2
