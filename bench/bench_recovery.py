@@ -153,6 +153,11 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
                               extra={"damp": args.damp, "undo": args.undo, "cg_iters": args.cg_iters,
                                      **({"ridge_to": args.ridge_to} if args.ridge_to else {}),
                                      **({"loss_batches": args.loss_batches} if args.loss_batches else {})})]
+    if args.block_steps:
+        stages.append(RecoveryOptions("block-tune", steps=args.block_steps, lr=args.block_lr, samples=args.samples,
+                                      batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
+                                      extra={"train": args.block_train, "undo": args.block_undo,
+                                             **({"loss_batches": args.loss_batches} if args.loss_batches else {})}))
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
@@ -207,6 +212,13 @@ def main(argv: list[str] | None = None) -> None:
                         "0 keeps SparseGPT's objective (sparsecc.recovery.reconstruct)")
     p.add_argument("--cg-iters", type=int, default=20, help="reconstruction: conjugate-gradient steps")
     p.add_argument("--loss-batches", type=int, default=0, help="reconstruction: report its loss on N batches")
+    p.add_argument("--block-steps", type=int, default=0,
+                   help="block-tune: Adam steps per block (0: no block-tune stage; sparsecc.recovery.block_tune)")
+    p.add_argument("--block-lr", type=float, default=1e-4, help="block-tune: learning rate")
+    p.add_argument("--block-train", default="all", choices=("all", "masked"),
+                   help="block-tune: the block's parameters to train")
+    p.add_argument("--block-undo", type=float, default=1.0, help="block-tune: target undo (1: the dense block "
+                   "on dense inputs)")
     p.add_argument("--distill-steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=2.0)

@@ -25,7 +25,7 @@ def stages_from(rec, method: Optional[str], steps: Optional[int], lr: Optional[f
     stages = parse_recovery({"method": method}, "--method") if method else rec.recovery
     if not stages:
         raise UsageError("the recipe has no recovery: section; add one or pass --method "
-                         "(reconstruct, distill, learned-mask, sr-ste)")
+                         "(reconstruct, block-tune, distill, learned-mask, sr-ste)")
     flags = {"steps": steps, "lr": lr, "data": data, "samples": samples,
              "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None}
     given = {k: v for k, v in flags.items() if v is not None}

@@ -3,7 +3,7 @@
 One mapping, or a list of them run in order (reconstruct, then distill)::
 
     recovery:
-      - method: reconstruct     # reconstruct | distill | learned-mask | sr-ste
+      - method: reconstruct     # reconstruct | block-tune | distill | learned-mask | sr-ste
         samples: 64             # training batches drawn from `data`
       - method: distill
         steps: 200
@@ -35,14 +35,14 @@ from sparsecc.errors import UsageError
 
 __all__ = ["RecoveryOptions", "RecoveryRecipeError", "RECOVERY_KEYS", "KNOWN_METHODS", "parse_recovery", "recovery_to_dicts"]
 
-KNOWN_METHODS = ("reconstruct", "distill", "learned-mask", "sr-ste")
+KNOWN_METHODS = ("reconstruct", "block-tune", "distill", "learned-mask", "sr-ste")
 LOSSES = ("auto", "kl", "cosine", "mse")
 TEACHERS = ("dense",)
 
 
 @dataclass(frozen=True)
 class RecoveryOptions:
-    method: str  # "reconstruct" | "distill" | "learned-mask" | "sr-ste"
+    method: str  # "reconstruct" | "block-tune" | "distill" | "learned-mask" | "sr-ste"
     steps: int = 200
     lr: float = 1e-4
     batch_size: int = 8

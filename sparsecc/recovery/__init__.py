@@ -18,7 +18,7 @@ from sparsecc.recovery.base import (
 )
 
 # the built-in methods register on import; the learned-mask modules may not exist in every checkout
-for _name in ("distill", "reconstruct", "learned_masks", "sr_ste"):
+for _name in ("distill", "reconstruct", "block_tune", "learned_masks", "sr_ste"):
     try:
         _importlib.import_module(f"sparsecc.recovery.{_name}")
     except ModuleNotFoundError as _e:

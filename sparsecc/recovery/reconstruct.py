@@ -71,6 +71,7 @@ from sparsecc.recovery.base import (
     save_checkpoint,
     batch_sequence,
 )
+from sparsecc.recovery.lockstep import dense_overrides, dense_state, mask_applications
 from sparsecc.recovery.outputs import loss_batch_count, output_loss, teacher_outputs
 
 __all__ = ["reconstruct", "masked_least_squares"]
@@ -202,15 +203,6 @@ def _layer_error(w: torch.Tensor, wd: torch.Tensor, acc: _Accumulator, ref: floa
     return float(err.clamp_min(0)) / max(ref, 1e-30)
 
 
-def _dense_state(teacher: Any) -> Mapping[str, torch.Tensor]:
-    if isinstance(teacher, ExportedProgram):
-        return teacher.state_dict
-    if isinstance(teacher, torch.nn.Module):
-        return dict(teacher.named_parameters())
-    raise RecoveryError(f"reconstruct needs the dense model (an ExportedProgram or nn.Module) as teacher, "
-                        f"got {type(teacher).__name__}")
-
-
 def _plan(program: ExportedProgram, masks: Mapping[str, torch.Tensor], dense: Mapping[str, torch.Tensor]):
     """Per weight to solve: its analysis entry, the tap nodes that feed it; and why others are skipped."""
     from sparsecc.plan.calibrate import _tap_for
@@ -264,31 +256,6 @@ def _feed(runner: Any, envs_s: list, envs_d: list, node: torch.fx.Node, pairs: l
             acc.add(_activation_matrix(args_s[tap.operand], tap), _activation_matrix(args_d[tap.operand], tap))
 
 
-def _dense_overrides(program: ExportedProgram, masks: Mapping[str, torch.Tensor],
-                     dense: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights and mask constants that turn the sparse program back into the dense one."""
-    out: dict[str, torch.Tensor] = {}
-    for target, node in placeholders_by_target(program).items():
-        info = get_node_info(node)
-        if info is None or info.spec is None or info.spec.fqn not in dense:
-            continue
-        if tuple(dense[info.spec.fqn].shape) == tuple(state_tensor(program, target).shape):
-            out[target] = dense[info.spec.fqn].detach()
-            if info.mask is not None:
-                out[info.mask] = torch.ones_like(state_tensor(program, info.mask))
-    return out
-
-
-def _mask_applications(nodes: list[torch.fx.Node]) -> dict[str, list[torch.fx.Node]]:
-    """The ``W * mask`` nodes of an unfolded program by weight: they have run before the solve point."""
-    applied: dict[str, list[torch.fx.Node]] = {}
-    for n in nodes:
-        info = get_node_info(n) if n.op == "call_function" else None
-        if info is not None and info.apply_mask_of:
-            applied.setdefault(info.apply_mask_of, []).append(n)
-    return applied
-
-
 def _solve_layer(program: ExportedProgram, w: Any, acc: _Accumulator, mask: torch.Tensor, dense: torch.Tensor,
                  solver: dict[str, Any]) -> tuple[torch.Tensor, tuple[float, float]]:
     """The reconstructed weight (in its own layout) and its relative output error before and after."""
@@ -338,7 +305,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     masks = masks_of(program)
     if not masks:
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")
-    dense = _dense_state(teacher)
+    dense = dense_state(teacher)
     # the reported loss on the first ``loss_batches`` batches (a full pass of a large LM costs minutes)
     scored = batches[:loss_batch_count(options, len(batches))]
     targets = teacher_outputs(teacher, scored)
@@ -351,14 +318,14 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     for fqn, accs in per_weight.items():
         due.setdefault(max(fed_at[id(a)] for a in accs), []).append(fqn)
     placeholder = {n.name: n for n in runner.placeholders}
-    applied = _mask_applications(runner.nodes)
+    applied = mask_applications(runner.nodes)
     ck_path = f"{options.checkpoint_dir}/reconstruct.pt" if options.checkpoint_dir else None
     ck = load_checkpoint(ck_path) if ck_path else None
     if ck is not None and ck.get("fingerprint") != options.fingerprint():
         raise RecoveryError(f"checkpoint {ck_path} was written with other recovery options; delete it")
     solved: dict[str, torch.Tensor] = dict(ck["solved"]) if ck else {}
     errors: dict[str, tuple[float, float]] = dict(ck["errors"]) if ck else {}
-    overrides = _dense_overrides(program, masks, dense)
+    overrides = dense_overrides(program, masks, dense)
     points = sorted(due)
     last_block = None
     with torch.no_grad():

@@ -134,7 +134,7 @@ def test_batch_tokens_counts_real_tokens_not_padding_and_samples_for_images():
     assert batch_unit(((torch.zeros(4, 3, 8, 8),), {})) == "samples"
 
 
-@pytest.mark.parametrize("method", ["distill", "learned-mask", "sr-ste"])
+@pytest.mark.parametrize("method", ["distill", "block-tune", "learned-mask", "sr-ste"])
 def test_teacher_driven_methods_refuse_no_batches_and_no_teacher_naming_the_method(method):
     program = sparsify(mlp_program(), {"pattern": "2:4"}).program
     teacher = mlp_program().module()
