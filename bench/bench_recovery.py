@@ -157,6 +157,7 @@ def run_config(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         stages.append(RecoveryOptions("block-tune", steps=args.block_steps, lr=args.block_lr, samples=args.samples,
                                       batch_size=args.batch_size, data=args.data, seq_len=args.seq_len,
                                       extra={"train": args.block_train, "undo": args.block_undo,
+                                             "normalize": args.block_normalize,
                                              **({"loss_batches": args.loss_batches} if args.loss_batches else {})}))
     if args.distill_steps:
         stages.append(RecoveryOptions("distill", steps=args.distill_steps, lr=args.lr, samples=args.samples,
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-lr", type=float, default=1e-4, help="block-tune: learning rate")
     p.add_argument("--block-train", default="all", choices=("all", "masked"),
                    help="block-tune: the block's parameters to train")
+    p.add_argument("--block-normalize", default="token", choices=("token", "total"),
+                   help="block-tune: each token's error against its own norm, or the whole output's")
     p.add_argument("--block-undo", type=float, default=1.0, help="block-tune: target undo (1: the dense block "
                    "on dense inputs)")
     p.add_argument("--distill-steps", type=int, default=100)

@@ -8,7 +8,7 @@ sparse (inputs from the already-tuned blocks before) and once dense. At each
 block (a numbered module such as ``model.layers.3``, `block_key`), the block's
 own parameters take ``steps`` Adam steps on
 
-    sum over the block's outputs o of  || o(sparse block, Xs) - o* ||² / || o* ||²,
+    sum over the block's outputs o of  || o(sparse block, Xs) - o* ||² / || o* ||²  (per token, below),
     o* = undo · o(dense block, Xd) + (1 - undo) · o(dense block, Xs)
 
 one training batch per step (a seeded order, cycled), with every masked weight
@@ -25,7 +25,11 @@ sparse weights and, with ``train: all`` (the default), its dense parameters
 (norm gains, biases) too; ``train: masked`` trains the sparse weights only.
 
 ``extra`` keys: ``undo`` (between 0 and 1, default 1), ``train`` (``all`` or
-``masked``), ``measure_batches`` (the batches each block's error before and after is
+``masked``), ``normalize`` (``token``, the default: each token's error against
+its own norm, averaged, for outputs ``[batch, tokens, features]``; ``total``:
+the whole output's error against its norm. From the middle layers on, a few
+tokens of a language model's residual stream carry massive activations, and
+the total error then sees little else), ``measure_batches`` (the batches each block's error before and after is
 measured on, default 4), ``loss_batches`` (the whole program's loss before and
 after, `sparsecc.recovery.outputs.loss_batch_count`). ``steps`` and ``lr`` are
 per block. A checkpoint is written after every block; an interrupted run
@@ -122,12 +126,22 @@ def _blocks(runner: Any, masks: dict[str, torch.Tensor], train: str) -> list[_Bl
     return blocks
 
 
-def _block_loss(env: dict, block: _Block, targets: dict[torch.fx.Node, Any]) -> torch.Tensor:
+def _relative_error(out: torch.Tensor, ref: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """|| out - ref ||² / || ref ||²; with ``per_token``, of each token's vector ([batch, tokens, features])
+    against its own norm, averaged: a language model's few tokens with massive activations (norms 10-100x
+    the others from the middle layers on) would otherwise be all the loss sees."""
+    err = (out.float() - ref).square()
+    if per_token and ref.dim() == 3:
+        return (err.sum(-1) / ref.square().sum(-1).clamp_min(1e-12)).mean()
+    return err.sum() / ref.square().sum().clamp_min(1e-12)
+
+
+def _block_loss(env: dict, block: _Block, targets: dict[torch.fx.Node, Any], per_token: bool) -> torch.Tensor:
     total = torch.zeros(())
     for o in block.outputs:
         out, ref = env[o], targets.get(o)
         if isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor) and out.is_floating_point():
-            total = total + (out.float() - ref).square().sum() / ref.square().sum().clamp_min(1e-12)
+            total = total + _relative_error(out, ref, per_token)
     return total
 
 
@@ -155,28 +169,31 @@ class _BlockRun:
         return env
 
 
-def _error(run: _BlockRun, envs: Sequence[dict], targets: Sequence[dict], values: dict, n: int) -> float:
+def _error(run: _BlockRun, envs: Sequence[dict], targets: Sequence[dict], values: dict, n: int,
+           per_token: bool) -> float:
     with torch.no_grad():
-        return sum(float(_block_loss(run(envs[j], values), run.block, targets[j])) for j in range(n)) / n
+        return sum(float(_block_loss(run(envs[j], values), run.block, targets[j], per_token))
+                   for j in range(n)) / n
 
 
 def _tune_block(run: _BlockRun, envs_s: Sequence[dict], targets: Sequence[dict], start: dict[str, torch.Tensor],
-                options: RecoveryOptions, seed: int, measure: int) -> tuple[dict[str, torch.Tensor], float, float]:
+                options: RecoveryOptions, seed: int, measure: int,
+                per_token: bool) -> tuple[dict[str, torch.Tensor], float, float]:
     """Adam on the block's parameters; the new values (masked) and the block's error before and after."""
     params = {t: v.detach().clone().float().requires_grad_(True) for t, v in start.items()}
     opt = torch.optim.Adam(list(params.values()), lr=options.lr)
-    before = _error(run, envs_s, targets, params, measure)
+    before = _error(run, envs_s, targets, params, measure, per_token)
     order = torch.randperm(len(envs_s), generator=torch.Generator().manual_seed(seed)).tolist()
     with torch.enable_grad():
         for step in range(options.steps):
             j = order[step % len(order)]
-            loss = _block_loss(run(envs_s[j], params), run.block, targets[j])
+            loss = _block_loss(run(envs_s[j], params), run.block, targets[j], per_token)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     new = {t: (p.detach() * run.masks[t] if t in run.masks else p.detach()).to(start[t].dtype)
            for t, p in params.items()}
-    after = _error(run, envs_s, targets, new, measure)
+    after = _error(run, envs_s, targets, new, measure, per_token)
     if not after <= before:  # the steps made it worse (or NaN): keep the block as it came
         return dict(start), before, before
     return new, before, after
@@ -196,6 +213,9 @@ def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch],
         raise RecoveryError(f"block-tune: undo must be between 0 and 1, got {undo}")
     if train not in ("all", "masked"):
         raise RecoveryError(f"block-tune: train must be all or masked, got {train!r}")
+    normalize = str(options.extra.get("normalize", "token"))
+    if normalize not in ("token", "total"):
+        raise RecoveryError(f"block-tune: normalize must be token or total, got {normalize!r}")
     measure = min(int(options.extra.get("measure_batches", 4)), len(batches))
     if measure < 1:
         raise RecoveryError(f"block-tune: measure_batches must be >= 1, got {measure}")
@@ -245,7 +265,8 @@ def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch],
                 new = {t: solved[t] for t in block.params}
             else:
                 start = {t: state_tensor(program, t).detach() for t in block.params}
-                new, before, after = _tune_block(run, envs_s, targets, start, options, options.seed + k, measure)
+                new, before, after = _tune_block(run, envs_s, targets, start, options, options.seed + k, measure,
+                                                 normalize == "token")
                 solved.update(new)
                 errors[block.key] = (before, after)
                 if ck_path:
@@ -265,6 +286,7 @@ def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch],
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
     details = {
         "blocks": len(blocks), "steps_per_block": options.steps, "undo": undo, "train": train,
+        "normalize": normalize,
         "block_error_before": mean([e[0] for e in errors.values()]),
         "block_error_after": mean([e[1] for e in errors.values()]),
         "block_errors": {b: list(e) for b, e in errors.items()},

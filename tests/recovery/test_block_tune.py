@@ -9,7 +9,7 @@ from sparsecc.flows.sparsify import sparsify
 from sparsecc.plan.graph_runner import GraphRunner
 from sparsecc.recovery import RecoveryOptions, get_method, masks_of
 from sparsecc.recovery.base import RecoveryError, assert_zeros_kept
-from sparsecc.recovery.block_tune import block_segments
+from sparsecc.recovery.block_tune import _relative_error, block_segments
 from sparsecc.testing import export_module
 
 from ._models import PATTERNS
@@ -72,6 +72,17 @@ def _opts(**kw) -> RecoveryOptions:
 def test_blocks_are_the_numbered_modules_in_graph_order():
     keys = [k for k, _, _ in block_segments(GraphRunner(_dense()))]
     assert keys == ["inp", "layers.0", "layers.1", "layers.2", "head"]
+
+
+def test_per_token_error_is_not_drowned_by_one_massive_token():
+    ref = torch.ones(1, 4, 8)
+    ref[0, 0] *= 100.0  # a token with massive activations, as in a language model's residual stream
+    out = ref.clone()
+    out[0, 1:] += 0.5  # every ordinary token off by half its size
+    assert float(_relative_error(out, ref, per_token=False)) < 0.001  # the total error barely sees it
+    assert float(_relative_error(out, ref, per_token=True)) == pytest.approx(0.75 * 0.25)
+    flat = torch.randn(6, 5)
+    assert torch.equal(_relative_error(flat + 1, flat, True), _relative_error(flat + 1, flat, False))
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -142,7 +153,8 @@ def test_a_checkpoint_from_other_options_is_refused(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [({"undo": 1.5}, "undo must be between 0 and 1, got 1.5"),
                                             ({"train": "norms"}, "train must be all or masked, got 'norms'"),
-                                            ({"measure_batches": 0}, "measure_batches must be >= 1")])
+                                            ({"measure_batches": 0}, "measure_batches must be >= 1"),
+                                            ({"normalize": "row"}, "normalize must be token or total, got 'row'")])
 def test_bad_options_are_named(extra, message):
     dense = _dense()
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
