@@ -58,7 +58,8 @@ def recover_cmd(
     shapes: Optional[str] = SHAPES_OPTION,
     json_out: Optional[str] = JSON_OPTION,
 ) -> None:
-    """Sparsify MODEL with RECIPE, then recover its quality: reconstruction, distillation, learned masks.
+    """Sparsify MODEL with RECIPE, then recover its quality: reconstruction (per layer or per block),
+    distillation, learned masks.
 
     Progress shows loss, tokens per second and time left. With --checkpoint-dir,
     Ctrl-C writes a checkpoint and exits 130; the same command resumes and
