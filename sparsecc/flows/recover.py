@@ -22,6 +22,7 @@ Training data (``options.data``):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from sparsecc.plan.recovery_options import RecoveryOptions
 from sparsecc.recovery.base import Batch, RecoveryResult, assert_zeros_kept, batch_unit, get_method, masks_of
 
 __all__ = ["RecoveryRun", "recover", "training_batches", "join_batches"]
+
+MASK_LEARNING_METHODS = ("learned-mask", "sr-ste")  # they change the masks: only the patterns must hold
 
 Progress = Callable[[str], None]
 
@@ -117,6 +120,28 @@ def training_batches(spec: Any, options: RecoveryOptions, program: ExportedProgr
     return batches, label
 
 
+def _weights_digest(program: ExportedProgram) -> str:
+    """sha256 of every state tensor's name, dtype, shape and bytes: which program a stage started from."""
+    h = hashlib.sha256()
+    for name, t in sorted(program.state_dict.items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _claim_checkpoints(folder: Path, program: ExportedProgram) -> None:
+    """A stage's checkpoint folder belongs to the program it started from: resuming there from another
+    program (another model, another one-shot result) would load weights that are not its own."""
+    digest = _weights_digest(program)
+    mark = folder / "start-program.sha256"
+    if mark.exists() and mark.read_text().strip() != digest:
+        raise UsageError(f"checkpoint folder {folder} holds a run that started from another program (another "
+                         f"model, recipe or one-shot result); delete it or choose another checkpoint folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    mark.write_text(digest + "\n")
+
+
 def _verify(program: ExportedProgram, masks: dict[str, torch.Tensor], method: str) -> ExportedProgram:
     from sparsecc.verify.verify_sparsity import VerifySparsityPass
 
@@ -137,6 +162,8 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
         if task and "task" not in extra:
             extra["task"] = task
         ck = str(Path(opts.checkpoint_dir) / f"{i}-{opts.method}") if opts.checkpoint_dir else None
+        if ck is not None:
+            _claim_checkpoints(Path(ck), run.program)
         opts = dataclasses.replace(opts, extra=extra, checkpoint_dir=ck)
         fn = get_method(opts.method)
         if batches is not None:
@@ -147,8 +174,8 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
         masks = masks_of(run.program)
         say(f"recovery {i + 1}/{len(stages)}: {opts.method} on {len(data)} batches")
         result = fn(run.program, teacher, data, opts, say)
-        run.program = _verify(result.program, masks, opts.method) if opts.method in ("reconstruct", "distill") \
-            else _verify_learned(result.program, opts.method)
+        run.program = _verify_learned(result.program, opts.method) if opts.method in MASK_LEARNING_METHODS \
+            else _verify(result.program, masks, opts.method)
         run.results.append(result)
         run.records.append({
             **result.summary(), "data": label, "batches": len(data),

@@ -17,6 +17,7 @@ from sparsecc.recovery import RecoveryOptions, masks_of
 from sparsecc.recovery.base import assert_zeros_kept
 
 from ..conftest import captured_zoo_model
+from ._models import mlp_batches, mlp_program
 
 SMALL = list_models(pretrained=False)
 TWO_STAGES = [{"method": "reconstruct", "samples": 4, "batch_size": 2},
@@ -117,3 +118,18 @@ def test_more_calibration_than_the_split_holds_is_an_error_not_noise():
     batches, label = training_batches(spec, RecoveryOptions("distill", data="calibration", samples=16,
                                                             batch_size=8))
     assert label == "calibration" and len(batches) == 2
+
+
+def test_a_checkpoint_folder_refuses_a_run_from_another_program(tmp_path):
+    """Resuming a stage from another starting program (another model, another one-shot result) would load
+    weights that are not its own: the folder remembers the program it started from and says so."""
+    batches = mlp_batches(2)
+    stage = [RecoveryOptions("reconstruct", checkpoint_dir=str(tmp_path))]
+    first = sparsify(mlp_program(seed=0), {"pattern": "2:4"}, fold=True).program
+    recover(first, mlp_program(seed=0), stage, batches=batches)
+    again = recover(first, mlp_program(seed=0), stage, batches=batches)  # the same start: resumes
+    assert again.records[0]["loss_after"] < again.records[0]["loss_before"]
+    other = sparsify(mlp_program(seed=1), {"pattern": "2:4"}, fold=True).program
+    with pytest.raises(UsageError, match=r"checkpoint folder .*0-reconstruct holds a run that started from another "
+                                         r"program"):
+        recover(other, mlp_program(seed=1), stage, batches=batches)
