@@ -62,8 +62,8 @@ from sparsecc.recovery.base import (
     register_method,
     save_checkpoint,
 )
-from sparsecc.recovery.outputs import loss_batch_count, output_loss, teacher_outputs
 from sparsecc.recovery.lockstep import dense_overrides, dense_state, mask_applications
+from sparsecc.recovery.outputs import loss_batch_count, output_loss, teacher_outputs
 
 __all__ = ["block_tune", "block_segments"]
 
@@ -78,8 +78,8 @@ class _Block:
 
 
 def block_segments(runner: Any) -> list[tuple[str, int, int]]:
-    """Maximal runs of call_function nodes with one `block_key`, as ``(key, start, stop)``; nodes
-    without a key (placeholders, get_attr) do not break a run."""
+    """Maximal runs of call_function nodes with one `block_key`, as ``(key, start, stop)``; other nodes
+    (placeholders, get_attr) do not break a run, and call_function nodes without a module are in none."""
     from sparsecc.plan.graph_runner import block_key
 
     segments: list[tuple[str, int, int]] = []
