@@ -57,3 +57,15 @@ PATTERNS = {
     "block": {"pattern": "4x4", "sparsity": 0.5},
     "channel": {"pattern": "channel", "sparsity": 0.25},
 }
+
+
+def output_error(program, dense, batches) -> float:
+    """|| y - y_dense ||² / || y_dense ||² of ``program`` against ``dense`` over ``batches``."""
+    num = den = 0.0
+    with torch.no_grad():
+        m, d = program.module(), dense.module()
+        for a, k in batches:
+            y, yd = m(*a, **k), d(*a, **k)
+            num += float((y - yd).pow(2).sum())
+            den += float(yd.pow(2).sum())
+    return num / den

@@ -12,7 +12,7 @@ from sparsecc.recovery.base import RecoveryError, assert_zeros_kept
 from sparsecc.recovery.block_tune import _relative_error, block_segments
 from sparsecc.testing import export_module
 
-from ._models import PATTERNS
+from ._models import PATTERNS, output_error
 
 
 class _Block(torch.nn.Module):
@@ -52,17 +52,6 @@ def _batches(n: int, seed: int = 1) -> list:
     return [((torch.randn(8, 16, generator=g),), {}) for _ in range(n)]
 
 
-def _out_error(program, dense, batches) -> float:
-    num = den = 0.0
-    with torch.no_grad():
-        m, d = program.module(), dense.module()
-        for a, k in batches:
-            y, yd = m(*a, **k), d(*a, **k)
-            num += float((y - yd).pow(2).sum())
-            den += float(yd.pow(2).sum())
-    return num / den
-
-
 def _opts(**kw) -> RecoveryOptions:
     base = {"steps": 60, "lr": 3e-3}
     base.update(kw)
@@ -91,7 +80,7 @@ def test_block_tune_lowers_the_output_error_of_every_pattern(pattern):
     sparse = sparsify(dense, PATTERNS[pattern], fold=True).program
     result = get_method("block-tune")(sparse, dense, _batches(8), _opts(), None)
     held_out = _batches(4, seed=99)
-    before, after = _out_error(sparse, dense, held_out), _out_error(result.program, dense, held_out)
+    before, after = output_error(sparse, dense, held_out), output_error(result.program, dense, held_out)
     assert after < 0.7 * before, (before, after)
     assert_zeros_kept(result.program, masks_of(sparse))
     assert result.details["block_error_after"] < result.details["block_error_before"]

@@ -11,19 +11,7 @@ from sparsecc.recovery.base import RecoveryError, assert_zeros_kept
 from sparsecc.recovery.reconstruct import masked_least_squares
 from sparsecc.testing import export_module
 
-from ._models import PATTERNS, conv_batches, conv_program, mlp_batches, mlp_program
-
-
-def _out_error(program, dense, batches) -> float:
-    """|| y - y_dense ||² / || y_dense ||² over ``batches``."""
-    num = den = 0.0
-    with torch.no_grad():
-        m, d = program.module(), dense.module()
-        for a, k in batches:
-            y, yd = m(*a, **k), d(*a, **k)
-            num += float((y - yd).pow(2).sum())
-            den += float(yd.pow(2).sum())
-    return num / den
+from ._models import PATTERNS, conv_batches, conv_program, mlp_batches, mlp_program, output_error
 
 
 def _reference_rows(hs, g, mask, lam):
@@ -74,11 +62,11 @@ def test_reconstruction_recovers_a_reachable_dense_target_exactly():
     dense = export_module(_Paired(), (torch.randn(16, 8),))
     batches = [((torch.randn(16, 8),), {}) for _ in range(4)]
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
-    assert _out_error(sparse, dense, batches) > 1e-3  # one-shot drops the small twin of each pair
+    assert output_error(sparse, dense, batches) > 1e-3  # one-shot drops the small twin of each pair
     result = get_method("reconstruct")(sparse, dense, batches,
                                        RecoveryOptions("reconstruct", extra={"damp": 1e-9}), None)
     held_out = [((torch.randn(16, 8),), {}) for _ in range(2)]
-    assert _out_error(result.program, dense, held_out) < 1e-10  # the kept twin takes the pair's sum
+    assert output_error(result.program, dense, held_out) < 1e-10  # the kept twin takes the pair's sum
     assert_zeros_kept(result.program, masks_of(sparse))
     assert result.loss_after < result.loss_before
 
@@ -92,7 +80,7 @@ def test_reconstruction_lowers_the_output_error_of_every_pattern(pattern):
     result = get_method("reconstruct")(sparse, dense, mlp_batches(16),
                                        RecoveryOptions("reconstruct", extra={"undo": 1.0}), None)
     held_out = mlp_batches(4, seed=99)
-    before, after = _out_error(sparse, dense, held_out), _out_error(result.program, dense, held_out)
+    before, after = output_error(sparse, dense, held_out), output_error(result.program, dense, held_out)
     assert after < 0.8 * before, (before, after)
     assert_zeros_kept(result.program, masks_of(sparse))
     assert result.details["layer_error_after"] < result.details["layer_error_before"]
@@ -103,7 +91,7 @@ def test_reconstruction_of_convolutions():
     sparse = sparsify(dense, {"pattern": "2:4"}, fold=True).program
     result = get_method("reconstruct")(sparse, dense, conv_batches(8), RecoveryOptions("reconstruct"), None)
     held_out = conv_batches(2, seed=99)
-    assert _out_error(result.program, dense, held_out) < 0.8 * _out_error(sparse, dense, held_out)
+    assert output_error(result.program, dense, held_out) < 0.8 * output_error(sparse, dense, held_out)
     assert result.details["layers"] == 3 and result.details["skipped"] == 0
 
 
