@@ -32,15 +32,19 @@ def dense_state(teacher: Any) -> Mapping[str, torch.Tensor]:
 
 def dense_overrides(program: ExportedProgram, masks: Mapping[str, torch.Tensor],
                     dense: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights and mask constants that turn the sparse program back into the dense one."""
+    """Weights and mask constants that turn the sparse program back into the dense one: every sparse
+    weight, and every other parameter the teacher has in the same shape (an earlier stage may have
+    trained a norm or a bias; the dense twin must see the teacher's)."""
+    params = set(program.graph_signature.parameters)
     out: dict[str, torch.Tensor] = {}
     for target, node in placeholders_by_target(program).items():
         info = get_node_info(node)
-        if info is None or info.spec is None or info.spec.fqn not in dense:
+        fqn = info.spec.fqn if info is not None and info.spec is not None else (target if target in params else None)
+        if fqn is None or fqn not in dense:
             continue
-        if tuple(dense[info.spec.fqn].shape) == tuple(state_tensor(program, target).shape):
-            out[target] = dense[info.spec.fqn].detach()
-            if info.mask is not None:
+        if tuple(dense[fqn].shape) == tuple(state_tensor(program, target).shape):
+            out[target] = dense[fqn].detach()
+            if info is not None and info.mask is not None:
                 out[info.mask] = torch.ones_like(state_tensor(program, info.mask))
     return out
 

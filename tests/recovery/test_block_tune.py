@@ -155,3 +155,17 @@ def test_a_dense_program_is_refused():
     dense = _dense()
     with pytest.raises(RecoveryError, match="no sparse weight"):
         get_method("block-tune")(dense, dense, _batches(2), _opts(), None)
+
+
+def test_the_dense_twin_runs_on_the_teachers_parameters_also_where_an_earlier_stage_trained_them():
+    from sparsecc.recovery.base import program_with_weights
+    from sparsecc.recovery.lockstep import dense_overrides
+
+    dense = _dense()
+    sparse = sparsify(dense, {"pattern": "2:4"}, fold=False).program
+    trained = program_with_weights(sparse, {"layers.0.norm.weight": sparse.state_dict["layers.0.norm.weight"] * 2})
+    got = dense_overrides(trained, masks_of(trained), dense.state_dict)
+    for fqn in ("layers.0.norm.weight", "layers.0.up.weight", "head.bias"):
+        assert torch.equal(got[fqn], dense.state_dict[fqn]), fqn
+    masks = {k: v for k, v in got.items() if k not in dense.state_dict}
+    assert len(masks) == len(masks_of(trained)) and all(bool(v.all()) for v in masks.values())  # all ones
