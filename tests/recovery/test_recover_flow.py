@@ -22,6 +22,7 @@ from ._models import mlp_batches, mlp_program
 SMALL = list_models(pretrained=False)
 TWO_STAGES = [{"method": "reconstruct", "samples": 4, "batch_size": 2},
               {"method": "distill", "steps": 2, "samples": 4, "batch_size": 2, "lr": 1e-4}]
+BLOCK_STAGE = {"method": "block-tune", "steps": 2, "samples": 4, "batch_size": 2, "lr": 1e-4}
 
 
 def test_the_section_parses_in_order_with_defaults_and_round_trips():
@@ -47,16 +48,16 @@ def test_a_bad_section_fails_naming_the_key(section, key, why):
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_two_step_recovery_on_every_small_zoo_model(name):
+def test_three_stage_recovery_on_every_small_zoo_model(name):
     spec, dense = captured_zoo_model(name)
     sparse = sparsify(dense, {"pattern": "unstructured", "sparsity": 0.5}, fold=True).program
-    stages = load_recipe({"pattern": "2:4", "recovery": TWO_STAGES}).recovery
+    stages = load_recipe({"pattern": "2:4", "recovery": [TWO_STAGES[0], BLOCK_STAGE, TWO_STAGES[1]]}).recovery
     run = recover(sparse, dense, stages, spec=spec)
-    assert [r["method"] for r in run.records] == ["reconstruct", "distill"]
+    assert [r["method"] for r in run.records] == ["reconstruct", "block-tune", "distill"]
     for r in run.records:
         assert r["data"] in ("calibration", "synthetic")
         assert math.isfinite(r["loss_before"]) and math.isfinite(r["loss_after"]) and r["tokens"] > 0
-    assert run.records[1]["steps"] == 2
+    assert run.records[2]["steps"] == 2 and run.records[1]["blocks"] >= 1
     assert run.records[0]["loss_after"] <= run.records[0]["loss_before"] * (1 + 1e-6)
     assert_zeros_kept(run.program, masks_of(sparse))
 
