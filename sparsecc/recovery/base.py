@@ -64,6 +64,7 @@ __all__ = [
     "TrainingLoop",
     "save_checkpoint",
     "load_checkpoint",
+    "method_checkpoint",
 ]
 
 Batch = tuple[tuple, dict]  # (args, kwargs), one call of the model, as CalibrationData.batches
@@ -294,6 +295,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RecoveryError(f"checkpoint {path} cannot be read ({e}); delete it to start over") from e
+
+
+def method_checkpoint(options: RecoveryOptions, name: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Where a stage-by-stage method (reconstruct, block-tune) keeps its checkpoint, and what it holds:
+    ``(None, None)`` without ``checkpoint_dir``; a checkpoint written with other options is refused."""
+    if not options.checkpoint_dir:
+        return None, None
+    path = f"{options.checkpoint_dir}/{name}.pt"
+    ck = load_checkpoint(path)
+    if ck is not None and ck.get("fingerprint") != options.fingerprint():
+        raise RecoveryError(f"checkpoint {path} was written with other recovery options; delete it")
+    return path, ck
 
 
 def _rng_state() -> dict[str, Any]:

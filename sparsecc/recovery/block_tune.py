@@ -56,8 +56,8 @@ from sparsecc.recovery.base import (
     assert_zeros_kept,
     batch_tokens,
     checked_batches,
-    load_checkpoint,
     masks_of,
+    method_checkpoint,
     program_with_weights,
     register_method,
     save_checkpoint,
@@ -234,10 +234,7 @@ def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch],
     scored = batches[:loss_batch_count(options, len(batches))]
     targets_out = teacher_outputs(teacher, scored)
     loss_before = output_loss(program, targets_out, scored, options)
-    ck_path = f"{options.checkpoint_dir}/block-tune.pt" if options.checkpoint_dir else None
-    ck = load_checkpoint(ck_path) if ck_path else None
-    if ck is not None and ck.get("fingerprint") != options.fingerprint():
-        raise RecoveryError(f"checkpoint {ck_path} was written with other recovery options; delete it")
+    ck_path, ck = method_checkpoint(options, "block-tune")
     solved: dict[str, torch.Tensor] = dict(ck["solved"]) if ck else {}
     errors: dict[str, tuple[float, float]] = dict(ck["errors"]) if ck else {}
     applied = mask_applications(runner.nodes)

@@ -55,8 +55,7 @@ import torch
 from torch.export import ExportedProgram
 
 from sparsecc.core.analyze import as_matrix, find_prunable_weights, weight_uses
-from sparsecc.core.ir import get_node_info
-from sparsecc.core.program import placeholders_by_target, state_tensor
+from sparsecc.core.program import state_tensor
 from sparsecc.recovery.base import (
     Batch,
     RecoveryError,
@@ -64,7 +63,7 @@ from sparsecc.recovery.base import (
     RecoveryResult,
     assert_zeros_kept,
     batch_tokens,
-    load_checkpoint,
+    method_checkpoint,
     masks_of,
     program_with_weights,
     register_method,
@@ -319,10 +318,7 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
         due.setdefault(max(fed_at[id(a)] for a in accs), []).append(fqn)
     placeholder = {n.name: n for n in runner.placeholders}
     applied = mask_applications(runner.nodes)
-    ck_path = f"{options.checkpoint_dir}/reconstruct.pt" if options.checkpoint_dir else None
-    ck = load_checkpoint(ck_path) if ck_path else None
-    if ck is not None and ck.get("fingerprint") != options.fingerprint():
-        raise RecoveryError(f"checkpoint {ck_path} was written with other recovery options; delete it")
+    ck_path, ck = method_checkpoint(options, "reconstruct")
     solved: dict[str, torch.Tensor] = dict(ck["solved"]) if ck else {}
     errors: dict[str, tuple[float, float]] = dict(ck["errors"]) if ck else {}
     overrides = dense_overrides(program, masks, dense)
