@@ -72,11 +72,12 @@ def recover_cmd(
 
     from sparsecc.bundle.staging import staged_output
     from sparsecc.core.program import save_program
-    from sparsecc.flows.recover import recover
+    from sparsecc.flows.recover import check_stages, recover
     from sparsecc.plan.recipe import load_recipe
 
     rec = load_recipe(recipe_source(recipe))
     stages = stages_from(rec, method, steps, lr, data, samples, checkpoint_dir)
+    check_stages(stages)
     refuse_existing(out_dir, force)
     spec, dense = capture_model(model, shapes)
     with activity(spec.name) as act:

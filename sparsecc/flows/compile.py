@@ -35,7 +35,7 @@ import yaml
 from torch.export import ExportedProgram
 
 from sparsecc.backends import LowerOptions, TensorSpec, get_backend, user_input_specs, user_output_names
-from sparsecc.flows.recover import recover
+from sparsecc.flows.recover import check_stages, recover
 from sparsecc.flows.runtime_sparsity import apply_runtime_sparsity
 from sparsecc.flows.sparsify import mask_specs, recipe_calibration, recipe_needs_calibration, sparsify
 from sparsecc.flows.structured import prune_structured
@@ -175,6 +175,7 @@ def compile(
     check_replaceable(out_dir, force)  # before any work: --force never deletes a user's folder
     backends = [get_backend(t) for t in targets]  # unknown targets fail before any work
     rec = load_recipe(recipe) if recipe is not None else None
+    check_stages(rec.recovery if rec is not None else ())  # a misspelt option fails before the pruning
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -36,9 +36,17 @@ from sparsecc.errors import UsageError
 from sparsecc.passes.quantize_weights import QuantizeWeightsPass, quant_info
 from sparsecc.plan.quantize_options import QuantizeOptions
 from sparsecc.plan.recovery_options import RecoveryOptions
-from sparsecc.recovery.base import Batch, RecoveryResult, assert_zeros_kept, batch_unit, get_method, masks_of
+from sparsecc.recovery.base import (
+    Batch,
+    RecoveryResult,
+    assert_zeros_kept,
+    batch_unit,
+    check_options,
+    get_method,
+    masks_of,
+)
 
-__all__ = ["RecoveryRun", "recover", "training_batches", "join_batches"]
+__all__ = ["RecoveryRun", "check_stages", "recover", "training_batches", "join_batches"]
 
 MASK_LEARNING_METHODS = ("learned-mask", "sr-ste")  # they change the masks: only the patterns must hold
 
@@ -130,6 +138,13 @@ def _weights_digest(program: ExportedProgram) -> str:
     return h.hexdigest()
 
 
+def _stage_folder(root: str, spec: Any, index: int, method: str) -> Path:
+    """``root/MODEL/INDEX-METHOD``: one folder per model and stage, so recipes that share a checkpoint
+    folder (the shipped ones all name ``recovery-checkpoints``) keep apart."""
+    name = getattr(spec, "name", None)
+    return Path(root, *([name] if name else []), f"{index}-{method}")
+
+
 def _claim_checkpoints(folder: Path, program: ExportedProgram) -> None:
     """A stage's checkpoint folder belongs to the program it started from: resuming there from another
     program (another model, another one-shot result) would load weights that are not its own."""
@@ -149,11 +164,19 @@ def _verify(program: ExportedProgram, masks: dict[str, torch.Tensor], method: st
     return VerifySparsityPass()(program).program
 
 
+def check_stages(stages: Sequence[RecoveryOptions]) -> None:
+    """Refuse a stage whose method is unknown or whose ``options:`` hold a key the method does not read,
+    before anything runs (a misspelt key in the last stage would otherwise surface after the first ones)."""
+    for i, opts in enumerate(stages):
+        check_options(opts, f"recovery[{i}] ({opts.method})")
+
+
 def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module,
             stages: Sequence[RecoveryOptions], *, spec: Any = None, batches: Sequence[Batch] | None = None,
             progress: Progress | None = None) -> RecoveryRun:
     """Run ``stages`` in order on the sparse ``program`` (see the module docstring)."""
     say = progress or (lambda msg: None)
+    check_stages(stages)
     run = RecoveryRun(program)
     t_all = time.perf_counter()
     task = getattr(spec, "task", "") if spec is not None else ""
@@ -161,7 +184,7 @@ def recover(program: ExportedProgram, teacher: ExportedProgram | torch.nn.Module
         extra = dict(opts.extra)
         if task and "task" not in extra:
             extra["task"] = task
-        ck = str(Path(opts.checkpoint_dir) / f"{i}-{opts.method}") if opts.checkpoint_dir else None
+        ck = str(_stage_folder(opts.checkpoint_dir, spec, i, opts.method)) if opts.checkpoint_dir else None
         if ck is not None:
             _claim_checkpoints(Path(ck), run.program)
         opts = dataclasses.replace(opts, extra=extra, checkpoint_dir=ck)

@@ -17,7 +17,7 @@ One mapping, or a list of them run in order (reconstruct, then distill)::
         seed: 0
         checkpoint_dir: ckpt/   # resume from here; Ctrl-C writes a checkpoint
         checkpoint_every: 50
-        options: {damp: 0.01}   # method-specific keys (see each method's module)
+        options: {damp: 0.01}   # method-specific keys (each method's module; others are refused)
 
 `parse_recovery` turns it into `RecoveryOptions` (one per entry), with errors
 that name the key, e.g. ``recipe key 'recovery[1].lr': -1 must be a positive number``.

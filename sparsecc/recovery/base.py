@@ -51,6 +51,9 @@ __all__ = [
     "RecoveryError",
     "METHODS",
     "register_method",
+    "COMMON_OPTIONS",
+    "method_options",
+    "check_options",
     "get_method",
     "available_methods",
     "masks_of",
@@ -117,14 +120,41 @@ RecoveryFn = Callable[[ExportedProgram, Any, Sequence[Batch], RecoveryOptions, C
                       RecoveryResult]
 
 _REGISTRY: dict[str, RecoveryFn] = {}
+_OPTIONS: dict[str, frozenset[str]] = {}
+
+# ``options:`` keys every method reads (`sparsecc.recovery.outputs`; ``task`` and ``teacher`` are set by the flow)
+COMMON_OPTIONS = frozenset({"task", "teacher", "mask_padding", "pooled"})
 
 
-def register_method(name: str) -> Callable[[RecoveryFn], RecoveryFn]:
-    """Decorator: make ``fn`` the recovery method called ``name`` (re-registering replaces it)."""
+def register_method(name: str, options: Iterable[str] = ()) -> Callable[[RecoveryFn], RecoveryFn]:
+    """Decorator: make ``fn`` the recovery method called ``name`` (re-registering replaces it).
+
+    ``options`` are the method-specific ``options:`` keys it reads, besides `COMMON_OPTIONS`;
+    `check_options` refuses any other key, so a misspelt one is an error, not a silent default.
+    """
     def deco(fn: RecoveryFn) -> RecoveryFn:
         _REGISTRY[name] = fn
+        _OPTIONS[name] = frozenset(options)
         return fn
     return deco
+
+
+def method_options(name: str) -> frozenset[str]:
+    """Every ``options:`` key the method ``name`` reads (its own and `COMMON_OPTIONS`)."""
+    get_method(name)
+    return _OPTIONS[name] | COMMON_OPTIONS
+
+
+def check_options(options: RecoveryOptions, where: str = "recovery") -> None:
+    """Refuse ``options:`` keys the method does not read, naming the stage, the key and the close matches."""
+    import difflib
+
+    known = method_options(options.method)
+    for key in sorted(set(options.extra) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"{where}: option {key!r} is not read by {options.method}{hint}; "
+                         f"{options.method} reads: {', '.join(sorted(known - {'task', 'teacher'}))}")
 
 
 def get_method(name: str) -> RecoveryFn:

@@ -199,7 +199,7 @@ def _tune_block(run: _BlockRun, envs_s: Sequence[dict], targets: Sequence[dict],
     return new, before, after
 
 
-@register_method("block-tune")
+@register_method("block-tune", options=("undo", "train", "normalize", "measure_batches", "loss_batches"))
 def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch], options: RecoveryOptions,
                progress: Callable[[str], None] | None = None) -> RecoveryResult:
     """Block-by-block Adam steps towards the dense blocks' outputs (see the module docstring)."""

@@ -255,7 +255,8 @@ def recalibrate_batchnorm(
 # -- the `distill` recovery method: fixed masks, checkpoints, resume ------------------------------
 
 
-@register_method("distill")
+@register_method("distill", options=("train", "weight_decay", "grad_clip", "qat", "lr_schedule", "warmup",
+                                     "hidden", "hidden_weight"))
 def distill_fixed_masks(program, teacher, batches, options, progress=None):
     """End-to-end distillation of the sparse ``program`` towards ``teacher`` with its masks fixed.
 

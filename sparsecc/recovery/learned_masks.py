@@ -303,7 +303,8 @@ def _pair(extra: Mapping[str, Any], key: str, default: tuple[float, float]) -> t
     return float(v[0]), float(v[1])
 
 
-@register_method("learned-mask")
+@register_method("learned-mask", options=("mask_lr", "prior_strength", "tau", "scale", "train_weights", "weight_reg",
+                                         "weights_from", "init_logits", "save_logits"))
 def learn_masks(program, teacher, batches, options, progress=None):
     """Learn the N:M masks of ``program`` by distillation against ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()

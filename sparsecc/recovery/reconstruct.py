@@ -283,7 +283,7 @@ def _objective(w: torch.Tensor, g: torch.Tensor, acc: _Accumulator) -> float:
     return float((w @ acc.hs.double() * w).sum() - 2 * (w * g.double()).sum())
 
 
-@register_method("reconstruct")
+@register_method("reconstruct", options=("damp", "exact_flops", "cg_iters", "undo", "ridge_to", "loss_batches"))
 def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch], options: RecoveryOptions,
                 progress: Callable[[str], None] | None = None) -> RecoveryResult:
     """Layer-by-layer masked least squares against the dense layers (see the module docstring)."""

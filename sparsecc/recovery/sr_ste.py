@@ -131,7 +131,8 @@ class _DenseStudent(torch.nn.Module):
         self.dense = torch.nn.ParameterList([torch.nn.Parameter(dense[f].clone()) for f in fqns])
 
 
-@register_method("sr-ste")
+@register_method("sr-ste", options=("variant", "lambda_w", "flow", "schedule", "ramp", "initial", "mask_every",
+                                   "weight_decay"))
 def sr_ste(program, teacher, batches, options, progress=None):
     """Train the sparse ``program``'s weights from dense towards ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()

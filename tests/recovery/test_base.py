@@ -31,6 +31,24 @@ def test_builtin_methods_are_registered_and_unknown_names_fail():
         get_method("nope")
 
 
+def test_each_method_declares_every_option_key_its_module_reads():
+    """`check_options` refuses undeclared keys, so a key a method reads but does not declare would be
+    unusable: the declarations must cover what the code reads."""
+    import inspect
+    import re
+    import sys
+
+    from sparsecc.recovery.base import COMMON_OPTIONS, method_options
+
+    read = re.compile(r'extra(?:\.get\(|\[)"([a-z_]+)"|_pair\(extra, "([a-z_]+)"')
+    for name in available_methods():
+        keys = {a or b for a, b in read.findall(inspect.getsource(sys.modules[get_method(name).__module__]))}
+        assert keys and keys <= method_options(name), (name, keys - method_options(name))
+    shared = {a or b for a, b in read.findall(inspect.getsource(sys.modules["sparsecc.recovery.outputs"]))}
+    assert shared <= COMMON_OPTIONS | {"loss_batches"}, shared
+    assert "loss_batches" in method_options("reconstruct") and "loss_batches" in method_options("block-tune")
+
+
 @pytest.mark.parametrize("bad, key", [({"steps": -1}, "steps"), ({"lr": 0}, "lr"), ({"loss": "l1"}, "loss"),
                                       ({"seq_len": 1}, "seq_len"), ({"batch_size": 0}, "batch_size")])
 def test_options_reject_bad_values_naming_the_key(bad, key):

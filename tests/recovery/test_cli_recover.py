@@ -35,7 +35,7 @@ def test_recover_writes_the_trained_program_and_its_record(tmp_path):
     program = load_program(tmp_path / "out" / "program.pt2")
     masks = masks_of(program)
     assert masks and all(bool((m.reshape(-1, 4).sum(1) <= 2).all()) for m in masks.values())  # still 2:4
-    assert (tmp_path / "ck" / "1-distill" / "distill.pt").exists()
+    assert (tmp_path / "ck" / "mlp" / "1-distill" / "distill.pt").exists()  # per model, per stage
     x = torch.randn(4, *program.example_inputs[0][0].shape[1:])
     assert torch.isfinite(program.module()(x)).all()
 

@@ -134,3 +134,38 @@ def test_a_checkpoint_folder_refuses_a_run_from_another_program(tmp_path):
     with pytest.raises(UsageError, match=r"checkpoint folder .*0-reconstruct holds a run that started from another "
                                          r"program"):
         recover(other, mlp_program(seed=1), stage, batches=batches)
+
+
+def test_a_misspelt_option_fails_before_any_stage_runs_naming_stage_key_and_match(tmp_path):
+    """An ``options:`` key no method reads used to be ignored silently (``lr_shedule: cosine`` trained at a
+    constant rate); now the flow refuses it before the first stage, and compile before the pruning."""
+    from sparsecc.flows.compile import compile
+
+    stages = load_recipe({"pattern": "2:4", "recovery": [
+        {"method": "reconstruct", "samples": 4, "batch_size": 2},
+        {"method": "distill", "steps": 2, "options": {"lr_shedule": "cosine"}}]}).recovery
+    said: list[str] = []
+    sparse = sparsify(mlp_program(), {"pattern": "2:4"}, fold=True).program
+    with pytest.raises(UsageError, match=r"recovery\[1\] \(distill\): option 'lr_shedule' is not read by distill "
+                                         r"\(did you mean 'lr_schedule'\?\); distill reads: .*warmup"):
+        recover(sparse, mlp_program(), stages, batches=mlp_batches(2), progress=said.append)
+    assert said == []  # the reconstruct stage before it did not run
+    spec, dense = captured_zoo_model("mlp")
+    recipe = {"pattern": "2:4", "recovery": [{"method": "block-tune", "options": {"undo": 1, "cg_iters": 5}}]}
+    with pytest.raises(UsageError, match=r"recovery\[0\] \(block-tune\): option 'cg_iters' is not read by "
+                                         r"block-tune; block-tune reads: loss_batches, mask_padding, measure_batches"):
+        compile(spec, recipe, tmp_path / "b", targets=("onnx",), program=dense, dense_reference=False,
+                progress=said.append)
+    assert said == [] and not (tmp_path / "b").exists()
+
+
+def test_every_shipped_recipe_names_only_options_its_methods_read():
+    from sparsecc.flows.recover import check_stages
+    from sparsecc.recipes import builtin_recipe, builtin_recipes
+
+    with_recovery = 0
+    for name in builtin_recipes():
+        stages = load_recipe(str(builtin_recipe(name))).recovery
+        check_stages(stages)
+        with_recovery += bool(stages)
+    assert with_recovery >= 4
