@@ -23,6 +23,7 @@ Shared helpers:
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import random
 import signal
@@ -42,32 +43,11 @@ from sparsecc.errors import SparseccError, UsageError, VerificationError
 from sparsecc.plan.recovery_options import KNOWN_METHODS, RecoveryOptions  # parsed with the recipe, below this layer
 
 __all__ = [
-    "Batch",
-    "batch_sequence",
-    "checked_batches",
-    "RecoveryOptions",
-    "RecoveryResult",
-    "RecoveryFn",
-    "RecoveryError",
-    "METHODS",
-    "register_method",
-    "COMMON_OPTIONS",
-    "method_options",
-    "check_options",
-    "get_method",
-    "available_methods",
-    "masks_of",
-    "apply_masks_",
-    "mask_gradients_",
-    "assert_zeros_kept",
-    "trainable_copy",
-    "program_with_weights",
-    "batch_tokens",
-    "batch_unit",
-    "TrainingLoop",
-    "save_checkpoint",
-    "load_checkpoint",
-    "method_checkpoint",
+    "Batch", "batch_sequence", "checked_batches", "RecoveryOptions", "RecoveryResult", "RecoveryFn", "RecoveryError",
+    "METHODS", "register_method", "COMMON_OPTIONS", "method_options", "check_options", "get_method",
+    "available_methods", "masks_of", "apply_masks_", "mask_gradients_", "assert_zeros_kept", "trainable_copy",
+    "program_with_weights", "batch_tokens", "batch_unit", "TrainingLoop", "save_checkpoint", "load_checkpoint",
+    "checkpoint_path", "method_checkpoint", "StaleCheckpointError",
 ]
 
 Batch = tuple[tuple, dict]  # (args, kwargs), one call of the model, as CalibrationData.batches
@@ -97,6 +77,10 @@ class RecoveryError(SparseccError, RuntimeError):
     """A recovery run failed: the message names the method, the step or the weight at fault."""
 
 
+class StaleCheckpointError(UsageError, RecoveryError):
+    """A checkpoint written with other recovery options: the folder given is wrong, not the run."""
+
+
 @dataclass
 class RecoveryResult:
     program: ExportedProgram  # same graph, trained weights (and masks), masked weights exactly zero
@@ -122,16 +106,14 @@ RecoveryFn = Callable[[ExportedProgram, Any, Sequence[Batch], RecoveryOptions, C
 _REGISTRY: dict[str, RecoveryFn] = {}
 _OPTIONS: dict[str, frozenset[str]] = {}
 
-# ``options:`` keys every method reads (`sparsecc.recovery.outputs`; ``task`` and ``teacher`` are set by the flow)
-COMMON_OPTIONS = frozenset({"task", "teacher", "mask_padding", "pooled"})
+# ``options:`` keys every method reads (`sparsecc.recovery.outputs`), of which the flow sets FLOW_OPTIONS itself
+FLOW_OPTIONS = frozenset({"task", "teacher"})
+COMMON_OPTIONS = FLOW_OPTIONS | {"mask_padding", "pooled"}
 
 
 def register_method(name: str, options: Iterable[str] = ()) -> Callable[[RecoveryFn], RecoveryFn]:
-    """Decorator: make ``fn`` the recovery method called ``name`` (re-registering replaces it).
-
-    ``options`` are the method-specific ``options:`` keys it reads, besides `COMMON_OPTIONS`;
-    `check_options` refuses any other key, so a misspelt one is an error, not a silent default.
-    """
+    """Decorator: make ``fn`` the recovery method called ``name`` (re-registering replaces it). ``options``:
+    the ``options:`` keys it reads besides `COMMON_OPTIONS`; `check_options` refuses any other."""
     def deco(fn: RecoveryFn) -> RecoveryFn:
         _REGISTRY[name] = fn
         _OPTIONS[name] = frozenset(options)
@@ -141,20 +123,19 @@ def register_method(name: str, options: Iterable[str] = ()) -> Callable[[Recover
 
 def method_options(name: str) -> frozenset[str]:
     """Every ``options:`` key the method ``name`` reads (its own and `COMMON_OPTIONS`)."""
-    get_method(name)
+    get_method(name)  # registers the built-in methods; an unknown name is a UsageError
     return _OPTIONS[name] | COMMON_OPTIONS
 
 
 def check_options(options: RecoveryOptions, where: str = "recovery") -> None:
     """Refuse ``options:`` keys the method does not read, naming the stage, the key and the close matches."""
-    import difflib
-
     known = method_options(options.method)
-    for key in sorted(set(options.extra) - known):
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"{where}: option {key!r} is not read by {options.method}{hint}; "
-                         f"{options.method} reads: {', '.join(sorted(known - {'task', 'teacher'}))}")
+    if not (unknown := sorted(set(options.extra) - known)):
+        return
+    close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"{where}: option {unknown[0]!r} is not read by {options.method}{hint}; "
+                     f"{options.method} reads: {', '.join(sorted(known - FLOW_OPTIONS))}")
 
 
 def get_method(name: str) -> RecoveryFn:
@@ -327,15 +308,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
         raise RecoveryError(f"checkpoint {path} cannot be read ({e}); delete it to start over") from e
 
 
+def checkpoint_path(options: RecoveryOptions, name: str) -> str | None:
+    """``checkpoint_dir/NAME.pt``, or None without a ``checkpoint_dir``."""
+    return str(Path(options.checkpoint_dir) / f"{name}.pt") if options.checkpoint_dir else None
+
+
 def method_checkpoint(options: RecoveryOptions, name: str) -> tuple[str | None, dict[str, Any] | None]:
-    """Where a stage-by-stage method (reconstruct, block-tune) keeps its checkpoint, and what it holds:
-    ``(None, None)`` without ``checkpoint_dir``; a checkpoint written with other options is refused."""
-    if not options.checkpoint_dir:
+    """Where a method keeps its checkpoint (``checkpoint_dir/NAME.pt``) and what it holds, None if nothing:
+    ``(None, None)`` without ``checkpoint_dir``; one written with other options is a `StaleCheckpointError`."""
+    path = checkpoint_path(options, name)
+    if path is None:
         return None, None
-    path = f"{options.checkpoint_dir}/{name}.pt"
     ck = load_checkpoint(path)
     if ck is not None and ck.get("fingerprint") != options.fingerprint():
-        raise RecoveryError(f"checkpoint {path} was written with other recovery options; delete it")
+        raise StaleCheckpointError(f"checkpoint {path} was written with other recovery options; "
+                                   "delete it or use another checkpoint_dir")
     return path, ck
 
 
@@ -421,9 +408,8 @@ class TrainingLoop:
         self._order: list[int] = []
 
     @property
-    def path(self) -> Path | None:
-        d = self.options.checkpoint_dir
-        return Path(d) / f"{self.name}.pt" if d else None
+    def path(self) -> str | None:
+        return checkpoint_path(self.options, self.name)
 
     def _batch_index(self, step: int) -> int:
         epoch, pos = divmod(step, self.n_batches)
@@ -444,14 +430,9 @@ class TrainingLoop:
         })
 
     def _resume(self) -> None:
-        if self.path is None:
-            return
-        ck = load_checkpoint(self.path)
+        _, ck = method_checkpoint(self.options, self.name)
         if ck is None:
             return
-        if ck.get("fingerprint") != self.options.fingerprint():
-            raise UsageError(f"checkpoint {self.path} was written with other recovery options; "
-                             "delete it or use another checkpoint_dir")
         self.module.load_state_dict(ck["module"])
         self.optimizer.load_state_dict(ck["optimizer"])
         _set_rng_state(ck["rng"])
