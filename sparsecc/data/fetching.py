@@ -11,6 +11,7 @@ from sparsecc.data.fashion_mnist import fashion_mnist, fashion_mnist_dir
 from sparsecc.data.lee import fetch_gensim_data
 from sparsecc.data.mnist import fetch_mnist
 from sparsecc.data.gcompris import fetch_gcompris_photos
+from sparsecc.data.glosses import fetch_glosses
 from sparsecc.data.photos import photo, photo_names, photos_dir
 from sparsecc.data.prose import fetch_prose, wiki_articles
 from sparsecc.data.stamps import fetch_stamps
@@ -41,6 +42,7 @@ def fetch(strict: bool = False, say: Callable[[str], None] = print) -> dict[str,
         # the cleaned articles are cached too, so a first training run does not parse 6 MB of markup
         _Source("prose (Wikipedia articles from the gensim wheel; text training data)",
                 lambda: wiki_articles() and fetch_prose()),
+        _Source("glosses (Debian wordnet-base; text training data)", fetch_glosses),
     ]
     status = {}
     for s in sources:

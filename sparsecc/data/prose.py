@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsecc.data.cache import DataUnavailableError, data_dir
+from sparsecc.data.glosses import gloss_paragraphs
 from sparsecc.data.lee import lee_background_sentences, lee_background_text, lm_tokens
 
 __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "training_text",
@@ -62,7 +63,7 @@ __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "tr
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-PROSE_SOURCES = ("prose", "wiki", "paragraphs")
+PROSE_SOURCES = ("prose", "wiki", "paragraphs", "glosses")
 LEE_FRACTION = 0.45  # Lee documents must end before this fraction of the file's characters
 _CLEAN_VERSION = 1
 
@@ -238,8 +239,8 @@ def _lm_batches(spec: Any, source: str, samples: int, seq_len: int, seed: int) -
     import torch
 
     tok = spec.extras["tokenizer"]
-    ids = list(tok(wiki_text(), add_special_tokens=False)["input_ids"])
-    if source != "wiki":
+    ids = list(tok("\n".join(gloss_paragraphs()) if source == "glosses" else wiki_text(), add_special_tokens=False)["input_ids"])
+    if source not in ("wiki", "glosses"):
         ids += lm_tokens(tok, "calibration")  # exactly the calibration split: never an evaluation token
     n_windows = len(ids) // seq_len
     if samples > n_windows:
@@ -260,18 +261,31 @@ def _lm_batches(spec: Any, source: str, samples: int, seq_len: int, seed: int) -
 
 def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = None, batch_size: int = 8,
                     seed: int = 0) -> list[tuple[tuple, dict]]:
-    """Training batches ``(args, kwargs)`` of the ``name`` prose (``prose`` / ``wiki``) for zoo model ``spec``.
+    """Training batches ``(args, kwargs)`` of the ``name`` prose (one of `PROSE_SOURCES`) for zoo model ``spec``.
 
     Causal LMs: ``samples`` windows ``[1, seq_len]`` (default 256) drawn without
     replacement (seeded) from the token stream. Sentence encoders: ``samples //
     batch_size`` batches of ``batch_size`` seeded random sentences, padded,
-    truncated to ``seq_len`` (default 128), or for ``paragraphs`` of seeded
-    random paragraphs truncated to ``seq_len`` (default 256); more batches than
-    there are paragraphs go round them again in a new order. Other models have
-    no text input: ValueError.
+    truncated to ``seq_len`` (default 128), or for ``paragraphs`` and
+    ``glosses`` (`sparsecc.data.glosses`) of seeded random paragraphs truncated
+    to ``seq_len`` (default 256); more batches than there are paragraphs go
+    round them again in a new order. Sources joined by ``+``
+    (``paragraphs+glosses``) give an equal share of the samples each, their
+    batches shuffled together. Other models have no text input: ValueError.
     """
-    if name not in PROSE_SOURCES:
-        raise ValueError(f"unknown training data {name!r}; the prose sources are {', '.join(PROSE_SOURCES)}")
+    parts = name.split("+")
+    for part in parts:
+        if part not in PROSE_SOURCES:
+            raise ValueError(f"unknown training data {part!r}; the prose sources are {', '.join(PROSE_SOURCES)}, "
+                             "or several joined by '+'")
+    if len(parts) > 1:  # an equal share of each source, the batches shuffled together (seeded)
+        import torch
+
+        share = max(1, samples // len(parts))
+        mixed = [b for i, part in enumerate(parts)
+                 for b in training_inputs(spec, part, share, seq_len, batch_size, seed + i)]
+        order = torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed)).tolist()
+        return [mixed[j] for j in order]
     task = getattr(spec, "task", "")
     extras = getattr(spec, "extras", {}) or {}
     if "tokenizer" not in extras or task not in ("causal-lm", "feature-extraction"):
@@ -283,8 +297,8 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
 
     n = max(1, samples // batch_size)
     g = torch.Generator().manual_seed(seed)
-    if name == "paragraphs":
-        texts, max_length = training_paragraphs(), seq_len or 256
+    if name in ("paragraphs", "glosses"):
+        texts, max_length = training_paragraphs() if name == "paragraphs" else gloss_paragraphs(), seq_len or 256
         rounds = -(-n * batch_size // len(texts))  # a new seeded order each time round
         order = [j for _ in range(rounds) for j in torch.randperm(len(texts), generator=g).tolist()]
     else:
@@ -293,7 +307,7 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
             raise ValueError(f"asked for {n} batches of {batch_size} sentences; {len(texts)} exist")
         order = torch.randperm(len(texts), generator=g).tolist()
     chunks = [[texts[j] for j in order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
-    if name == "paragraphs":
+    if name in ("paragraphs", "glosses"):
         chunks = _by_length(chunks, batch_size, g)
     keys = list(getattr(spec, "example_kwargs", {}) or {}) or ["input_ids", "attention_mask"]
     out = []

@@ -2,8 +2,9 @@
 
 Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 
-- ``prose``, ``wiki``, ``paragraphs`` (`sparsecc.data.prose`): text for language
-  models and sentence encoders;
+- ``prose``, ``wiki``, ``paragraphs`` (`sparsecc.data.prose`), ``glosses``
+  (WordNet's definitions, `sparsecc.data.glosses`): text for language models and
+  sentence encoders, alone or joined by ``+`` (``paragraphs+glosses``);
 - ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on
   calibration-photo crops, for ImageNet classifiers;
 - ``gcompris`` (`sparsecc.data.gcompris`): random crops of GCompris's photographs of
@@ -47,7 +48,7 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
     LM windows, or ``samples // batch_size`` batches of sentences, paragraphs or images."""
     if name in IMAGE_SOURCES:
         return _IMAGE_MAKERS[name](spec, samples, batch_size, seed)
-    if name in PROSE_SOURCES:
+    if all(part in PROSE_SOURCES for part in name.split("+")):  # one source, or several joined by '+'
         return prose_inputs(spec, name, samples, seq_len, batch_size, seed)
     raise ValueError(f"unknown training data {name!r}; the sources are {', '.join(TRAINING_SOURCES)}, "
                      "besides calibration and synthetic")

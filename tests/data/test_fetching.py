@@ -7,7 +7,8 @@ import pytest
 from sparsecc.data import DataUnavailableError, fetching
 
 _SOURCES = ("fetch_gensim_data", "fetch_mnist", "fashion_mnist", "fashion_mnist_dir", "photo", "photo_names",
-            "photos_dir", "fetch_stamps", "fetch_gcompris_photos", "fetch_prose", "wiki_articles")
+            "photos_dir", "fetch_stamps", "fetch_gcompris_photos", "fetch_prose", "wiki_articles",
+            "fetch_glosses")
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def offline(monkeypatch, tmp_path):
 def test_every_source_is_reported_and_a_missing_one_is_named(offline):
     said: list[str] = []
     status = fetching.fetch(say=said.append)
-    assert len(said) == len(status) == 7
+    assert len(said) == len(status) == 8
     prose = [k for k in status if k.startswith("prose")]
     assert prose and status[prose[0]].startswith("missing: prose: pip download gensim==4.4.0 failed")
     assert all(v.startswith("ok: ") for k, v in status.items() if k not in prose)
