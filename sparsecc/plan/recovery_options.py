@@ -71,6 +71,23 @@ class RecoveryOptions:
                                                       and self.temperature > 0):
             raise UsageError(f"recovery option 'temperature' must be a positive number, got {self.temperature!r}")
 
+    def number(self, key: str, default: float, kind: type = float) -> Any:
+        """``extra[key]`` (else ``default``) as a ``kind`` (float or int); UsageError naming the key if it is not
+        one (a string that reads as a number passes: YAML reads ``1e-4`` as one)."""
+        value = self.extra.get(key, default)
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+            if kind is int:
+                if out != int(out):
+                    raise ValueError
+                out = int(out)
+        except (TypeError, ValueError, OverflowError):
+            what = "an integer" if kind is int else "a number"
+            raise UsageError(f"option {key!r} must be {what}, got {value!r}") from None
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["extra"] = dict(self.extra)

@@ -105,18 +105,25 @@ RecoveryFn = Callable[[ExportedProgram, Any, Sequence[Batch], RecoveryOptions, C
 
 _REGISTRY: dict[str, RecoveryFn] = {}
 _OPTIONS: dict[str, frozenset[str]] = {}
+_SETTINGS: dict[str, Callable[[RecoveryOptions], Any]] = {}
 
 # ``options:`` keys every method reads (`sparsecc.recovery.outputs`), of which the flow sets FLOW_OPTIONS itself
 FLOW_OPTIONS = frozenset({"task", "teacher"})
 COMMON_OPTIONS = FLOW_OPTIONS | {"mask_padding", "pooled"}
 
 
-def register_method(name: str, options: Iterable[str] = ()) -> Callable[[RecoveryFn], RecoveryFn]:
+def register_method(name: str, options: Iterable[str] = (),
+                    settings: Callable[[RecoveryOptions], Any] | None = None) -> Callable[[RecoveryFn], RecoveryFn]:
     """Decorator: make ``fn`` the recovery method called ``name`` (re-registering replaces it). ``options``:
-    the ``options:`` keys it reads besides `COMMON_OPTIONS`; `check_options` refuses any other."""
+    the ``options:`` keys it reads besides `COMMON_OPTIONS`; `check_options` refuses any other.
+    ``settings``: the method's parser of its option values (no program needed), raising on a bad one;
+    `check_options` calls it too, so a wrong value fails before any stage runs."""
     def deco(fn: RecoveryFn) -> RecoveryFn:
         _REGISTRY[name] = fn
         _OPTIONS[name] = frozenset(options)
+        _SETTINGS.pop(name, None)
+        if settings is not None:
+            _SETTINGS[name] = settings
         return fn
     return deco
 
@@ -128,14 +135,20 @@ def method_options(name: str) -> frozenset[str]:
 
 
 def check_options(options: RecoveryOptions, where: str = "recovery") -> None:
-    """Refuse ``options:`` keys the method does not read, naming the stage, the key and the close matches."""
+    """Refuse ``options:`` keys the method does not read (naming the stage, the key and the close
+    matches), then values its ``settings`` parser refuses."""
     known = method_options(options.method)
-    if not (unknown := sorted(set(options.extra) - known)):
-        return
-    close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UsageError(f"{where}: option {unknown[0]!r} is not read by {options.method}{hint}; "
-                     f"{options.method} reads: {', '.join(sorted(known - FLOW_OPTIONS))}")
+    if unknown := sorted(set(options.extra) - known):
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"{where}: option {unknown[0]!r} is not read by {options.method}{hint}; "
+                         f"{options.method} reads: {', '.join(sorted(known - FLOW_OPTIONS))}")
+    if (settings := _SETTINGS.get(options.method)) is not None:
+        try:
+            settings(options)
+        except (SparseccError, ValueError, TypeError) as e:
+            why = str(e).removeprefix(f"{options.method}: ").removeprefix(f"{options.method} ")
+            raise UsageError(f"{where}: {why}") from e
 
 
 def get_method(name: str) -> RecoveryFn:

@@ -199,7 +199,24 @@ def _tune_block(run: _BlockRun, envs_s: Sequence[dict], targets: Sequence[dict],
     return new, before, after
 
 
-@register_method("block-tune", options=("undo", "train", "normalize", "measure_batches", "loss_batches"))
+def block_settings(options: RecoveryOptions) -> dict[str, Any]:
+    """The checked ``options:`` values of a block-tune stage (RecoveryError names a wrong one)."""
+    extra = options.extra
+    cfg = {"undo": options.number("undo", 1.0), "train": str(extra.get("train", "all")),
+           "normalize": str(extra.get("normalize", "token")), "measure": options.number("measure_batches", 4, int)}
+    if not 0.0 <= cfg["undo"] <= 1.0:
+        raise RecoveryError(f"block-tune: undo must be between 0 and 1, got {cfg['undo']}")
+    if cfg["train"] not in ("all", "masked"):
+        raise RecoveryError(f"block-tune: train must be all or masked, got {cfg['train']!r}")
+    if cfg["normalize"] not in ("token", "total"):
+        raise RecoveryError(f"block-tune: normalize must be token or total, got {cfg['normalize']!r}")
+    if cfg["measure"] < 1:
+        raise RecoveryError(f"block-tune: measure_batches must be >= 1, got {cfg['measure']}")
+    return cfg
+
+
+@register_method("block-tune", options=("undo", "train", "normalize", "measure_batches", "loss_batches"),
+                 settings=block_settings)
 def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch], options: RecoveryOptions,
                progress: Callable[[str], None] | None = None) -> RecoveryResult:
     """Block-by-block Adam steps towards the dense blocks' outputs (see the module docstring)."""
@@ -207,18 +224,8 @@ def block_tune(program: ExportedProgram, teacher: Any, batches: Sequence[Batch],
 
     t0 = time.perf_counter()
     batches = checked_batches(batches, teacher, "block-tune")
-    undo = float(options.extra.get("undo", 1.0))
-    train = str(options.extra.get("train", "all"))
-    if not 0.0 <= undo <= 1.0:
-        raise RecoveryError(f"block-tune: undo must be between 0 and 1, got {undo}")
-    if train not in ("all", "masked"):
-        raise RecoveryError(f"block-tune: train must be all or masked, got {train!r}")
-    normalize = str(options.extra.get("normalize", "token"))
-    if normalize not in ("token", "total"):
-        raise RecoveryError(f"block-tune: normalize must be token or total, got {normalize!r}")
-    measure = min(int(options.extra.get("measure_batches", 4)), len(batches))
-    if measure < 1:
-        raise RecoveryError(f"block-tune: measure_batches must be >= 1, got {measure}")
+    cfg = block_settings(options)
+    undo, train, normalize, measure = cfg["undo"], cfg["train"], cfg["normalize"], min(cfg["measure"], len(batches))
     masks = masks_of(program)
     if not masks:
         raise RecoveryError("block-tune: the program has no sparse weight (no MaskSpec); sparsify it first")

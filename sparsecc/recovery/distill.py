@@ -255,8 +255,22 @@ def recalibrate_batchnorm(
 # -- the `distill` recovery method: fixed masks, checkpoints, resume ------------------------------
 
 
+def distill_settings(options: RecoveryOptions) -> dict[str, Any]:
+    """The checked ``options:`` values of a distill stage (RecoveryError names a wrong one)."""
+    extra = options.extra
+    train = extra.get("train", ())
+    cfg = {"train": (train,) if isinstance(train, str) else tuple(str(t) for t in train),
+           "weight_decay": options.number("weight_decay", 0.0), "grad_clip": options.number("grad_clip", 1.0),
+           "qat": bool(extra.get("qat", True)), "hidden_weight": options.number("hidden_weight", 1.0)}
+    if cfg["weight_decay"] < 0 or cfg["grad_clip"] <= 0:
+        raise RecoveryError(f"distill: weight_decay must be >= 0 and grad_clip > 0, got {cfg['weight_decay']} "
+                            f"and {cfg['grad_clip']}")
+    lr_schedule(options)  # checks lr_schedule and warmup
+    return cfg
+
+
 @register_method("distill", options=("train", "weight_decay", "grad_clip", "qat", "lr_schedule", "warmup",
-                                     "hidden", "hidden_weight"))
+                                     "hidden", "hidden_weight"), settings=distill_settings)
 def distill_fixed_masks(program, teacher, batches, options, progress=None):
     """End-to-end distillation of the sparse ``program`` towards ``teacher`` with its masks fixed.
 
@@ -279,7 +293,8 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     targets = teacher_outputs(teacher, batches)
     loss_before = output_loss(program, targets, batches, options)
     module = trainable_copy(program)
-    train = tuple(options.extra.get("train", ()))
+    cfg = distill_settings(options)
+    train = cfg["train"]
     named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
     params = [p for n, p in named if not train or any(fnmatch.fnmatchcase(n, pat) for pat in train)]
     if not params:
@@ -290,11 +305,11 @@ def distill_fixed_masks(program, teacher, batches, options, progress=None):
     for p in params:
         p.requires_grad_(True)
     apply_masks_(module, masks)  # an unfolded program's stored weights may hold nonzeros under the mask
-    opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=float(options.extra.get("weight_decay", 0.0)))
-    clip = float(options.extra.get("grad_clip", 1.0))
+    opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=cfg["weight_decay"])
+    clip = cfg["grad_clip"]
     lr_at = lr_schedule(options)
     taps = _hidden_taps(module, teacher, options)
-    ste = Int8StraightThrough(module, int8_weights(program) if options.extra.get("qat", True) else {})
+    ste = Int8StraightThrough(module, int8_weights(program) if cfg["qat"] else {})
 
     def step(i: int, b: int) -> tuple[float, int]:
         args, kwargs = batches[b]
@@ -336,7 +351,7 @@ def lr_schedule(options: RecoveryOptions) -> Callable[[int], float]:
     kind = str(options.extra.get("lr_schedule", "constant"))
     if kind not in ("constant", "cosine"):
         raise RecoveryError(f"distill: lr_schedule must be constant or cosine, got {kind!r}")
-    warmup = int(options.extra.get("warmup", 0))
+    warmup = options.number("warmup", 0, int)
     if warmup < 0 or warmup >= max(options.steps, 1):
         raise RecoveryError(f"distill: warmup must lie in [0, steps={options.steps}), got {warmup}")
 

@@ -63,6 +63,7 @@ from sparsecc.errors import UsageError
 from sparsecc.plan.masks import from_rows_view, rows_view
 from sparsecc.recovery.base import (
     RecoveryError,
+    RecoveryOptions,
     RecoveryResult,
     TrainingLoop,
     assert_zeros_kept,
@@ -303,40 +304,52 @@ def _pair(extra: Mapping[str, Any], key: str, default: tuple[float, float]) -> t
     return float(v[0]), float(v[1])
 
 
+def mask_settings(options: RecoveryOptions) -> dict[str, Any]:
+    """The checked ``options:`` values of a learned-mask stage (UsageError names a wrong one)."""
+    extra = options.extra
+    cfg = {"weights_from": str(extra.get("weights_from", "mixed")), "tau": _pair(extra, "tau", (2.0, 0.05)),
+           "scale": _pair(extra, "scale", (1.0, 20.0)), "mask_lr": options.number("mask_lr", 0.05),
+           "weight_reg": options.number("weight_reg", 1e-2), "train_weights": bool(extra.get("train_weights", False)),
+           "prior_strength": options.number("prior_strength", 3.0)}
+    if cfg["weights_from"] not in ("mixed", "teacher"):
+        raise UsageError(f"learned-mask option 'weights_from' must be mixed or teacher, got {cfg['weights_from']!r}")
+    if cfg["mask_lr"] <= 0 or cfg["weight_reg"] < 0:
+        raise UsageError(f"learned-mask options 'mask_lr' must be > 0 and 'weight_reg' >= 0, got {cfg['mask_lr']} "
+                         f"and {cfg['weight_reg']}")
+    return cfg
+
+
 @register_method("learned-mask", options=("mask_lr", "prior_strength", "tau", "scale", "train_weights", "weight_reg",
-                                         "weights_from", "init_logits", "save_logits"))
+                                         "weights_from", "init_logits", "save_logits"), settings=mask_settings)
 def learn_masks(program, teacher, batches, options, progress=None):
     """Learn the N:M masks of ``program`` by distillation against ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, extra = checked_batches(batches, teacher, "learned-mask"), dict(options.extra)
+    batches, extra, cfg = checked_batches(batches, teacher, "learned-mask"), dict(options.extra), mask_settings(options)
     fqns = [i.spec.fqn for n in program.graph.nodes if n.op == "placeholder"
             for i in [get_node_info(n)] if i is not None and i.spec is not None and i.spec.pattern.kind == "nm"]
     if not fqns:
         raise RecoveryError("learned-mask: the program has no N:M weight (sparsify with an N:M pattern first)")
     dense, origin = dense_weights(teacher, program, fqns)
-    if extra.get("weights_from", "mixed") == "mixed":
+    if cfg["weights_from"] == "mixed":
         # kept entries keep the one-shot values (SparseGPT's updates); pruned ones get the dense values back
         masks = masks_of(program)
         dense = {f: torch.where(masks[f], program.state_dict[f].detach().float(), w) for f, w in dense.items()}
         origin = f"one-shot kept, {origin} pruned"
-    elif extra.get("weights_from") != "teacher":
-        raise UsageError(f"learned-mask option 'weights_from' must be mixed or teacher, got {extra['weights_from']!r}")
     weights = nm_weights(program, dense)
     init, init_source = _initial_logits(weights, extra)
     targets = teacher_outputs(teacher, batches)
     loss_before = output_loss(program, targets, batches, options)
 
-    train_weights = bool(extra.get("train_weights", False))
+    train_weights = cfg["train_weights"]
     student = trainable_copy(program)
     for p in student.parameters():
         p.requires_grad_(False)  # only logits (and the N:M weights, with train_weights) train
     model = _MaskedStudent(student, weights, init, train_weights)
-    groups = [{"params": list(model.logits), "lr": float(extra.get("mask_lr", 0.05))}]
+    groups = [{"params": list(model.logits), "lr": cfg["mask_lr"]}]
     if train_weights:
         groups.append({"params": list(model.base), "lr": options.lr})
     opt = torch.optim.Adam(groups)
-    tau, scale = _pair(extra, "tau", (2.0, 0.05)), _pair(extra, "scale", (1.0, 20.0))
-    reg = float(extra.get("weight_reg", 1e-2))
+    tau, scale, reg = cfg["tau"], cfg["scale"], cfg["weight_reg"]
     norms = [w.dense.pow(2).mean().clamp_min(1e-12) for w in weights]
 
     def step(i: int, b: int) -> tuple[float, int]:

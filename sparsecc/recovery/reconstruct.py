@@ -283,7 +283,24 @@ def _objective(w: torch.Tensor, g: torch.Tensor, acc: _Accumulator) -> float:
     return float((w @ acc.hs.double() * w).sum() - 2 * (w * g.double()).sum())
 
 
-@register_method("reconstruct", options=("damp", "exact_flops", "cg_iters", "undo", "ridge_to", "loss_batches"))
+def solver_settings(options: RecoveryOptions) -> dict[str, Any]:
+    """The checked ``options:`` values of a reconstruct stage (RecoveryError names a wrong one)."""
+    extra = options.extra
+    solver = {"damp": options.number("damp", 0.01), "exact_flops": options.number("exact_flops", 2e9),
+              "iters": options.number("cg_iters", 20, int), "undo": options.number("undo", 0.0),
+              "ridge_to": str(extra.get("ridge_to", "one-shot"))}
+    if solver["ridge_to"] not in ("one-shot", "zero"):
+        raise RecoveryError(f"reconstruct: ridge_to must be one-shot or zero, got {solver['ridge_to']!r}")
+    if not 0.0 <= solver["undo"] <= 1.0:
+        raise RecoveryError(f"reconstruct: undo must be between 0 and 1, got {solver['undo']}")
+    if solver["damp"] < 0 or solver["iters"] < 1:
+        raise RecoveryError(f"reconstruct: damp must be >= 0 and cg_iters >= 1, got {solver['damp']} and "
+                            f"{solver['iters']}")
+    return solver
+
+
+@register_method("reconstruct", options=("damp", "exact_flops", "cg_iters", "undo", "ridge_to", "loss_batches"),
+                 settings=solver_settings)
 def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch], options: RecoveryOptions,
                 progress: Callable[[str], None] | None = None) -> RecoveryResult:
     """Layer-by-layer masked least squares against the dense layers (see the module docstring)."""
@@ -293,14 +310,8 @@ def reconstruct(program: ExportedProgram, teacher: Any, batches: Sequence[Batch]
     batches = batch_sequence(batches)
     if not batches:
         raise RecoveryError("reconstruct needs at least one calibration batch")
-    damp = float(options.extra.get("damp", 0.01))
-    solver = {"damp": damp, "exact_flops": float(options.extra.get("exact_flops", 2e9)),
-              "iters": int(options.extra.get("cg_iters", 20)), "undo": float(options.extra.get("undo", 0.0)),
-              "ridge_to": str(options.extra.get("ridge_to", "one-shot"))}
-    if solver["ridge_to"] not in ("one-shot", "zero"):
-        raise RecoveryError(f"reconstruct: ridge_to must be one-shot or zero, got {solver['ridge_to']!r}")
-    if not 0.0 <= solver["undo"] <= 1.0:
-        raise RecoveryError(f"reconstruct: undo must be between 0 and 1, got {solver['undo']}")
+    solver = solver_settings(options)
+    damp = solver["damp"]
     masks = masks_of(program)
     if not masks:
         raise RecoveryError("reconstruct: the program has no sparse weight (no MaskSpec); sparsify it first")

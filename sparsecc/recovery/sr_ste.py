@@ -43,6 +43,7 @@ from sparsecc.errors import UsageError
 from sparsecc.plan.masks import compute_mask
 from sparsecc.recovery.base import (
     RecoveryError,
+    RecoveryOptions,
     RecoveryResult,
     TrainingLoop,
     assert_zeros_kept,
@@ -54,7 +55,7 @@ from sparsecc.recovery.base import (
 )
 from sparsecc.recovery.learned_masks import dense_weights, write_masks
 from sparsecc.recovery.outputs import batch_loss, output_loss, teacher_outputs
-from sparsecc.recovery.schedules import interpolate, sparsity_at
+from sparsecc.recovery.schedules import KINDS, interpolate, sparsity_at
 
 __all__ = ["VARIANTS", "ste_weight", "SparseTarget", "sparse_targets", "sr_ste"]
 
@@ -102,23 +103,29 @@ def sparse_targets(program: Any) -> list[SparseTarget]:
     return out
 
 
-def _settings(extra: Mapping[str, Any]) -> dict[str, Any]:
+def _settings(options: RecoveryOptions) -> dict[str, Any]:
+    """The checked ``options:`` values of an sr-ste stage (UsageError names a wrong one)."""
+    extra = options.extra
     variant = str(extra.get("variant", "sr-ste"))
     if variant not in VARIANTS:
         raise UsageError(f"sr-ste option 'variant' must be one of {', '.join(VARIANTS)}, got {variant!r}")
     flow = extra.get("flow", (1.0, 0.0))
     if isinstance(flow, (int, float)):
         flow = (float(flow), float(flow))
-    ramp = float(extra.get("ramp", 0.75))
+    if isinstance(flow, str) or len(flow) != 2 or not all(isinstance(f, (int, float)) for f in flow):
+        raise UsageError(f"sr-ste option 'flow' must be a number or [start, end], got {flow!r}")
+    ramp = options.number("ramp", 0.75)
     if not 0.0 <= ramp <= 1.0:
         raise UsageError(f"sr-ste option 'ramp' must lie in [0, 1], got {ramp}")
+    if str(extra.get("schedule", "cubic")) not in KINDS:
+        raise UsageError(f"sr-ste option 'schedule' must be one of {', '.join(KINDS)}, got {extra['schedule']!r}")
     every = extra.get("mask_every", 1)
     if not isinstance(every, int) or every < 1:
         raise UsageError(f"sr-ste option 'mask_every' must be a positive integer, got {every!r}")
-    return {"variant": variant, "lambda_w": float(extra.get("lambda_w", 2e-4)),
+    return {"variant": variant, "lambda_w": options.number("lambda_w", 2e-4),
             "flow": (float(flow[0]), float(flow[1])), "schedule": str(extra.get("schedule", "cubic")),
-            "ramp": ramp, "initial": float(extra.get("initial", 0.0)), "mask_every": every,
-            "weight_decay": float(extra.get("weight_decay", 0.0))}
+            "ramp": ramp, "initial": options.number("initial", 0.0), "mask_every": every,
+            "weight_decay": options.number("weight_decay", 0.0)}
 
 
 class _DenseStudent(torch.nn.Module):
@@ -132,11 +139,11 @@ class _DenseStudent(torch.nn.Module):
 
 
 @register_method("sr-ste", options=("variant", "lambda_w", "flow", "schedule", "ramp", "initial", "mask_every",
-                                   "weight_decay"))
+                                   "weight_decay"), settings=_settings)
 def sr_ste(program, teacher, batches, options, progress=None):
     """Train the sparse ``program``'s weights from dense towards ``teacher`` (see the module docstring)."""
     t0 = time.perf_counter()
-    batches, cfg = checked_batches(batches, teacher, "sr-ste"), _settings(options.extra)
+    batches, cfg = checked_batches(batches, teacher, "sr-ste"), _settings(options)
     targets_ = sparse_targets(program)
     if not targets_:
         raise RecoveryError("sr-ste: the program has no weight with a MaskSpec (sparsify it first)")

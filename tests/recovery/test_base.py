@@ -40,11 +40,11 @@ def test_each_method_declares_every_option_key_its_module_reads():
 
     from sparsecc.recovery.base import COMMON_OPTIONS, method_options
 
-    read = re.compile(r'extra(?:\.get\(|\[)"([a-z_]+)"|_pair\(extra, "([a-z_]+)"')
+    read = re.compile(r'extra(?:\.get\(|\[)"([a-z_]+)"|_pair\(extra, "([a-z_]+)"|options\.number\("([a-z_]+)"')
     for name in available_methods():
-        keys = {a or b for a, b in read.findall(inspect.getsource(sys.modules[get_method(name).__module__]))}
+        keys = {"".join(k) for k in read.findall(inspect.getsource(sys.modules[get_method(name).__module__]))}
         assert keys and keys <= method_options(name), (name, keys - method_options(name))
-    shared = {a or b for a, b in read.findall(inspect.getsource(sys.modules["sparsecc.recovery.outputs"]))}
+    shared = {"".join(k) for k in read.findall(inspect.getsource(sys.modules["sparsecc.recovery.outputs"]))}
     assert shared <= COMMON_OPTIONS | {"loss_batches"}, shared
     assert "loss_batches" in method_options("reconstruct") and "loss_batches" in method_options("block-tune")
 

@@ -159,6 +159,34 @@ def test_a_misspelt_option_fails_before_any_stage_runs_naming_stage_key_and_matc
     assert said == [] and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("method, options, message", [
+    ("distill", {"lr_schedule": "cosin"}, r"lr_schedule must be constant or cosine, got 'cosin'"),
+    ("distill", {"warmup": 40}, r"warmup must lie in \[0, steps=10\), got 40"),
+    ("distill", {"grad_clip": "large"}, r"option 'grad_clip' must be a number, got 'large'"),
+    ("block-tune", {"normalize": "tokens"}, r"normalize must be token or total, got 'tokens'"),
+    ("block-tune", {"measure_batches": 2.5}, r"option 'measure_batches' must be an integer, got 2.5"),
+    ("reconstruct", {"ridge_to": "one_shot"}, r"ridge_to must be one-shot or zero, got 'one_shot'"),
+    ("learned-mask", {"tau": [1.0, -1.0]}, r"option 'tau' must be a positive number or \[start, end\]"),
+    ("sr-ste", {"schedule": "cubik"}, r"option 'schedule' must be one of constant, linear, cubic"),
+])
+def test_a_wrong_option_value_fails_before_any_stage_runs(method, options, message):
+    """Values were checked only when their stage ran: a typo in the last stage of a long recipe (``cosin``)
+    surfaced after an hour of the stages before it. Each method's settings parser now runs first."""
+    stages = load_recipe({"pattern": "2:4", "recovery": [
+        {"method": "reconstruct", "samples": 4, "batch_size": 2},
+        {"method": method, "steps": 10, "options": options}]}).recovery
+    said: list[str] = []
+    sparse = sparsify(mlp_program(), {"pattern": "2:4"}, fold=True).program
+    with pytest.raises(UsageError, match=rf"^recovery\[1\] \({method}\): {message}"):
+        recover(sparse, mlp_program(), stages, batches=mlp_batches(2), progress=said.append)
+    assert said == []
+    fine = load_recipe({"pattern": "2:4", "recovery": [{"method": method, "steps": 10, "options": {
+        "lr_schedule": "cosine", "warmup": 2, "grad_clip": "1e-1"} if method == "distill" else {}}]}).recovery
+    from sparsecc.flows.recover import check_stages
+
+    check_stages(fine)  # the right values (and a number YAML left as a string) pass
+
+
 def test_every_shipped_recipe_names_only_options_its_methods_read():
     from sparsecc.flows.recover import check_stages
     from sparsecc.recipes import builtin_recipe, builtin_recipes
