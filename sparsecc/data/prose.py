@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import bz2
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -54,7 +53,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from sparsecc.data.cache import DataUnavailableError, data_dir
+from sparsecc.data.cache import DataUnavailableError, atomic_write, data_dir
 from sparsecc.data.glosses import gloss_paragraphs
 from sparsecc.data.lee import lee_background_sentences, lee_background_text, lm_tokens
 
@@ -72,14 +71,6 @@ def _prose_dir() -> Path:
     return data_dir() / "prose"
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def fetch_prose() -> Path:
     """The Wikipedia bz2 file in the cache: from an installed gensim, else from ``pip download`` of its wheel."""
     out = _prose_dir() / Path(WIKI_MEMBER).name
@@ -89,7 +80,7 @@ def fetch_prose() -> Path:
     if spec is not None and spec.submodule_search_locations:
         local = Path(list(spec.submodule_search_locations)[0]).parent / WIKI_MEMBER
         if local.is_file():
-            _write(out, local.read_bytes())
+            atomic_write(out, local.read_bytes())
             return out
     with tempfile.TemporaryDirectory(prefix="sparsecc-prose-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -104,7 +95,7 @@ def fetch_prose() -> Path:
         if not wheels:
             raise DataUnavailableError(f"prose: pip download {GENSIM_WHEEL} produced no wheel")
         with zipfile.ZipFile(wheels[0]) as z:
-            _write(out, z.read(WIKI_MEMBER))
+            atomic_write(out, z.read(WIKI_MEMBER))
     return out
 
 
@@ -174,7 +165,7 @@ def wiki_articles() -> list[tuple[str, str]]:
                 paragraphs = clean_wikitext(body)
                 if paragraphs:
                     articles.append(f"= {title} =\n" + "\n".join(paragraphs))
-        _write(cached, "\n\n".join(articles).encode("utf-8"))
+        atomic_write(cached, "\n\n".join(articles).encode("utf-8"))
     out = []
     for block in cached.read_text(encoding="utf-8").split("\n\n"):
         head, _, body = block.partition("\n")
