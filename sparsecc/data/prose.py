@@ -58,11 +58,13 @@ from sparsecc.data.glosses import gloss_paragraphs
 from sparsecc.data.lee import lee_background_sentences, lee_background_text, lm_tokens
 
 __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "training_text",
-           "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "PROSE_SOURCES"]
+           "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "noised", "PROSE_SOURCES",
+           "NOISE_RATE"]
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-PROSE_SOURCES = ("prose", "wiki", "paragraphs", "glosses")
+PROSE_SOURCES = ("prose", "wiki", "paragraphs", "glosses", "noised-paragraphs")
+NOISE_RATE = 0.15  # of the words of a noised paragraph replaced by a random word of the corpus
 LEE_FRACTION = 0.45  # Lee documents must end before this fraction of the file's characters
 _CLEAN_VERSION = 1
 
@@ -213,6 +215,22 @@ def training_paragraphs() -> list[str]:
     return [p for p in training_text("prose").splitlines() if len(p.split()) >= 3]
 
 
+def noised(texts: list[str], rate: float, g: Any) -> list[str]:
+    """``texts`` with each word replaced, at ``rate``, by a word drawn from all of their words (so by
+    frequency), seeded by the torch generator ``g``: text no one wrote, so that a student sees new
+    contexts each time round instead of the same paragraphs again."""
+    import torch
+
+    pool = [w for t in texts for w in t.split()]
+    out = []
+    for t in texts:
+        words = t.split()
+        hit = (torch.rand(len(words), generator=g) < rate).tolist()
+        picks = torch.randint(len(pool), (len(words),), generator=g).tolist()
+        out.append(" ".join(pool[p] if h else w for w, h, p in zip(words, hit, picks)))
+    return out
+
+
 def _by_length(chunks: list[list[str]], batch_size: int, g: Any, pool: int = 16) -> list[list[str]]:
     """The same texts regrouped so that each batch holds texts of about one length (``pool`` batches at a
     time sorted by words, then the batches in a seeded order): paragraphs run from 3 to 600 words, and a
@@ -260,7 +278,8 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
     truncated to ``seq_len`` (default 128), or for ``paragraphs`` and
     ``glosses`` (`sparsecc.data.glosses`) of seeded random paragraphs truncated
     to ``seq_len`` (default 256); more batches than there are paragraphs go
-    round them again in a new order. Sources joined by ``+``
+    round them again in a new order. ``noised-paragraphs``: the paragraphs
+    with `NOISE_RATE` of their words replaced at random (`noised`). Sources joined by ``+``
     (``paragraphs+glosses``) give an equal share of the samples each, their
     batches shuffled together. Other models have no text input: ValueError.
     """
@@ -283,13 +302,17 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
         raise ValueError(f"training data {name!r} is text; model {getattr(spec, 'name', '?')!r} "
                          f"(task {task!r}) takes no tokenized text")
     if task == "causal-lm":
+        if name == "noised-paragraphs":
+            raise ValueError("training data 'noised-paragraphs' is for sentence encoders; a language model "
+                             "would learn to predict the noise (use prose)")
         return _lm_batches(spec, name, samples, seq_len or 256, seed)
     import torch
 
     n = max(1, samples // batch_size)
     g = torch.Generator().manual_seed(seed)
-    if name in ("paragraphs", "glosses"):
-        texts, max_length = training_paragraphs() if name == "paragraphs" else gloss_paragraphs(), seq_len or 256
+    whole = name in ("paragraphs", "glosses", "noised-paragraphs")
+    if whole:
+        texts, max_length = gloss_paragraphs() if name == "glosses" else training_paragraphs(), seq_len or 256
         rounds = -(-n * batch_size // len(texts))  # a new seeded order each time round
         order = [j for _ in range(rounds) for j in torch.randperm(len(texts), generator=g).tolist()]
     else:
@@ -298,8 +321,11 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
             raise ValueError(f"asked for {n} batches of {batch_size} sentences; {len(texts)} exist")
         order = torch.randperm(len(texts), generator=g).tolist()
     chunks = [[texts[j] for j in order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
-    if name in ("paragraphs", "glosses"):
+    if whole:
         chunks = _by_length(chunks, batch_size, g)
+    if name == "noised-paragraphs":  # new noise each time a paragraph comes round
+        noisy = noised([t for c in chunks for t in c], NOISE_RATE, g)
+        chunks = [noisy[i * batch_size:(i + 1) * batch_size] for i in range(len(chunks))]
     keys = list(getattr(spec, "example_kwargs", {}) or {}) or ["input_ids", "attention_mask"]
     out = []
     for chunk in chunks:

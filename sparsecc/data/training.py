@@ -2,9 +2,9 @@
 
 Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 
-- ``prose``, ``wiki``, ``paragraphs`` (`sparsecc.data.prose`), ``glosses``
-  (WordNet's definitions, `sparsecc.data.glosses`): text for language models and
-  sentence encoders, alone or joined by ``+`` (``paragraphs+glosses``);
+- ``prose``, ``wiki``, ``paragraphs``, ``noised-paragraphs`` (`sparsecc.data.prose`),
+  ``glosses`` (WordNet's definitions, `sparsecc.data.glosses`): text for language
+  models and sentence encoders, alone or joined by ``+`` (``paragraphs+glosses``);
 - ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on
   calibration-photo crops, for ImageNet classifiers;
 - ``gcompris`` (`sparsecc.data.gcompris`): random crops of GCompris's photographs of

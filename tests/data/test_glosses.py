@@ -85,3 +85,4 @@ def test_the_real_glosses_are_large_clean_and_not_evaluation_text():
     for doc in lee_documents():  # no evaluation document's sentence (of 8+ words) is a gloss
         for sentence in (s.strip() for s in doc.split(". ") if len(s.split()) >= 8):
             assert sentence not in text, sentence[:80]
+

@@ -126,3 +126,28 @@ def test_paragraph_batches_are_whole_paragraphs_grouped_by_length(text):
     windows = prose.training_inputs(lm, "paragraphs", samples=4, seq_len=32, seed=1)
     same = prose.training_inputs(lm, "prose", samples=4, seq_len=32, seed=1)
     assert all(torch.equal(a[1]["input_ids"], b[1]["input_ids"]) for a, b in zip(windows, same))
+
+
+def test_noised_paragraphs_differ_each_time_round_and_keep_the_corpus_words(monkeypatch):
+    texts = [f"paragraph {i} holds words alpha beta gamma delta" for i in range(6)]
+    g = torch.Generator().manual_seed(0)
+    assert prose.noised(texts, 0.0, g) == texts
+    vocab = {w for t in texts for w in t.split()}
+    everything = prose.noised(texts, 1.0, torch.Generator().manual_seed(1))
+    assert all(len(t.split()) == len(o.split()) for t, o in zip(texts, everything))
+    assert {w for t in everything for w in t.split()} <= vocab and everything != texts
+    monkeypatch.setattr(prose, "training_paragraphs", lambda: texts)
+    spec = SimpleNamespace(name="enc", task="feature-extraction", extras={"tokenizer": WordTokenizer()},
+                           example_kwargs={"input_ids": None, "attention_mask": None})
+    batches = prose.training_inputs(spec, "noised-paragraphs", samples=24, batch_size=2, seq_len=64, seed=2)
+    vocab_of = {v: k for k, v in spec.extras["tokenizer"].vocab.items()}
+    seen = [" ".join(vocab_of[int(i)] for i in row) for _, kw in batches for row in kw["input_ids"]]
+    assert len(seen) == 24 and len(set(seen)) > 12  # four rounds of six paragraphs, rarely the same twice
+    changed = sum(a != b for s in seen for a, b in zip(s.split(), min(texts, key=lambda t: sum(
+        x != y for x, y in zip(t.split(), s.split()))).split()))
+    assert 0.05 < changed / sum(len(s.split()) for s in seen) < 0.3  # about NOISE_RATE of the words
+    again = prose.training_inputs(spec, "noised-paragraphs", samples=24, batch_size=2, seq_len=64, seed=2)
+    assert all(torch.equal(a[1]["input_ids"], b[1]["input_ids"]) for a, b in zip(batches, again))
+    lm = SimpleNamespace(name="lm", task="causal-lm", extras={"tokenizer": WordTokenizer()}, example_kwargs={})
+    with pytest.raises(ValueError, match="'noised-paragraphs' is for sentence encoders"):
+        prose.training_inputs(lm, "noised-paragraphs", samples=4, seq_len=16)
