@@ -47,7 +47,9 @@ def recover_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of every stage."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Training data: calibration, synthetic, English prose: prose (sentences for "
-                             "encoders), paragraphs, wiki (sparsecc.data.prose), or for ImageNet classifiers "
+                             "encoders), paragraphs, wiki, noised-paragraphs (15% of the words replaced at random) "
+                             "(sparsecc.data.prose), glosses: WordNet's definitions (sparsecc.data.glosses), "
+                             "several joined by '+' (paragraphs+glosses), or for ImageNet classifiers "
                              "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps), "
                              "gcompris: crops of photos of animals, tools and buildings (sparsecc.data.gcompris), "
                              "gcompris-mix: those crops blended in pairs (mixup)."),
