@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=300, help="texts per set (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--words", type=int, default=0,
+                   help="cut every text to its first N words (0: whole): is a set scored lower only for being shorter?")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
             "trained news": lee_training_text().splitlines()[:args.n],
             "unseen news": unseen[:args.n],
             "Lee evaluation documents": lee_documents()}
+    if args.words:
+        sets = {name: [" ".join(t.split()[:args.words]) for t in texts] for name, texts in sets.items()}
     dense = {name: _embed(spec.model.eval(), tok, texts) for name, texts in sets.items()}
     print("| program | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
     print("| --- |" + " --- |" * len(sets))

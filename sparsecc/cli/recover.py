@@ -47,7 +47,8 @@ def recover_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of every stage."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Training data: calibration, synthetic, English prose: prose (sentences for "
-                             "encoders), paragraphs, wiki, noised-paragraphs (15% of the words replaced at random) "
+                             "encoders), paragraphs, wiki, noised-paragraphs (15% of the words replaced at random), "
+                             "cropped-paragraphs (a random run of words of each) "
                              "(sparsecc.data.prose), glosses: WordNet's definitions (sparsecc.data.glosses), "
                              "several joined by '+' (paragraphs+glosses), or for ImageNet classifiers "
                              "stamps: cut-out photos pasted on calibration-photo crops (sparsecc.data.stamps), "

@@ -58,13 +58,14 @@ from sparsecc.data.glosses import gloss_paragraphs
 from sparsecc.data.lee import lee_background_sentences, lee_background_text, lm_tokens
 
 __all__ = ["WIKI_MEMBER", "wiki_articles", "wiki_text", "lee_training_text", "training_text",
-           "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "noised", "PROSE_SOURCES",
-           "NOISE_RATE"]
+           "training_sentences", "training_paragraphs", "training_inputs", "fetch_prose", "noised", "cropped",
+           "PROSE_SOURCES", "NOISE_RATE", "CROP_MIN_WORDS"]
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-PROSE_SOURCES = ("prose", "wiki", "paragraphs", "glosses", "noised-paragraphs")
+PROSE_SOURCES = ("prose", "wiki", "paragraphs", "glosses", "noised-paragraphs", "cropped-paragraphs")
 NOISE_RATE = 0.15  # of the words of a noised paragraph replaced by a random word of the corpus
+CROP_MIN_WORDS = 20  # the shortest crop of a cropped paragraph
 LEE_FRACTION = 0.45  # Lee documents must end before this fraction of the file's characters
 _CLEAN_VERSION = 1
 
@@ -231,6 +232,22 @@ def noised(texts: list[str], rate: float, g: Any) -> list[str]:
     return out
 
 
+def cropped(texts: list[str], g: Any, min_words: int = CROP_MIN_WORDS) -> list[str]:
+    """A random run of words of each of ``texts`` (length uniform from ``min_words``, or the whole text
+    when shorter, up to all of it), seeded by the torch generator ``g``: natural text, but a different
+    input each time a paragraph comes round."""
+    import torch
+
+    out = []
+    for t in texts:
+        words = t.split()
+        low = min(min_words, len(words))
+        n = int(torch.randint(low, len(words) + 1, (1,), generator=g))
+        start = int(torch.randint(0, len(words) - n + 1, (1,), generator=g))
+        out.append(" ".join(words[start:start + n]))
+    return out
+
+
 def _by_length(chunks: list[list[str]], batch_size: int, g: Any, pool: int = 16) -> list[list[str]]:
     """The same texts regrouped so that each batch holds texts of about one length (``pool`` batches at a
     time sorted by words, then the batches in a seeded order): paragraphs run from 3 to 600 words, and a
@@ -248,7 +265,8 @@ def _lm_batches(spec: Any, source: str, samples: int, seq_len: int, seed: int) -
     import torch
 
     tok = spec.extras["tokenizer"]
-    ids = list(tok("\n".join(gloss_paragraphs()) if source == "glosses" else wiki_text(), add_special_tokens=False)["input_ids"])
+    text = "\n".join(gloss_paragraphs()) if source == "glosses" else wiki_text()
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
     if source not in ("wiki", "glosses"):
         ids += lm_tokens(tok, "calibration")  # exactly the calibration split: never an evaluation token
     n_windows = len(ids) // seq_len
@@ -279,7 +297,8 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
     ``glosses`` (`sparsecc.data.glosses`) of seeded random paragraphs truncated
     to ``seq_len`` (default 256); more batches than there are paragraphs go
     round them again in a new order. ``noised-paragraphs``: the paragraphs
-    with `NOISE_RATE` of their words replaced at random (`noised`). Sources joined by ``+``
+    with `NOISE_RATE` of their words replaced at random (`noised`);
+    ``cropped-paragraphs``: a random run of words of each (`cropped`). Sources joined by ``+``
     (``paragraphs+glosses``) give an equal share of the samples each, their
     batches shuffled together. Other models have no text input: ValueError.
     """
@@ -302,15 +321,15 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
         raise ValueError(f"training data {name!r} is text; model {getattr(spec, 'name', '?')!r} "
                          f"(task {task!r}) takes no tokenized text")
     if task == "causal-lm":
-        if name == "noised-paragraphs":
-            raise ValueError("training data 'noised-paragraphs' is for sentence encoders; a language model "
-                             "would learn to predict the noise (use prose)")
+        if name in ("noised-paragraphs", "cropped-paragraphs"):
+            raise ValueError(f"training data {name!r} is for sentence encoders; language models take windows "
+                             "of the token stream (use prose)")
         return _lm_batches(spec, name, samples, seq_len or 256, seed)
     import torch
 
     n = max(1, samples // batch_size)
     g = torch.Generator().manual_seed(seed)
-    whole = name in ("paragraphs", "glosses", "noised-paragraphs")
+    whole = name in ("paragraphs", "glosses", "noised-paragraphs", "cropped-paragraphs")
     if whole:
         texts, max_length = gloss_paragraphs() if name == "glosses" else training_paragraphs(), seq_len or 256
         rounds = -(-n * batch_size // len(texts))  # a new seeded order each time round
@@ -321,11 +340,12 @@ def training_inputs(spec: Any, name: str, samples: int, seq_len: int | None = No
             raise ValueError(f"asked for {n} batches of {batch_size} sentences; {len(texts)} exist")
         order = torch.randperm(len(texts), generator=g).tolist()
     chunks = [[texts[j] for j in order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
+    if name in ("noised-paragraphs", "cropped-paragraphs"):  # a new input each time a paragraph comes round
+        flat = [t for c in chunks for t in c]
+        flat = noised(flat, NOISE_RATE, g) if name == "noised-paragraphs" else cropped(flat, g)
+        chunks = [flat[i * batch_size:(i + 1) * batch_size] for i in range(len(chunks))]
     if whole:
         chunks = _by_length(chunks, batch_size, g)
-    if name == "noised-paragraphs":  # new noise each time a paragraph comes round
-        noisy = noised([t for c in chunks for t in c], NOISE_RATE, g)
-        chunks = [noisy[i * batch_size:(i + 1) * batch_size] for i in range(len(chunks))]
     keys = list(getattr(spec, "example_kwargs", {}) or {}) or ["input_ids", "attention_mask"]
     out = []
     for chunk in chunks:

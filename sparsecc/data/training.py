@@ -2,7 +2,7 @@
 
 Both sources are disjoint from what `sparsecc.quality.evaluate` evaluates on:
 
-- ``prose``, ``wiki``, ``paragraphs``, ``noised-paragraphs`` (`sparsecc.data.prose`),
+- ``prose``, ``wiki``, ``paragraphs``, ``noised-paragraphs``, ``cropped-paragraphs`` (`sparsecc.data.prose`),
   ``glosses`` (WordNet's definitions, `sparsecc.data.glosses`): text for language
   models and sentence encoders, alone or joined by ``+`` (``paragraphs+glosses``);
 - ``stamps`` (`sparsecc.data.stamps`): Tux Paint's cut-out photographs pasted on

@@ -151,3 +151,22 @@ def test_noised_paragraphs_differ_each_time_round_and_keep_the_corpus_words(monk
     lm = SimpleNamespace(name="lm", task="causal-lm", extras={"tokenizer": WordTokenizer()}, example_kwargs={})
     with pytest.raises(ValueError, match="'noised-paragraphs' is for sentence encoders"):
         prose.training_inputs(lm, "noised-paragraphs", samples=4, seq_len=16)
+
+
+def test_cropped_paragraphs_are_runs_of_the_paragraphs_new_each_time_round(monkeypatch):
+    texts = [" ".join(f"w{i}_{j}" for j in range(40 + 10 * i)) for i in range(4)] + ["a short one"]
+    crops = prose.cropped(texts * 3, torch.Generator().manual_seed(0), min_words=5)
+    for crop, text in zip(crops, texts * 3):
+        words = crop.split()
+        assert 5 <= len(words) or text == "a short one"
+        assert f" {crop} " in f" {text} "  # a contiguous run of the paragraph's own words
+    assert crops[-1] == "a short one"  # shorter than min_words: whole
+    assert len(set(crops[:4] + crops[5:9])) == 8  # the second time round, other crops
+    monkeypatch.setattr(prose, "training_paragraphs", lambda: texts)
+    spec = SimpleNamespace(name="enc", task="feature-extraction", extras={"tokenizer": WordTokenizer()},
+                           example_kwargs={"input_ids": None, "attention_mask": None})
+    batches = prose.training_inputs(spec, "cropped-paragraphs", samples=20, batch_size=5, seq_len=200, seed=1)
+    again = prose.training_inputs(spec, "cropped-paragraphs", samples=20, batch_size=5, seq_len=200, seed=1)
+    assert len(batches) == 4 and all(torch.equal(a[1]["input_ids"], b[1]["input_ids"]) for a, b in zip(batches, again))
+    lengths = [int(n) for _, kw in batches for n in kw["attention_mask"].sum(1)]
+    assert min(lengths) < 40 < max(lengths) <= 70  # shorter than the paragraphs, up to the longest
