@@ -86,3 +86,13 @@ def test_the_real_glosses_are_large_clean_and_not_evaluation_text():
         for sentence in (s.strip() for s in doc.split(". ") if len(s.split()) >= 8):
             assert sentence not in text, sentence[:80]
 
+
+
+def test_language_model_windows_of_glosses_hold_only_gloss_words(small_glosses):
+    tok = WordTokenizer()
+    lm = SimpleNamespace(name="lm", task="causal-lm", extras={"tokenizer": tok}, example_kwargs={"input_ids": None})
+    windows = prose.training_inputs(lm, "glosses", samples=3, seq_len=8, seed=0)
+    words = {w for p in glosses.gloss_paragraphs() for w in p.split()}
+    vocab = {v: k for k, v in tok.vocab.items()}
+    assert len(windows) == 3 and all(kw["input_ids"].shape == (1, 8) for _, kw in windows)
+    assert {vocab[int(i)] for _, kw in windows for i in kw["input_ids"][0]} <= words
