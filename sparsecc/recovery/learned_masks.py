@@ -279,8 +279,8 @@ class _MaskedStudent(torch.nn.Module):
         return weights, masks
 
 
-def _initial_logits(weights: list[NMWeight], extra: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    strength = float(extra.get("prior_strength", 3.0))
+def _initial_logits(weights: list[NMWeight], extra: Mapping[str, Any],
+                    strength: float) -> tuple[dict[str, torch.Tensor], str]:
     init = {w.fqn: prior_logits(w.groups(w.prior), w.candidates, strength) for w in weights}
     source = "prior"
     if extra.get("init_logits"):
@@ -336,7 +336,7 @@ def learn_masks(program, teacher, batches, options, progress=None):
         dense = {f: torch.where(masks[f], program.state_dict[f].detach().float(), w) for f, w in dense.items()}
         origin = f"one-shot kept, {origin} pruned"
     weights = nm_weights(program, dense)
-    init, init_source = _initial_logits(weights, extra)
+    init, init_source = _initial_logits(weights, extra, cfg["prior_strength"])
     targets = teacher_outputs(teacher, batches)
     loss_before = output_loss(program, targets, batches, options)
 
